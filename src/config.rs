@@ -1,0 +1,351 @@
+//! Plugin configuration: the JSON given to `on_configure`, validated into a typed [`Config`].
+//!
+//! Every error names the field and the reason, because the only place an operator sees it is an
+//! Envoy log line (or `envoy --mode validate`). Unknown fields are rejected so a typo is not
+//! silently ignored.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+/// A validated plugin configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Envoy cluster (HTTP/2) that reaches the Polaris gRPC API (`service-grpc`).
+    pub polaris_cluster: String,
+    /// Namespace for destinations that do not name one.
+    pub namespace: String,
+    /// How often the leader re-discovers each watched service.
+    pub refresh_interval: Duration,
+    /// Deadline of one `Discover` call.
+    pub discover_timeout: Duration,
+    /// How long a request for a service not yet loaded may wait for its first discovery.
+    pub lazy_load_timeout: Duration,
+    /// Sent as gRPC metadata `x-polaris-token` when Polaris client auth is on.
+    pub token: Option<String>,
+    /// Request header the ORIGINAL_DST cluster reads the chosen `ip:port` from.
+    pub upstream_header: String,
+    /// Where a request names its destination service.
+    pub destination: DestinationSource,
+    /// Upper bound on watched services, so hostile `Host` headers cannot grow state forever.
+    pub max_services: usize,
+}
+
+/// Where the destination service of a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DestinationSource {
+    /// `:authority` (port stripped) as `service` or `service.namespace`.
+    Authority,
+    /// A request header holding `service` or `service.namespace`.
+    Header(String),
+}
+
+/// Why a configuration was rejected: the field and the reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid plugin configuration: field `{}`: {}",
+            self.field, self.reason
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(field: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.to_string(),
+        reason: reason.into(),
+    }
+}
+
+const KNOWN_FIELDS: &[&str] = &[
+    "polaris_cluster",
+    "namespace",
+    "refresh_interval",
+    "discover_timeout",
+    "lazy_load_timeout",
+    "token",
+    "upstream_header",
+    "destination",
+    "max_services",
+];
+
+/// The encoded `GrpcService` we hand to Envoy embeds the cluster name behind one-byte lengths.
+const MAX_CLUSTER_NAME: usize = 120;
+
+impl Config {
+    /// Parses and validates the plugin JSON.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let value: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Value::Object(Map::new())
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| err("<root>", format!("not JSON: {e}")))?
+        };
+        let Value::Object(map) = value else {
+            return Err(err("<root>", "must be a JSON object"));
+        };
+        if let Some(unknown) = map.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
+            return Err(err(
+                unknown,
+                format!(
+                    "unknown field; known fields are {}",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            ));
+        }
+
+        let polaris_cluster = string(&map, "polaris_cluster")?.ok_or_else(|| {
+            err(
+                "polaris_cluster",
+                "is required (the Envoy cluster of the Polaris gRPC API)",
+            )
+        })?;
+        if polaris_cluster.is_empty()
+            || polaris_cluster.len() > MAX_CLUSTER_NAME
+            || !polaris_cluster.is_ascii()
+        {
+            return Err(err(
+                "polaris_cluster",
+                format!("must be 1 to {MAX_CLUSTER_NAME} ASCII characters"),
+            ));
+        }
+        let namespace = string(&map, "namespace")?.unwrap_or_else(|| "default".to_string());
+        if namespace.is_empty() {
+            return Err(err("namespace", "must not be empty"));
+        }
+        let refresh_interval =
+            duration(&map, "refresh_interval")?.unwrap_or(Duration::from_secs(2));
+        if refresh_interval < Duration::from_millis(100)
+            || refresh_interval > Duration::from_secs(600)
+        {
+            return Err(err("refresh_interval", "must be between 100ms and 600s"));
+        }
+        let discover_timeout =
+            duration(&map, "discover_timeout")?.unwrap_or(Duration::from_secs(2));
+        if discover_timeout < Duration::from_millis(10)
+            || discover_timeout > Duration::from_secs(60)
+        {
+            return Err(err("discover_timeout", "must be between 10ms and 60s"));
+        }
+        let lazy_load_timeout =
+            duration(&map, "lazy_load_timeout")?.unwrap_or(Duration::from_secs(3));
+        if lazy_load_timeout > Duration::from_secs(60) {
+            return Err(err("lazy_load_timeout", "must be at most 60s"));
+        }
+        let token = string(&map, "token")?.filter(|t| !t.is_empty());
+        let upstream_header =
+            string(&map, "upstream_header")?.unwrap_or_else(|| "x-polaris-upstream".to_string());
+        validate_header_name("upstream_header", &upstream_header)?;
+        let destination = destination(&map)?;
+        let max_services = match map.get("max_services") {
+            None => 256,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| (1..=100_000).contains(n))
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| err("max_services", "must be an integer from 1 to 100000"))?,
+        };
+
+        Ok(Config {
+            polaris_cluster,
+            namespace,
+            refresh_interval,
+            discover_timeout,
+            lazy_load_timeout,
+            token,
+            upstream_header,
+            destination,
+            max_services,
+        })
+    }
+}
+
+fn string(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ConfigError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(err(field, format!("must be a string, got {}", kind(other)))),
+    }
+}
+
+fn duration(map: &Map<String, Value>, field: &str) -> Result<Option<Duration>, ConfigError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => parse_duration(s).map(Some).ok_or_else(|| {
+            err(
+                field,
+                format!("`{s}` is not a duration like \"2s\" or \"500ms\""),
+            )
+        }),
+        Some(other) => Err(err(
+            field,
+            format!("must be a duration string like \"2s\", got {}", kind(other)),
+        )),
+    }
+}
+
+/// Parses `"500ms"`, `"2s"`, `"1m"`: the forms Envoy operators write.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn destination(map: &Map<String, Value>) -> Result<DestinationSource, ConfigError> {
+    let Some(value) = map.get("destination") else {
+        return Ok(DestinationSource::Authority);
+    };
+    let Value::Object(obj) = value else {
+        return Err(err(
+            "destination",
+            "must be an object like {\"from\": \"authority\"}",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| *k != "from" && *k != "header") {
+        return Err(err(
+            &format!("destination.{unknown}"),
+            "unknown field; known fields are from, header",
+        ));
+    }
+    let from = string(obj, "from").map_err(|e| err("destination.from", e.reason))?;
+    match from.as_deref() {
+        None | Some("authority") => Ok(DestinationSource::Authority),
+        Some("header") => {
+            let header = string(obj, "header")
+                .map_err(|e| err("destination.header", e.reason))?
+                .ok_or_else(|| {
+                    err(
+                        "destination.header",
+                        "is required when destination.from is \"header\"",
+                    )
+                })?;
+            validate_header_name("destination.header", &header)?;
+            Ok(DestinationSource::Header(header))
+        }
+        Some(other) => Err(err(
+            "destination.from",
+            format!("`{other}` is not one of \"authority\", \"header\""),
+        )),
+    }
+}
+
+fn validate_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            field,
+            format!("`{name}` is not a lower-case HTTP header name"),
+        ))
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        Config::parse(json.as_bytes())
+    }
+
+    #[test]
+    fn minimal_config_takes_polaris_defaults() {
+        let c = parse(r#"{"polaris_cluster":"polaris_grpc"}"#).unwrap();
+        assert_eq!(c.namespace, "default");
+        assert_eq!(c.refresh_interval, Duration::from_secs(2));
+        assert_eq!(c.upstream_header, "x-polaris-upstream");
+        assert_eq!(c.destination, DestinationSource::Authority);
+        assert_eq!(c.token, None);
+    }
+
+    #[test]
+    fn missing_cluster_is_named() {
+        let e = parse("{}").unwrap_err();
+        assert_eq!(e.field, "polaris_cluster");
+        assert!(e.to_string().contains("`polaris_cluster`"));
+    }
+
+    #[test]
+    fn wrong_type_names_field_and_type() {
+        let e = parse(r#"{"polaris_cluster":"p","refresh_interval":2}"#).unwrap_err();
+        assert_eq!(e.field, "refresh_interval");
+        assert!(e.reason.contains("a number"), "{}", e.reason);
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_by_name() {
+        let e = parse(r#"{"polaris_cluster":"p","refresh_intervall":"2s"}"#).unwrap_err();
+        assert_eq!(e.field, "refresh_intervall");
+    }
+
+    #[test]
+    fn out_of_range_interval_is_rejected() {
+        let e = parse(r#"{"polaris_cluster":"p","refresh_interval":"10ms"}"#).unwrap_err();
+        assert_eq!(e.field, "refresh_interval");
+    }
+
+    #[test]
+    fn header_destination_needs_a_header_name() {
+        let e = parse(r#"{"polaris_cluster":"p","destination":{"from":"header"}}"#).unwrap_err();
+        assert_eq!(e.field, "destination.header");
+        let c =
+            parse(r#"{"polaris_cluster":"p","destination":{"from":"header","header":"x-svc"}}"#)
+                .unwrap();
+        assert_eq!(c.destination, DestinationSource::Header("x-svc".into()));
+    }
+
+    #[test]
+    fn upper_case_header_is_rejected() {
+        let e = parse(r#"{"polaris_cluster":"p","upstream_header":"X-Up"}"#).unwrap_err();
+        assert_eq!(e.field, "upstream_header");
+    }
+
+    #[test]
+    fn not_json_is_reported_at_root() {
+        let e = parse("{nope").unwrap_err();
+        assert_eq!(e.field, "<root>");
+    }
+
+    #[test]
+    fn durations_parse_in_envoy_forms() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration("2"), None);
+        assert_eq!(parse_duration("s"), None);
+        assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+}

@@ -1,0 +1,83 @@
+//! Which Polaris service a request is for.
+//!
+//! A request names its destination as `service` or `service.namespace` (in `:authority` by
+//! default). The split is at the last dot, because Polaris service names may contain dots
+//! (`polaris.checker.Polaris` is service `polaris.checker` in namespace `Polaris`) while namespace
+//! names are short words.
+
+use crate::snapshot::ServiceKey;
+
+/// Longest service or namespace name accepted from a request.
+const MAX_NAME: usize = 128;
+
+/// Parses a destination (`host[:port]`, `service` or `service.namespace`); `None` when the value
+/// cannot name a Polaris service.
+pub fn parse_destination(value: &str, default_namespace: &str) -> Option<ServiceKey> {
+    let host = strip_port(value.trim());
+    let (name, namespace) = match host.rsplit_once('.') {
+        Some((name, namespace)) => (name, namespace),
+        None => (host, default_namespace),
+    };
+    (valid_name(name) && valid_name(namespace)).then(|| ServiceKey::new(namespace, name))
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+/// Polaris names: letters, digits, `-`, `_`, `.`, `:`; never `/` or control characters, which our
+/// shared-data keys and watch list rely on.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn bare_host_uses_default_namespace() {
+        assert_eq!(
+            parse_destination("echo", "default"),
+            Some(ServiceKey::new("default", "echo"))
+        );
+    }
+
+    #[test]
+    fn port_is_stripped() {
+        assert_eq!(
+            parse_destination("echo:10000", "default"),
+            Some(ServiceKey::new("default", "echo"))
+        );
+    }
+
+    #[test]
+    fn last_dot_separates_namespace() {
+        assert_eq!(
+            parse_destination("echo.prod", "default"),
+            Some(ServiceKey::new("prod", "echo"))
+        );
+        assert_eq!(
+            parse_destination("polaris.checker.Polaris", "default"),
+            Some(ServiceKey::new("Polaris", "polaris.checker"))
+        );
+    }
+
+    #[test]
+    fn junk_names_nothing() {
+        for v in [
+            "", ":80", "echo.", ".ns", "a/b", "[::1]:80", "sp ace", "x\ny",
+        ] {
+            assert_eq!(parse_destination(v, "default"), None, "{v:?}");
+        }
+        assert_eq!(parse_destination(&"a".repeat(200), "default"), None);
+    }
+}

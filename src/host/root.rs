@@ -1,0 +1,197 @@
+//! The root context: configuration, the leader lease, timer-driven refreshes, worker resync.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{BufferType, ContextType};
+
+use super::http::Http;
+use super::metrics::Counter;
+use super::worker::{grpc_failure, SharedWorker, Worker};
+use super::{now_ms, store};
+use crate::config::Config;
+use crate::polaris::client;
+use crate::shared::{self, lease};
+use crate::snapshot::{Outcome, Refresher, ServiceKey};
+
+/// Ticks at most this far apart, so workers pick up a new snapshot quickly.
+const MAX_TICK: Duration = Duration::from_millis(500);
+/// A lease outlives this many ticks of its owner.
+const LEASE_TICKS: u32 = 4;
+
+pub struct Root {
+    context_id: u32,
+    /// Unique among every VM of this `vm_id` (from the shared `seq` counter).
+    me: Option<u64>,
+    worker: Option<SharedWorker>,
+    refresher: Refresher,
+    tick: Duration,
+    leader: bool,
+    /// Refresh calls in flight: token -> service.
+    pending: HashMap<u32, ServiceKey>,
+}
+
+impl Root {
+    pub fn new(context_id: u32) -> Root {
+        Root {
+            context_id,
+            me: None,
+            worker: None,
+            refresher: Refresher::new(2000, 2000),
+            tick: MAX_TICK,
+            leader: false,
+            pending: HashMap::new(),
+        }
+    }
+
+    fn identity(&mut self) -> Option<u64> {
+        if self.me.is_none() {
+            self.me = store::increment(shared::SEQ_KEY);
+        }
+        self.me
+    }
+
+    /// Claims or renews the lease; true while we hold it.
+    fn hold_lease(&mut self, now: u64) -> bool {
+        let Some(me) = self.identity() else {
+            return false;
+        };
+        let (current, cas) = store::get(shared::LEASE_KEY);
+        if lease::step(current.as_deref(), me, now) == lease::LeaseStep::Follow {
+            return false;
+        }
+        let ttl = u64::try_from((self.tick * LEASE_TICKS).as_millis()).unwrap_or(u64::MAX);
+        let value = lease::Lease {
+            owner: me,
+            expires_ms: now.saturating_add(ttl),
+        };
+        store::set(shared::LEASE_KEY, value.encode().as_bytes(), cas).is_ok()
+    }
+
+    fn refresh(&mut self, worker: &Worker, now: u64) {
+        let watched = store::watch_list();
+        for (key, revision) in self.refresher.due(watched.services(), now) {
+            match worker.dispatch_discover(&key, &revision, worker.config.discover_timeout) {
+                Ok(token) => {
+                    self.pending.insert(token, key);
+                }
+                Err(cause) => {
+                    worker.metrics.inc(Counter::RefreshErrors);
+                    log::warn!("refresh of {key} not sent: {cause}");
+                    self.refresher.on_answer(&key, Err(cause), now);
+                }
+            }
+        }
+    }
+}
+
+impl Context for Root {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let Some(key) = self.pending.remove(&token_id) else {
+            return;
+        };
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let worker = worker.borrow();
+        let now = now_ms();
+        worker.metrics.inc(Counter::Refreshes);
+        let body = if status_code == 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+                .ok_or_else(|| "empty gRPC answer".to_string())
+        } else {
+            Err(grpc_failure(status_code))
+        };
+        match self
+            .refresher
+            .on_answer(&key, body.as_deref().map_err(Clone::clone), now)
+        {
+            Outcome::Store => {
+                if let Ok(bytes) = &body {
+                    if store::store_instances(&key, bytes) {
+                        worker.metrics.inc(Counter::SnapshotUpdates);
+                        log::info!("snapshot of {key} updated");
+                    }
+                }
+            }
+            Outcome::Unchanged => worker.metrics.inc(Counter::RefreshUnchanged),
+            Outcome::Keep(e) => {
+                worker.metrics.inc(Counter::RefreshErrors);
+                log::warn!("refresh of {key} failed, keeping the last good snapshot: {e}");
+            }
+        }
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{e}");
+                return false;
+            }
+        };
+        let Some(upstream) = client::envoy_grpc_service(&config.polaris_cluster) else {
+            log::error!("invalid plugin configuration: field `polaris_cluster`: cannot be encoded");
+            return false;
+        };
+        self.tick = (config.refresh_interval / 2).clamp(Duration::from_millis(50), MAX_TICK);
+        self.refresher = Refresher::new(
+            u64::try_from(config.refresh_interval.as_millis()).unwrap_or(u64::MAX),
+            u64::try_from(config.discover_timeout.as_millis()).unwrap_or(u64::MAX),
+        );
+        let seed = now_ms() ^ (u64::from(self.context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        log::info!(
+            "configured: Polaris cluster {}, namespace {}, refresh every {:?}",
+            config.polaris_cluster,
+            config.namespace,
+            config.refresh_interval
+        );
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(config, upstream, seed))));
+        if let Err(e) = hostcalls::set_tick_period(self.tick) {
+            log::error!("cannot start the refresh timer: {e:?}");
+            return false;
+        }
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(worker) = self.worker.clone() else {
+            return;
+        };
+        let now = now_ms();
+        let leader = self.hold_lease(now);
+        if leader != self.leader {
+            log::info!(
+                "root context {} {} the Polaris refresh lease",
+                self.context_id,
+                if leader { "holds" } else { "released" }
+            );
+            self.leader = leader;
+        }
+        if leader {
+            self.refresh(&worker.borrow(), now);
+        }
+        worker.borrow_mut().resync();
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let worker = self.worker.clone()?;
+        Some(Box::new(Http::new(context_id, worker)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

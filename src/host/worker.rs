@@ -1,0 +1,114 @@
+//! Per-VM state shared by the root context and the HTTP contexts of one Envoy thread.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use proxy_wasm::hostcalls;
+
+use super::metrics::{Counter, Metrics};
+use super::store;
+use crate::config::Config;
+use crate::lb::Rng;
+use crate::polaris::client;
+use crate::shared;
+use crate::snapshot::{Known, ServiceCache, ServiceKey};
+
+pub type SharedWorker = Rc<RefCell<Worker>>;
+
+pub struct Worker {
+    pub config: Config,
+    /// Encoded `GrpcService` for `proxy_grpc_call`.
+    pub grpc_upstream: String,
+    pub cache: ServiceCache,
+    pub rng: Rng,
+    pub metrics: Metrics,
+    seen_generation: u64,
+}
+
+impl Worker {
+    pub fn new(config: Config, grpc_upstream: String, seed: u64) -> Worker {
+        Worker {
+            config,
+            grpc_upstream,
+            cache: ServiceCache::default(),
+            rng: Rng::new(seed),
+            metrics: Metrics::define(),
+            seen_generation: 0,
+        }
+    }
+
+    /// The cached answer for `key`, filling the cache from shared data on a miss.
+    pub fn lookup(&mut self, key: &ServiceKey, now_ms: u64) -> Option<&Known> {
+        if self.cache.get(key, now_ms).is_none() {
+            if let (Some(bytes), cas) = store::get(&shared::instances_key(key)) {
+                if let Err(e) = self.cache.install_shared(key, &bytes, cas) {
+                    log::warn!("stored snapshot of {key} is unusable: {e}");
+                }
+            }
+        }
+        self.cache.get(key, now_ms)
+    }
+
+    /// Re-decodes every cached service whose shared entry changed since the last sync.
+    pub fn resync(&mut self) {
+        let generation = store::generation();
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        for key in self.cache.keys() {
+            let (bytes, cas) = store::get(&shared::instances_key(&key));
+            let Some(bytes) = bytes else { continue };
+            if cas.is_some() && cas == self.cache.cas(&key) {
+                continue;
+            }
+            match self.cache.install_shared(&key, &bytes, cas) {
+                Ok(()) => log::debug!("resynced {key}"),
+                Err(e) => log::warn!("stored snapshot of {key} is unusable, keeping the last: {e}"),
+            }
+        }
+    }
+
+    /// Sends `Discover` (INSTANCE) for `key` from the current context; the answer arrives in
+    /// that context's `on_grpc_call_response`.
+    pub fn dispatch_discover(
+        &self,
+        key: &ServiceKey,
+        revision: &str,
+        timeout: Duration,
+    ) -> Result<u32, String> {
+        let message = client::discover_instances_request(key, revision);
+        let metadata: Vec<(&str, &[u8])> = match &self.config.token {
+            Some(token) => vec![(client::TOKEN_METADATA, token.as_bytes())],
+            None => Vec::new(),
+        };
+        self.metrics.inc(Counter::DiscoverRequests);
+        hostcalls::dispatch_grpc_call(
+            &self.grpc_upstream,
+            client::GRPC_SERVICE,
+            client::DISCOVER_METHOD,
+            metadata,
+            Some(&message),
+            timeout,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot call Polaris through cluster {}: {e:?}",
+                self.config.polaris_cluster
+            )
+        })
+    }
+}
+
+/// The failure text of the last gRPC answer, for logs and 503 bodies.
+pub fn grpc_failure(status: u32) -> String {
+    let message = hostcalls::get_grpc_status()
+        .ok()
+        .and_then(|(_, m)| m)
+        .filter(|m| !m.is_empty());
+    match message {
+        Some(m) => format!("Polaris unreachable (gRPC status {status}: {m})"),
+        None => format!("Polaris unreachable (gRPC status {status})"),
+    }
+}

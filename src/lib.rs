@@ -1,0 +1,19 @@
+//! polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
+//!
+//! Everything but [`host`] is plain Rust with no proxy-wasm calls, tested natively and as wasm32.
+
+pub mod config;
+pub mod decision;
+pub mod destination;
+pub mod lb;
+pub mod polaris;
+pub mod shared;
+pub mod snapshot;
+
+#[cfg(feature = "host")]
+pub mod host;
+
+#[cfg(feature = "host")]
+proxy_wasm::main! {{
+    host::start();
+}}

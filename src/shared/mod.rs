@@ -1,0 +1,61 @@
+//! The layout of proxy-wasm shared data (one store per `vm_id`, seen by every worker): key names
+//! and value encodings. Pure; `host::store` does the reads and CAS writes.
+//!
+//! | key | value |
+//! |---|---|
+//! | `polaris-wasm/lease` | [`lease::Lease`]: which root context talks to Polaris |
+//! | `polaris-wasm/seq` | counter handing each root context a unique id |
+//! | `polaris-wasm/watch` | [`watch::WatchList`]: services the leader refreshes |
+//! | `polaris-wasm/gen` | bumped on every snapshot write, so workers resync cheaply |
+//! | `polaris-wasm/svc/<ns>/<name>` | the last good `DiscoverResponse` (INSTANCE) bytes |
+
+pub mod lease;
+pub mod watch;
+
+pub use watch::{Added, WatchList};
+
+use crate::snapshot::ServiceKey;
+
+pub const LEASE_KEY: &str = "polaris-wasm/lease";
+pub const SEQ_KEY: &str = "polaris-wasm/seq";
+pub const WATCH_KEY: &str = "polaris-wasm/watch";
+pub const GEN_KEY: &str = "polaris-wasm/gen";
+
+/// Shared-data key of a service's instance snapshot.
+pub fn instances_key(service: &ServiceKey) -> String {
+    format!("polaris-wasm/svc/{}/{}", service.namespace, service.name)
+}
+
+/// Counters (`seq`, `gen`) are stored as 8 little-endian bytes.
+pub fn decode_counter(bytes: Option<&[u8]>) -> u64 {
+    bytes
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .unwrap_or(0)
+}
+
+pub fn encode_counter(n: u64) -> [u8; 8] {
+    n.to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn counters_round_trip_and_junk_reads_as_zero() {
+        assert_eq!(decode_counter(Some(&encode_counter(42))), 42);
+        assert_eq!(decode_counter(None), 0);
+        assert_eq!(decode_counter(Some(b"abc")), 0);
+    }
+
+    #[test]
+    fn instance_key_names_namespace_and_service() {
+        assert_eq!(
+            instances_key(&ServiceKey::new("default", "echo")),
+            "polaris-wasm/svc/default/echo"
+        );
+    }
+}

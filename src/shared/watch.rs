@@ -1,0 +1,94 @@
+//! The watch list: services the leader keeps refreshed. Workers add a service the first time a
+//! request for it is answered by Polaris; the list is bounded by `max_services`.
+
+use crate::snapshot::ServiceKey;
+
+/// Services as `namespace/name` lines (names never contain `/` or newlines; see `destination`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WatchList {
+    services: Vec<ServiceKey>,
+}
+
+/// Result of adding a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Added {
+    New,
+    AlreadyWatched,
+    Full,
+}
+
+impl WatchList {
+    pub fn decode(bytes: Option<&[u8]>) -> WatchList {
+        let text = bytes
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("");
+        let services = text
+            .lines()
+            .filter_map(|l| l.split_once('/'))
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+            .map(|(ns, name)| ServiceKey::new(ns, name))
+            .collect();
+        WatchList { services }
+    }
+
+    pub fn encode(&self) -> String {
+        self.services
+            .iter()
+            .map(|k| format!("{}/{}\n", k.namespace, k.name))
+            .collect()
+    }
+
+    pub fn services(&self) -> &[ServiceKey] {
+        &self.services
+    }
+
+    pub fn contains(&self, key: &ServiceKey) -> bool {
+        self.services.contains(key)
+    }
+
+    pub fn add(&mut self, key: &ServiceKey, limit: usize) -> Added {
+        if self.contains(key) {
+            Added::AlreadyWatched
+        } else if self.services.len() >= limit {
+            Added::Full
+        } else {
+            self.services.push(key.clone());
+            Added::New
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    #[test]
+    fn round_trips_and_dedupes() {
+        let mut w = WatchList::default();
+        let a = ServiceKey::new("default", "a");
+        assert_eq!(w.add(&a, 10), Added::New);
+        assert_eq!(w.add(&a, 10), Added::AlreadyWatched);
+        assert_eq!(
+            w.add(&ServiceKey::new("p", "polaris.checker"), 10),
+            Added::New
+        );
+        let decoded = WatchList::decode(Some(w.encode().as_bytes()));
+        assert_eq!(decoded, w);
+    }
+
+    #[test]
+    fn limit_is_enforced() {
+        let mut w = WatchList::default();
+        assert_eq!(w.add(&ServiceKey::new("d", "a"), 1), Added::New);
+        assert_eq!(w.add(&ServiceKey::new("d", "b"), 1), Added::Full);
+    }
+
+    #[test]
+    fn junk_decodes_to_what_is_readable() {
+        let w = WatchList::decode(Some(b"nonsense\n/x\nd/ok\n"));
+        assert_eq!(w.services(), &[ServiceKey::new("d", "ok")]);
+        assert_eq!(WatchList::decode(Some(b"\xff\xfe")).services().len(), 0);
+    }
+}

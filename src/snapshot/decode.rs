@@ -1,0 +1,261 @@
+//! Turning a Polaris `DiscoverResponse` into a [`ServiceSnapshot`].
+//!
+//! Anything the server sends is untrusted: an instance without a host or port is dropped (and
+//! counted), an unexpected code is an error, and nothing here can panic.
+
+use std::fmt;
+
+use prost::Message;
+
+use super::model::{upstream_address, Instance, Location, ServiceKey, ServiceSnapshot};
+use crate::polaris::code;
+use crate::polaris::proto;
+
+/// What a Discover (type INSTANCE) answer says about a service.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Discovered {
+    /// New data at a new revision.
+    Changed(Box<ServiceSnapshot>),
+    /// The revision we sent is still current.
+    Unchanged,
+    /// Polaris does not know the service.
+    NotFound,
+}
+
+/// Why an answer could not be used; the last good snapshot stays in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The bytes are not a `DiscoverResponse`.
+    Malformed(String),
+    /// Polaris answered with an error code.
+    Server { code: u32, info: String },
+    /// The answer is about another service or resource type.
+    Mismatch(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Malformed(e) => write!(f, "malformed DiscoverResponse: {e}"),
+            DecodeError::Server { code, info } => write!(f, "Polaris answered code {code}: {info}"),
+            DecodeError::Mismatch(e) => write!(f, "unexpected DiscoverResponse: {e}"),
+        }
+    }
+}
+
+/// Decodes wire bytes, then classifies them.
+pub fn decode_instances(key: &ServiceKey, bytes: &[u8]) -> Result<Discovered, DecodeError> {
+    let response = proto::DiscoverResponse::decode(bytes)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    classify_instances(key, &response)
+}
+
+/// Classifies a decoded answer for `key`.
+pub fn classify_instances(
+    key: &ServiceKey,
+    response: &proto::DiscoverResponse,
+) -> Result<Discovered, DecodeError> {
+    let code = response.code.unwrap_or(0);
+    match code {
+        code::DATA_NO_CHANGE => return Ok(Discovered::Unchanged),
+        code::NOT_FOUND_RESOURCE | code::NOT_FOUND_SERVICE => return Ok(Discovered::NotFound),
+        code::EXECUTE_SUCCESS => {}
+        _ => {
+            return Err(DecodeError::Server {
+                code,
+                info: response.info.clone().unwrap_or_default(),
+            })
+        }
+    }
+    if response.r#type != proto::discover_response::DiscoverResponseType::Instance as i32 {
+        return Err(DecodeError::Mismatch(format!(
+            "type {} where INSTANCE was asked",
+            response.r#type
+        )));
+    }
+    let service = response.service.as_ref();
+    let name = service.and_then(|s| s.name.as_deref()).unwrap_or_default();
+    let namespace = service
+        .and_then(|s| s.namespace.as_deref())
+        .unwrap_or_default();
+    if name != key.name || namespace != key.namespace {
+        return Err(DecodeError::Mismatch(format!(
+            "answer for {namespace}/{name} where {key} was asked"
+        )));
+    }
+    let revision = service.and_then(|s| s.revision.clone()).unwrap_or_default();
+    let metadata = service.map(|s| s.metadata.clone()).unwrap_or_default();
+    let instances = response.instances.iter().filter_map(instance).collect();
+    Ok(Discovered::Changed(Box::new(ServiceSnapshot::new(
+        key.clone(),
+        revision,
+        metadata,
+        instances,
+    ))))
+}
+
+/// The revision an answer carries, if it is a successful one.
+pub fn revision_of(bytes: &[u8]) -> Option<String> {
+    let response = proto::DiscoverResponse::decode(bytes).ok()?;
+    if response.code.unwrap_or(0) != code::EXECUTE_SUCCESS {
+        return None;
+    }
+    response.service.and_then(|s| s.revision)
+}
+
+fn instance(p: &proto::Instance) -> Option<Instance> {
+    let host = p.host.as_deref().filter(|h| !h.is_empty())?.to_string();
+    let port = p.port.filter(|&p| p > 0 && p <= 65535)?;
+    let location = p
+        .location
+        .as_ref()
+        .map(|l| Location {
+            region: l.region.clone().unwrap_or_default(),
+            zone: l.zone.clone().unwrap_or_default(),
+            campus: l.campus.clone().unwrap_or_default(),
+        })
+        .unwrap_or_default();
+    Some(Instance {
+        id: p.id.clone().unwrap_or_default(),
+        upstream: upstream_address(&host, port),
+        host,
+        port,
+        // Polaris defaults: weight 100, healthy, not isolated.
+        weight: p.weight.unwrap_or(100),
+        healthy: p.healthy.unwrap_or(true),
+        isolated: p.isolate.unwrap_or(false),
+        metadata: p.metadata.clone(),
+        location,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::polaris::proto::discover_response::DiscoverResponseType;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn key() -> ServiceKey {
+        ServiceKey::new("default", "echo")
+    }
+
+    fn inst(host: &str, port: u32, weight: u32) -> proto::Instance {
+        proto::Instance {
+            id: Some(format!("{host}:{port}")),
+            host: Some(host.into()),
+            port: Some(port),
+            weight: Some(weight),
+            healthy: Some(true),
+            isolate: Some(false),
+            ..Default::default()
+        }
+    }
+
+    fn answer(code: u32, instances: Vec<proto::Instance>) -> proto::DiscoverResponse {
+        proto::DiscoverResponse {
+            code: Some(code),
+            r#type: DiscoverResponseType::Instance as i32,
+            service: Some(proto::Service {
+                name: Some("echo".into()),
+                namespace: Some("default".into()),
+                revision: Some("rev-1".into()),
+                ..Default::default()
+            }),
+            instances,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn success_builds_snapshot_with_upstreams() {
+        let bytes = answer(
+            200000,
+            vec![inst("127.0.0.1", 8081, 1), inst("::1", 8082, 2)],
+        )
+        .encode_to_vec();
+        let Discovered::Changed(s) = decode_instances(&key(), &bytes).unwrap() else {
+            panic!("expected a snapshot")
+        };
+        assert_eq!(s.revision, "rev-1");
+        assert_eq!(s.instances[0].upstream, "127.0.0.1:8081");
+        assert_eq!(s.instances[1].upstream, "[::1]:8082");
+        assert_eq!(s.selectable().total_weight(), 3);
+    }
+
+    #[test]
+    fn isolated_and_zero_weight_instances_are_not_selectable() {
+        let mut isolated = inst("127.0.0.1", 1, 10);
+        isolated.isolate = Some(true);
+        let mut unhealthy = inst("127.0.0.1", 2, 10);
+        unhealthy.healthy = Some(false);
+        let zero = inst("127.0.0.1", 3, 0);
+        let ok = inst("127.0.0.1", 4, 10);
+        let r = answer(200000, vec![isolated, unhealthy, zero, ok]);
+        let Discovered::Changed(s) = classify_instances(&key(), &r).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.selectable().indices(), &[1, 3]);
+        assert_eq!(s.healthy().indices(), &[3]);
+    }
+
+    #[test]
+    fn instances_without_host_or_port_are_dropped() {
+        let mut no_host = inst("", 1, 10);
+        no_host.host = None;
+        let bad_port = inst("127.0.0.1", 70000, 10);
+        let r = answer(200000, vec![no_host, bad_port, inst("127.0.0.1", 5, 1)]);
+        let Discovered::Changed(s) = classify_instances(&key(), &r).unwrap() else {
+            panic!()
+        };
+        assert_eq!(s.instances.len(), 1);
+    }
+
+    #[test]
+    fn no_change_and_not_found_are_recognised() {
+        assert_eq!(
+            classify_instances(&key(), &answer(200001, vec![])).unwrap(),
+            Discovered::Unchanged
+        );
+        assert_eq!(
+            classify_instances(&key(), &answer(400202, vec![])).unwrap(),
+            Discovered::NotFound
+        );
+    }
+
+    #[test]
+    fn server_error_is_an_error() {
+        let e = classify_instances(&key(), &answer(500000, vec![])).unwrap_err();
+        assert!(matches!(e, DecodeError::Server { code: 500000, .. }));
+    }
+
+    #[test]
+    fn garbage_bytes_are_malformed_not_a_panic() {
+        for bytes in [
+            &[0xff, 0xff, 0xff][..],
+            &[0x0a, 0x80][..],
+            &[0x2a, 0x05, 0x01][..],
+        ] {
+            assert!(matches!(
+                decode_instances(&key(), bytes),
+                Err(DecodeError::Malformed(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn answer_for_another_service_is_rejected() {
+        let r = answer(200000, vec![inst("127.0.0.1", 1, 1)]);
+        let e = classify_instances(&ServiceKey::new("default", "other"), &r).unwrap_err();
+        assert!(matches!(e, DecodeError::Mismatch(_)));
+    }
+
+    #[test]
+    fn revision_is_read_only_from_successful_answers() {
+        assert_eq!(
+            revision_of(&answer(200000, vec![]).encode_to_vec()).as_deref(),
+            Some("rev-1")
+        );
+        assert_eq!(revision_of(&answer(400202, vec![]).encode_to_vec()), None);
+    }
+}

@@ -1,0 +1,12 @@
+//! The discovery snapshot: the decoded model of each watched service, the worker cache, and the
+//! leader's refresh bookkeeping.
+
+pub mod cache;
+pub mod decode;
+pub mod model;
+pub mod refresh;
+
+pub use cache::{Known, ServiceCache};
+pub use decode::{classify_instances, decode_instances, revision_of, DecodeError, Discovered};
+pub use model::{Instance, Location, ServiceKey, ServiceSnapshot};
+pub use refresh::{Outcome, Refresher};

@@ -1,0 +1,78 @@
+"""Fixtures: a real Polaris server, real upstream processes and the real Envoy, all on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Callable
+
+import pytest
+
+from harness.envoy import Client, Envoy
+from harness.polaris import Polaris
+from harness.upstream import Upstream
+
+REFRESH = 1.0  # seconds; the plugin's refresh_interval in these tests
+
+
+def plugin_config(**overrides) -> dict:
+    config = {"polaris_cluster": "polaris_grpc", "refresh_interval": f"{int(REFRESH * 1000)}ms"}
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="session")
+def polaris(tmp_path_factory) -> Polaris:
+    server = Polaris(tmp_path_factory.mktemp("polaris")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def service(request) -> str:
+    """A service name of this test's own, so tests never see each other's instances."""
+    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    return f"{stem}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def upstreams() -> Callable[..., list[Upstream]]:
+    started: list[Upstream] = []
+
+    def start(*names: str) -> list[Upstream]:
+        ups = [Upstream(name).start() for name in names]
+        started.extend(ups)
+        return ups
+
+    yield start
+    for u in started:
+        u.stop()
+
+
+@pytest.fixture
+def envoy(tmp_path) -> Callable[..., Envoy]:
+    started: list[Envoy] = []
+
+    def start(polaris_grpc_port: int, concurrency: int = 2, **plugin) -> Envoy:
+        e = Envoy(tmp_path / "envoy", plugin_config(**plugin), polaris_grpc_port, concurrency)
+        started.append(e)
+        return e.start()
+
+    yield start
+    for e in started:
+        e.stop()
+
+
+def traffic_until(
+    client: Client, host: str, predicate: Callable[[dict], bool], timeout: float, batch: int = 20
+) -> tuple[float, dict]:
+    """Sends batches until a batch's counts satisfy `predicate`; returns (seconds taken, counts)."""
+    start = time.monotonic()
+    counts: dict = {}
+    while time.monotonic() - start < timeout:
+        counts = client.counts(host, batch)
+        if predicate(counts):
+            return time.monotonic() - start, counts
+        time.sleep(0.05)
+    raise AssertionError(f"traffic did not change within {timeout}s; last batch {counts}")

