@@ -41,6 +41,24 @@ pub enum DestinationSource {
     Header(String),
 }
 
+impl DestinationSource {
+    /// Where the destination was looked for, for the 400 body.
+    pub fn describe(&self) -> String {
+        match self {
+            DestinationSource::Authority => ":authority".to_string(),
+            DestinationSource::Header(h) => format!("header {h}"),
+        }
+    }
+
+    /// The request header that holds the destination.
+    pub fn header(&self) -> &str {
+        match self {
+            DestinationSource::Authority => ":authority",
+            DestinationSource::Header(h) => h,
+        }
+    }
+}
+
 /// Why a configuration was rejected: the field and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigError {

@@ -5,6 +5,8 @@
 //! (`polaris.checker.Polaris` is service `polaris.checker` in namespace `Polaris`) while namespace
 //! names are short words.
 
+use std::collections::HashMap;
+
 use crate::snapshot::ServiceKey;
 
 /// Longest service or namespace name accepted from a request.
@@ -19,6 +21,29 @@ pub fn parse_destination(value: &str, default_namespace: &str) -> Option<Service
         None => (host, default_namespace),
     };
     (valid_name(name) && valid_name(namespace)).then(|| ServiceKey::new(namespace, name))
+}
+
+/// Remembers how raw destination values parsed, so the request path neither re-parses nor
+/// allocates for a destination it has seen. Bounded: cleared when full, since hostile clients
+/// choose the values.
+#[derive(Debug, Default)]
+pub struct DestinationMemo {
+    parsed: HashMap<String, Option<ServiceKey>>,
+}
+
+impl DestinationMemo {
+    const CAPACITY: usize = 4096;
+
+    pub fn resolve(&mut self, raw: &str, default_namespace: &str) -> Option<&ServiceKey> {
+        if !self.parsed.contains_key(raw) {
+            if self.parsed.len() >= Self::CAPACITY {
+                self.parsed.clear();
+            }
+            self.parsed
+                .insert(raw.to_string(), parse_destination(raw, default_namespace));
+        }
+        self.parsed.get(raw).and_then(Option::as_ref)
+    }
 }
 
 fn strip_port(host: &str) -> &str {
@@ -68,6 +93,24 @@ mod tests {
         assert_eq!(
             parse_destination("polaris.checker.Polaris", "default"),
             Some(ServiceKey::new("Polaris", "polaris.checker"))
+        );
+    }
+
+    #[test]
+    fn memo_answers_like_the_parser_and_stays_bounded() {
+        let mut memo = DestinationMemo::default();
+        assert_eq!(
+            memo.resolve("echo.prod:80", "default"),
+            Some(&ServiceKey::new("prod", "echo"))
+        );
+        assert_eq!(memo.resolve("bad.", "default"), None);
+        for i in 0..(DestinationMemo::CAPACITY + 10) {
+            memo.resolve(&format!("s{i}"), "default");
+        }
+        assert!(memo.parsed.len() <= DestinationMemo::CAPACITY);
+        assert_eq!(
+            memo.resolve("echo", "default"),
+            Some(&ServiceKey::new("default", "echo"))
         );
     }
 

@@ -1,15 +1,16 @@
 //! The HTTP context: resolve the destination, pick an instance, write the upstream header.
+//!
+//! The hot path makes two host calls (read the destination header, write the upstream header)
+//! and allocates nothing for a destination and service it has seen before.
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, BufferType, MapType};
 
 use super::metrics::Counter;
-use super::worker::{grpc_failure, SharedWorker};
-use super::{now_ms, store};
-use crate::config::DestinationSource;
+use super::store;
+use super::worker::{grpc_failure, lookup, SharedWorker};
 use crate::decision::{self, Rejection};
-use crate::destination::parse_destination;
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, Known, ServiceKey};
 
@@ -23,6 +24,15 @@ pub struct Http {
     loading: Option<ServiceKey>,
 }
 
+/// What the request path decided.
+enum Route {
+    /// The upstream header is written; let the request go.
+    Sent,
+    Reject(Rejection),
+    /// The service is not loaded yet: discover it first.
+    Load(ServiceKey),
+}
+
 impl Http {
     pub fn new(context_id: u32, worker: SharedWorker) -> Http {
         Http {
@@ -32,44 +42,52 @@ impl Http {
         }
     }
 
-    fn header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-    }
-
-    fn destination(&self) -> Result<ServiceKey, Rejection> {
-        let worker = self.worker.borrow();
-        let (source, value) = match &worker.config.destination {
-            DestinationSource::Authority => (":authority".to_string(), self.header(":authority")),
-            DestinationSource::Header(h) => (format!("header {h}"), self.header(h)),
-        };
-        value
-            .and_then(|v| parse_destination(&v, &worker.config.namespace))
-            .ok_or(Rejection::NoDestination { source })
-    }
-
-    /// Routes with what the worker knows; `None` when the service is not loaded yet.
-    fn route_known(&self, key: &ServiceKey) -> Option<Result<(), Rejection>> {
+    fn route(&self) -> Route {
         let mut guard = self.worker.borrow_mut();
-        let worker = &mut *guard;
-        let now = now_ms();
-        worker.lookup(key, now)?;
-        let result = match worker.cache.get(key, now)? {
-            Known::NotFound => Err(Rejection::ServiceNotFound(key.clone())),
-            Known::Failed(cause) => Err(Rejection::DiscoveryFailed {
+        let w = &mut *guard;
+        let raw =
+            hostcalls::get_map_value(MapType::HttpRequestHeaders, w.config.destination.header())
+                .ok()
+                .flatten();
+        let Some(key) = raw
+            .as_deref()
+            .and_then(|raw| w.destinations.resolve(raw, &w.config.namespace))
+        else {
+            return Route::Reject(Rejection::NoDestination {
+                source: w.config.destination.describe(),
+            });
+        };
+        let result = match lookup(&mut w.cache, key, w.now_ms) {
+            None => return Route::Load(key.clone()),
+            Some(Known::NotFound) => Err(Rejection::ServiceNotFound(key.clone())),
+            Some(Known::Failed(cause)) => Err(Rejection::DiscoveryFailed {
                 service: key.clone(),
                 cause: cause.clone(),
             }),
-            Known::Ready(snapshot) => decision::pick(snapshot, &mut worker.rng).map(|picked| {
-                set_upstream(&worker.config.upstream_header, &picked.instance.upstream);
-                worker.metrics.inc(Counter::Picks);
-                if picked.recovered_all {
-                    worker.metrics.inc(Counter::RecoverAll);
-                }
-            }),
+            Some(Known::Ready(snapshot)) => {
+                decision::pick(snapshot, &mut w.rng).and_then(|picked| {
+                    // Replaces whatever the client sent: the header is always ours.
+                    hostcalls::set_map_value(
+                        MapType::HttpRequestHeaders,
+                        &w.config.upstream_header,
+                        Some(&picked.instance.upstream),
+                    )
+                    .map_err(|e| Rejection::DiscoveryFailed {
+                        service: key.clone(),
+                        cause: format!("cannot set {}: {e:?}", w.config.upstream_header),
+                    })?;
+                    w.metrics.inc(Counter::Picks);
+                    if picked.recovered_all {
+                        w.metrics.inc(Counter::RecoverAll);
+                    }
+                    Ok(())
+                })
+            }
         };
-        Some(result)
+        match result {
+            Ok(()) => Route::Sent,
+            Err(r) => Route::Reject(r),
+        }
     }
 
     fn reject(&self, rejection: &Rejection) {
@@ -94,23 +112,17 @@ impl Http {
     }
 
     /// Starts the first discovery of a service; the request waits for the answer.
-    fn load(&mut self, key: ServiceKey) -> Action {
+    fn load(&mut self, key: ServiceKey) {
         let sent = {
             let worker = self.worker.borrow();
             worker.dispatch_discover(&key, "", worker.config.lazy_load_timeout)
         };
         match sent {
-            Ok(_) => {
-                self.loading = Some(key);
-                Action::Pause
-            }
-            Err(cause) => {
-                self.reject(&Rejection::DiscoveryFailed {
-                    service: key,
-                    cause,
-                });
-                Action::Pause
-            }
+            Ok(_) => self.loading = Some(key),
+            Err(cause) => self.reject(&Rejection::DiscoveryFailed {
+                service: key,
+                cause,
+            }),
         }
     }
 
@@ -120,25 +132,28 @@ impl Http {
         key: &ServiceKey,
         answer: Result<Vec<u8>, String>,
     ) -> Result<(), Rejection> {
-        let now = now_ms();
-        let mut worker = self.worker.borrow_mut();
+        let mut guard = self.worker.borrow_mut();
+        let w = &mut *guard;
+        let now = w.now_ms;
+        let interval = u64::try_from(w.config.refresh_interval.as_millis()).unwrap_or(0);
         let failed = |cause: String| Rejection::DiscoveryFailed {
             service: key.clone(),
             cause,
         };
-        let remember = now.saturating_add(FAILURE_MEMORY_MS);
         let bytes = match answer {
             Ok(b) => b,
             Err(cause) => {
-                worker
-                    .cache
-                    .install_transient(key, Known::Failed(cause.clone()), remember);
+                w.cache.install_transient(
+                    key,
+                    Known::Failed(cause.clone()),
+                    now.saturating_add(FAILURE_MEMORY_MS),
+                );
                 return Err(failed(cause));
             }
         };
         match decode_instances(key, &bytes) {
             Ok(Discovered::Changed(snapshot)) => {
-                let limit = worker.config.max_services;
+                let limit = w.config.max_services;
                 if store::watch(key, limit) == Added::Full {
                     return Err(Rejection::TooManyServices {
                         service: key.clone(),
@@ -146,11 +161,9 @@ impl Http {
                     });
                 }
                 if store::store_instances(key, &bytes) {
-                    worker.metrics.inc(Counter::SnapshotUpdates);
+                    w.metrics.inc(Counter::SnapshotUpdates);
                 }
-                let interval =
-                    u64::try_from(worker.config.refresh_interval.as_millis()).unwrap_or(0);
-                worker.cache.install_transient(
+                w.cache.install_transient(
                     key,
                     Known::Ready(snapshot),
                     now.saturating_add(interval),
@@ -158,10 +171,7 @@ impl Http {
                 Ok(())
             }
             Ok(Discovered::NotFound) => {
-                let interval =
-                    u64::try_from(worker.config.refresh_interval.as_millis()).unwrap_or(0);
-                worker
-                    .cache
+                w.cache
                     .install_transient(key, Known::NotFound, now.saturating_add(interval));
                 Err(Rejection::ServiceNotFound(key.clone()))
             }
@@ -173,12 +183,6 @@ impl Http {
                 Err(failed(e.to_string()))
             }
         }
-    }
-}
-
-fn set_upstream(header: &str, upstream: &str) {
-    if let Err(e) = hostcalls::set_map_value(MapType::HttpRequestHeaders, header, Some(upstream)) {
-        log::warn!("cannot set {header}: {e:?}");
     }
 }
 
@@ -195,15 +199,12 @@ impl Context for Http {
         } else {
             Err(grpc_failure(status_code))
         };
-        let routed = self.install_loaded(&key, answer).and_then(|()| {
-            self.route_known(&key)
-                .unwrap_or(Err(Rejection::DiscoveryFailed {
-                    service: key.clone(),
-                    cause: "snapshot vanished".into(),
-                }))
-        });
-        match routed {
-            Ok(()) => {
+        let route = match self.install_loaded(&key, answer) {
+            Ok(()) => self.route(),
+            Err(r) => Route::Reject(r),
+        };
+        match route {
+            Route::Sent => {
                 if let Err(e) = hostcalls::resume_http_request() {
                     log::warn!(
                         "cannot resume request on context {}: {e:?}",
@@ -211,36 +212,27 @@ impl Context for Http {
                     );
                 }
             }
-            Err(rejection) => self.reject(&rejection),
+            Route::Reject(r) => self.reject(&r),
+            Route::Load(_) => self.reject(&Rejection::DiscoveryFailed {
+                service: key,
+                cause: "the discovered service vanished from the cache".into(),
+            }),
         }
     }
 }
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        // Never trust the client: whatever it sent in the upstream header goes, always.
-        let header = self.worker.borrow().config.upstream_header.clone();
-        if let Err(e) = hostcalls::remove_map_value(MapType::HttpRequestHeaders, &header) {
-            log::warn!("cannot remove client-sent {header}: {e:?}");
-            self.reject(&Rejection::NoDestination {
-                source: "a request whose upstream header cannot be cleared".into(),
-            });
-            return Action::Pause;
-        }
-        let key = match self.destination() {
-            Ok(k) => k,
-            Err(r) => {
-                self.reject(&r);
-                return Action::Pause;
-            }
-        };
-        match self.route_known(&key) {
-            Some(Ok(())) => Action::Continue,
-            Some(Err(r)) => {
+        match self.route() {
+            Route::Sent => Action::Continue,
+            Route::Reject(r) => {
                 self.reject(&r);
                 Action::Pause
             }
-            None => self.load(key),
+            Route::Load(key) => {
+                self.load(key);
+                Action::Pause
+            }
         }
     }
 }

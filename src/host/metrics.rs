@@ -1,5 +1,10 @@
 //! Counters defined with `define_metric`; Envoy shows them as `wasmcustom.polaris_wasm.*` stats,
 //! summed over every worker's VM.
+//!
+//! Increments are counted in the VM and handed to Envoy on the next tick (at most 500 ms later),
+//! so the request path makes no host call for metrics.
+
+use std::cell::Cell;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -42,6 +47,7 @@ const ALL: [(Counter, &str); 9] = [
 #[derive(Debug, Default)]
 pub struct Metrics {
     ids: [Option<u32>; ALL.len()],
+    pending: [Cell<u64>; ALL.len()],
 }
 
 impl Metrics {
@@ -57,8 +63,18 @@ impl Metrics {
     }
 
     pub fn inc(&self, counter: Counter) {
-        if let Some(Some(id)) = self.ids.get(counter as usize) {
-            let _ = hostcalls::increment_metric(*id, 1);
+        if let Some(pending) = self.pending.get(counter as usize) {
+            pending.set(pending.get().wrapping_add(1));
+        }
+    }
+
+    /// Hands the counted increments to Envoy.
+    pub fn flush(&self) {
+        for (id, pending) in self.ids.iter().zip(self.pending.iter()) {
+            let n = pending.take();
+            if let (Some(id), true) = (id, n > 0) {
+                let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+            }
         }
     }
 }

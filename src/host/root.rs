@@ -158,7 +158,12 @@ impl RootContext for Root {
             config.namespace,
             config.refresh_interval
         );
-        self.worker = Some(Rc::new(RefCell::new(Worker::new(config, upstream, seed))));
+        self.worker = Some(Rc::new(RefCell::new(Worker::new(
+            config,
+            upstream,
+            seed,
+            now_ms(),
+        ))));
         if let Err(e) = hostcalls::set_tick_period(self.tick) {
             log::error!("cannot start the refresh timer: {e:?}");
             return false;
@@ -171,6 +176,7 @@ impl RootContext for Root {
             return;
         };
         let now = now_ms();
+        worker.borrow_mut().now_ms = now;
         let leader = self.hold_lease(now);
         if leader != self.leader {
             log::info!(
@@ -183,7 +189,9 @@ impl RootContext for Root {
         if leader {
             self.refresh(&worker.borrow(), now);
         }
-        worker.borrow_mut().resync();
+        let mut w = worker.borrow_mut();
+        w.resync();
+        w.metrics.flush();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

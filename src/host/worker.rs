@@ -9,6 +9,7 @@ use proxy_wasm::hostcalls;
 use super::metrics::{Counter, Metrics};
 use super::store;
 use crate::config::Config;
+use crate::destination::DestinationMemo;
 use crate::lb::Rng;
 use crate::polaris::client;
 use crate::shared;
@@ -21,33 +22,26 @@ pub struct Worker {
     /// Encoded `GrpcService` for `proxy_grpc_call`.
     pub grpc_upstream: String,
     pub cache: ServiceCache,
+    pub destinations: DestinationMemo,
     pub rng: Rng,
     pub metrics: Metrics,
+    /// Host time as of the last tick: the request path needs no finer clock than that.
+    pub now_ms: u64,
     seen_generation: u64,
 }
 
 impl Worker {
-    pub fn new(config: Config, grpc_upstream: String, seed: u64) -> Worker {
+    pub fn new(config: Config, grpc_upstream: String, seed: u64, now_ms: u64) -> Worker {
         Worker {
             config,
             grpc_upstream,
             cache: ServiceCache::default(),
+            destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             metrics: Metrics::define(),
+            now_ms,
             seen_generation: 0,
         }
-    }
-
-    /// The cached answer for `key`, filling the cache from shared data on a miss.
-    pub fn lookup(&mut self, key: &ServiceKey, now_ms: u64) -> Option<&Known> {
-        if self.cache.get(key, now_ms).is_none() {
-            if let (Some(bytes), cas) = store::get(&shared::instances_key(key)) {
-                if let Err(e) = self.cache.install_shared(key, &bytes, cas) {
-                    log::warn!("stored snapshot of {key} is unusable: {e}");
-                }
-            }
-        }
-        self.cache.get(key, now_ms)
     }
 
     /// Re-decodes every cached service whose shared entry changed since the last sync.
@@ -99,6 +93,18 @@ impl Worker {
             )
         })
     }
+}
+
+/// The cached answer for `key`, filling the cache from shared data on a miss.
+pub fn lookup<'a>(cache: &'a mut ServiceCache, key: &ServiceKey, now_ms: u64) -> Option<&'a Known> {
+    if cache.get(key, now_ms).is_none() {
+        if let (Some(bytes), cas) = store::get(&shared::instances_key(key)) {
+            if let Err(e) = cache.install_shared(key, &bytes, cas) {
+                log::warn!("stored snapshot of {key} is unusable: {e}");
+            }
+        }
+    }
+    cache.get(key, now_ms)
 }
 
 /// The failure text of the last gRPC answer, for logs and 503 bodies.

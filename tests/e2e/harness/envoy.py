@@ -160,6 +160,15 @@ class Envoy:
     def counter(self, name: str) -> int:
         return self.stats(name).get(f"wasmcustom.polaris_wasm.{name}", 0)
 
+    def wait_counter(self, name: str, predicate, timeout: float = 3.0) -> int:
+        """Polls a counter (the filter flushes its counts every tick, <= 500 ms) until it holds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = self.counter(name)
+            if predicate(value) or time.monotonic() >= deadline:
+                return value
+            time.sleep(0.1)
+
     def client(self) -> "Client":
         return Client(self.listen_port)
 

@@ -1,0 +1,207 @@
+"""`make bench`: the cost of the filter in a real Envoy, measured with wrk on loopback.
+
+Two setups in one run, loaded at the same time in each round (two wrk processes), both Envoys
+pinned to the same core, so CPU steal on a shared VM hits both alike; each round's ratio is taken
+within the round, and the median of those is reported:
+  baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
+  filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
+            pick) writing the ORIGINAL_DST header.
+Each Envoy runs with --concurrency 1, both pinned to CPU 0 (they split it); nginx (3 upstream
+ports), the two wrk and Polaris share CPU 1. Prints req/s, p50 and p99 per run, Envoy CPU time per request, the medians, and two
+filter/baseline ratios:
+  req/s ratio     what wrk saw; on a shared VM it swings with CPU steal from round to round;
+  capacity ratio  baseline CPU per request / filter CPU per request, from Envoy's own thread CPU
+                  time (/proc/<pid>/task/*/schedstat). Steal is not charged to the process, so
+                  this is the steady number: the throughput ratio of a CPU-bound Envoy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
+
+from harness.envoy import Envoy  # noqa: E402
+from harness.polaris import Polaris, free_port  # noqa: E402
+
+BASELINE = """
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: ADMIN}}}
+static_resources:
+  listeners:
+  - name: ingress
+    address: {socket_address: {address: 127.0.0.1, port_value: LISTEN}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - {name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: static}}]}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: static
+    type: STATIC
+    lb_policy: ROUND_ROBIN
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: static
+      endpoints: [{lb_endpoints: [ENDPOINTS]}]
+"""
+
+NGINX = """
+daemon off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 1024; }}
+http {{
+  access_log off;
+  client_body_temp_path {dir}/body;
+  proxy_temp_path {dir}/proxy;
+  fastcgi_temp_path {dir}/fastcgi;
+  uwsgi_temp_path {dir}/uwsgi;
+  scgi_temp_path {dir}/scgi;
+  {servers}
+}}
+"""
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time of every thread of a process, in ns."""
+    total = 0
+    for stat in Path(f"/proc/{pid}/task").glob("*/schedstat"):
+        try:
+            total += int(stat.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def wrk_start(port: int, seconds: int, connections: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+         "-H", "Host: echo", f"http://127.0.0.1:{port}/"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wrk_result(proc: subprocess.Popen, seconds: int) -> dict:
+    out, err = proc.communicate(timeout=seconds + 30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed: {err}")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p: str) -> float:
+        value, unit = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "requests": requests,
+            "errors": int(non2xx.group(1)) if non2xx else 0}
+
+
+def round_together(envoys: dict[str, Envoy], seconds: int, connections: int) -> dict[str, dict]:
+    """Loads every Envoy at once: they share one core and whatever steal it suffers."""
+    before = {name: cpu_ns(e.proc.pid) for name, e in envoys.items()}
+    procs = {name: wrk_start(e.listen_port, seconds, connections) for name, e in envoys.items()}
+    results = {name: wrk_result(p, seconds) for name, p in procs.items()}
+    for name, e in envoys.items():
+        r = results[name]
+        r["cpu_us"] = (cpu_ns(e.proc.pid) - before[name]) / 1000 / max(r["requests"], 1)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=16, help="per wrk, per setup")
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} not found (make bench installs wrk and nginx-light)")
+
+    work = Path(tempfile.mkdtemp(prefix="polaris-wasm-bench-"))
+    ports = [free_port() for _ in range(3)]
+    servers = "\n  ".join(
+        f"server {{ listen 127.0.0.1:{p}; location / {{ return 200 'u{i}'; }} }}" for i, p in enumerate(ports)
+    )
+    (work / "nginx.conf").write_text(NGINX.format(dir=work, servers=servers))
+    nginx = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", str(work / "nginx.conf")],
+                             start_new_session=True)
+    polaris = Polaris(work / "polaris")
+    envoys: list[Envoy] = []
+    try:
+        polaris.start()
+        polaris.create_service("echo")
+        for p in ports:
+            polaris.register_instance("echo", "127.0.0.1", p, weight=100)
+        polaris.wait_for(lambda r: len(r.get("instances") or []) == 3, service="echo")
+
+        base_listen, base_admin = free_port(), free_port()
+        endpoints = ", ".join(
+            f"{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {p}}}}}}}}}" for p in ports
+        )
+        baseline_text = (BASELINE.replace("ADMIN", str(base_admin)).replace("LISTEN", str(base_listen))
+                         .replace("ENDPOINTS", endpoints))
+        setups = {}
+        for name, text in (("baseline", baseline_text), ("filter", None)):
+            e = Envoy(work / name, {"polaris_cluster": "polaris_grpc"}, polaris.grpc_port,
+                      concurrency=1, config_text=text)
+            if text is not None:
+                e.listen_port, e.admin_port = base_listen, base_admin
+            e.start()
+            subprocess.run(["taskset", "-a", "-p", "-c", "0", str(e.proc.pid)], check=True,
+                           capture_output=True)
+            envoys.append(e)
+            setups[name] = e
+        # Warm-up: load the service into the filter and open upstream connections.
+        round_together(setups, 2, args.connections)
+
+        results: dict[str, list[dict]] = {name: [] for name in setups}
+        for r in range(args.rounds):
+            for name, res in round_together(setups, args.seconds, args.connections).items():
+                results[name].append(res)
+                print(f"round {r + 1} {name:<8} {res['rps']:>9.0f} req/s  p50 {res['p50']:.3f} ms  "
+                      f"p99 {res['p99']:.3f} ms  Envoy CPU {res['cpu_us']:.1f} us/req  "
+                      f"non-2xx {res['errors']}", flush=True)
+
+        print("\nmedians:")
+        med = {}
+        for name, runs in results.items():
+            med[name] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_us")}
+            print(f"  {name:<8} {med[name]['rps']:>9.0f} req/s  p50 {med[name]['p50']:.3f} ms  "
+                  f"p99 {med[name]['p99']:.3f} ms  Envoy CPU {med[name]['cpu_us']:.1f} us/req")
+        pairs = list(zip(results["baseline"], results["filter"]))
+        rps_ratio = statistics.median(f["rps"] / b["rps"] for b, f in pairs)
+        capacity = statistics.median(b["cpu_us"] / f["cpu_us"] for b, f in pairs)
+        round_ratios = " ".join(f"{f['rps'] / b['rps']:.2f}" for b, f in pairs)
+        print(f"\nper-round req/s ratios: {round_ratios}")
+        print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
+        print(f"median filter / baseline capacity ratio: {capacity:.3f}  (target >= 0.85)")
+        errors = sum(r["errors"] for r in results["filter"])
+        if errors:
+            sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
+    finally:
+        for e in envoys:
+            e.stop()
+        nginx.terminate()
+        nginx.wait(timeout=10)
+        polaris.stop()
+
+
+if __name__ == "__main__":
+    main()
