@@ -25,11 +25,13 @@ WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
 # it (tests/e2e/test_module.py checks).
 WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_memory_allocate \
                   proxy_on_context_create proxy_on_delete proxy_on_request_headers \
+                  proxy_on_response_headers \
                   proxy_on_grpc_receive proxy_on_grpc_close \
                   proxy_on_grpc_receive_initial_metadata proxy_on_grpc_receive_trailing_metadata
 PYTEST_ARGS ?=
 
 include mk/polaris.mk
+include mk/oci.mk
 
 .PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e demo bench clean
 
@@ -71,7 +73,7 @@ test-wasm: rust-targets $(WBG_RUNNER)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
 		cargo test --target wasm32-unknown-unknown --no-default-features --lib --tests
 
-test-e2e: venv wasm polaris-server
+test-e2e: venv wasm polaris-server oci oci-tools
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 demo: venv wasm polaris-server

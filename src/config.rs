@@ -4,10 +4,15 @@
 //! Envoy log line (or `envoy --mode validate`). Unknown fields are rejected so a typo is not
 //! silently ignored.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
 use serde_json::{Map, Value};
+
+use crate::lb::Policy;
+use crate::routing::{Caller, Failover, Level, Nearby};
+use crate::snapshot::Location;
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +35,28 @@ pub struct Config {
     pub destination: DestinationSource,
     /// Upper bound on watched services, so hostile `Host` headers cannot grow state forever.
     pub max_services: usize,
+    /// This Envoy's own service: inbound rule sources are matched against it, its outbound rules
+    /// apply, and its metadata answers custom rule keys and VARIABLE values.
+    pub caller: Caller,
+    /// What rule routing does when rules exist but none matched.
+    pub failover: Failover,
+    /// The load balancer and, for hash policies, where the key comes from.
+    pub policy: Policy,
+    pub hash_key: Option<HashKeySource>,
+    /// Whether `x-polaris-debug: 1` on a request adds the decision trace to its response.
+    pub debug_trace: bool,
+    /// This Envoy's location and the nearby-routing levels. An empty location is filled from
+    /// Envoy's node locality by the host.
+    pub nearby: Nearby,
+}
+
+/// Where a hash balancer's key comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKeySource {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    CallerIp,
 }
 
 /// Where the destination service of a request comes from.
@@ -95,6 +122,12 @@ const KNOWN_FIELDS: &[&str] = &[
     "upstream_header",
     "destination",
     "max_services",
+    "caller",
+    "routing",
+    "load_balancer",
+    "debug_trace",
+    "location",
+    "nearby",
 ];
 
 /// The encoded `GrpcService` we hand to Envoy embeds the cluster name behind one-byte lengths.
@@ -173,6 +206,22 @@ impl Config {
                 .ok_or_else(|| err("max_services", "must be an integer from 1 to 100000"))?,
         };
 
+        let caller = caller(&map, &namespace)?;
+        let failover = failover(&map)?;
+        let (policy, hash_key) = load_balancer(&map)?;
+        let debug_trace = match map.get("debug_trace") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(err(
+                    "debug_trace",
+                    format!("must be a boolean, got {}", kind(other)),
+                ))
+            }
+        };
+
+        let nearby = nearby(&map)?;
+
         Ok(Config {
             polaris_cluster,
             namespace,
@@ -183,8 +232,193 @@ impl Config {
             upstream_header,
             destination,
             max_services,
+            caller,
+            failover,
+            policy,
+            hash_key,
+            debug_trace,
+            nearby,
         })
     }
+}
+
+fn nearby(map: &Map<String, Value>) -> Result<Nearby, ConfigError> {
+    let mut nearby = Nearby::default();
+    if let Some(loc) = object(map, "location", &["region", "zone", "campus"])? {
+        nearby.location = Location {
+            region: nested_string(loc, "location", "region")?.unwrap_or_default(),
+            zone: nested_string(loc, "location", "zone")?.unwrap_or_default(),
+            campus: nested_string(loc, "location", "campus")?.unwrap_or_default(),
+        };
+    }
+    let Some(obj) = object(
+        map,
+        "nearby",
+        &["match_level", "max_match_level", "unhealthy_percent"],
+    )?
+    else {
+        return Ok(nearby);
+    };
+    let level = |field: &str| -> Result<Option<Level>, ConfigError> {
+        nested_string(obj, "nearby", field)?
+            .map(|v| {
+                v.parse::<Level>()
+                    .map_err(|e| err(&format!("nearby.{field}"), e))
+            })
+            .transpose()
+    };
+    if let Some(l) = level("match_level")? {
+        nearby.match_level = l;
+    }
+    if let Some(l) = level("max_match_level")? {
+        nearby.max_match_level = l;
+    }
+    if nearby.max_match_level > nearby.match_level {
+        return Err(err(
+            "nearby.max_match_level",
+            format!(
+                "`{}` is nearer than match_level `{}`; it must be the same level or wider",
+                nearby.max_match_level, nearby.match_level
+            ),
+        ));
+    }
+    if let Some(v) = obj.get("unhealthy_percent") {
+        nearby.unhealthy_percent = v
+            .as_u64()
+            .filter(|n| (1..=100).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                err(
+                    "nearby.unhealthy_percent",
+                    "must be an integer from 1 to 100",
+                )
+            })?;
+    }
+    Ok(nearby)
+}
+
+fn object<'a>(
+    map: &'a Map<String, Value>,
+    field: &str,
+    known: &[&str],
+) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(obj)) => {
+            if let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(err(
+                    &format!("{field}.{unknown}"),
+                    format!("unknown field; known fields are {}", known.join(", ")),
+                ));
+            }
+            Ok(Some(obj))
+        }
+        Some(other) => Err(err(
+            field,
+            format!("must be an object, got {}", kind(other)),
+        )),
+    }
+}
+
+fn nested_string(
+    obj: &Map<String, Value>,
+    parent: &str,
+    field: &str,
+) -> Result<Option<String>, ConfigError> {
+    string(obj, field).map_err(|e| err(&format!("{parent}.{field}"), e.reason))
+}
+
+fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigError> {
+    let Some(obj) = object(map, "caller", &["service", "namespace", "metadata"])? else {
+        return Ok(Caller::default());
+    };
+    let service = nested_string(obj, "caller", "service")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| err("caller.service", "is required when caller is given"))?;
+    let namespace =
+        nested_string(obj, "caller", "namespace")?.unwrap_or_else(|| namespace.to_string());
+    let mut metadata = HashMap::new();
+    match obj.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(meta)) => {
+            for (k, v) in meta {
+                let Value::String(v) = v else {
+                    return Err(err(
+                        &format!("caller.metadata.{k}"),
+                        format!("must be a string, got {}", kind(v)),
+                    ));
+                };
+                metadata.insert(k.clone(), v.clone());
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "caller.metadata",
+                format!("must be an object of strings, got {}", kind(other)),
+            ))
+        }
+    }
+    Ok(Caller {
+        namespace,
+        service,
+        metadata,
+    })
+}
+
+fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {
+    let Some(obj) = object(map, "routing", &["failover"])? else {
+        return Ok(Failover::All);
+    };
+    match nested_string(obj, "routing", "failover")?.as_deref() {
+        None | Some("all") => Ok(Failover::All),
+        Some("none") => Ok(Failover::None),
+        Some(other) => Err(err(
+            "routing.failover",
+            format!("`{other}` is not one of \"all\", \"none\""),
+        )),
+    }
+}
+
+fn load_balancer(map: &Map<String, Value>) -> Result<(Policy, Option<HashKeySource>), ConfigError> {
+    let Some(obj) = object(map, "load_balancer", &["policy", "hash_key"])? else {
+        return Ok((Policy::WeightedRandom, None));
+    };
+    let policy = match nested_string(obj, "load_balancer", "policy")? {
+        None => Policy::WeightedRandom,
+        Some(p) => p
+            .parse::<Policy>()
+            .map_err(|e| err("load_balancer.policy", e.to_string()))?,
+    };
+    let hash_key = match object(obj, "hash_key", &["from", "name"])
+        .map_err(|e| err(&format!("load_balancer.{}", e.field), e.reason))?
+    {
+        None => None,
+        Some(key) => {
+            let from = nested_string(key, "load_balancer.hash_key", "from")?;
+            let name = nested_string(key, "load_balancer.hash_key", "name")?;
+            let need_name = |n: Option<String>| {
+                n.filter(|n| !n.is_empty()).ok_or_else(|| {
+                    err("load_balancer.hash_key.name", "is required for this source")
+                })
+            };
+            Some(match from.as_deref() {
+                Some("header") => HashKeySource::Header(need_name(name)?.to_ascii_lowercase()),
+                Some("cookie") => HashKeySource::Cookie(need_name(name)?),
+                Some("query") => HashKeySource::Query(need_name(name)?),
+                Some("caller_ip") => HashKeySource::CallerIp,
+                other => {
+                    return Err(err(
+                        "load_balancer.hash_key.from",
+                        format!(
+                            "`{}` is not one of \"header\", \"cookie\", \"query\", \"caller_ip\"",
+                            other.unwrap_or("")
+                        ),
+                    ))
+                }
+            })
+        }
+    };
+    Ok((policy, hash_key))
 }
 
 fn string(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ConfigError> {
@@ -355,6 +589,66 @@ mod tests {
     fn not_json_is_reported_at_root() {
         let e = parse("{nope").unwrap_err();
         assert_eq!(e.field, "<root>");
+    }
+
+    #[test]
+    fn caller_load_balancer_and_failover_parse() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","caller":{"service":"svc-a","metadata":{"env":"gray"}},
+                "routing":{"failover":"none"},
+                "load_balancer":{"policy":"ringHash","hash_key":{"from":"header","name":"X-User"}},
+                "debug_trace":true}"#,
+        )
+        .unwrap();
+        assert_eq!(c.caller.service, "svc-a");
+        assert_eq!(c.caller.namespace, "default");
+        assert_eq!(
+            c.caller.metadata.get("env").map(String::as_str),
+            Some("gray")
+        );
+        assert_eq!(c.failover, Failover::None);
+        assert_eq!(c.policy, Policy::RingHash);
+        assert_eq!(c.hash_key, Some(HashKeySource::Header("x-user".into())));
+        assert!(c.debug_trace);
+    }
+
+    #[test]
+    fn bad_load_balancer_fields_are_named() {
+        let e = parse(r#"{"polaris_cluster":"p","load_balancer":{"policy":"roundRobin"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "load_balancer.policy");
+        let e = parse(r#"{"polaris_cluster":"p","load_balancer":{"hash_key":{"from":"header"}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "load_balancer.hash_key.name");
+        let e = parse(r#"{"polaris_cluster":"p","load_balancer":{"hash_key":{"from":"body"}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "load_balancer.hash_key.from");
+        let e = parse(r#"{"polaris_cluster":"p","caller":{"metadata":{}}}"#).unwrap_err();
+        assert_eq!(e.field, "caller.service");
+        let e = parse(r#"{"polaris_cluster":"p","caller":{"service":"a","metadata":{"k":1}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "caller.metadata.k");
+        let e = parse(r#"{"polaris_cluster":"p","routing":{"failover":"some"}}"#).unwrap_err();
+        assert_eq!(e.field, "routing.failover");
+    }
+
+    #[test]
+    fn nearby_levels_and_location_parse() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","location":{"region":"r1","zone":"z1"},
+                "nearby":{"match_level":"zone","max_match_level":"region","unhealthy_percent":50}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.nearby.location.zone, "z1");
+        assert_eq!(c.nearby.max_match_level, Level::Region);
+        assert_eq!(c.nearby.unhealthy_percent, 50);
+        let e = parse(
+            r#"{"polaris_cluster":"p","nearby":{"match_level":"region","max_match_level":"zone"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "nearby.max_match_level");
+        let e = parse(r#"{"polaris_cluster":"p","nearby":{"match_level":"city"}}"#).unwrap_err();
+        assert_eq!(e.field, "nearby.match_level");
     }
 
     #[test]

@@ -2,15 +2,22 @@
 
 use std::fmt;
 
-use crate::lb::Rng;
+use crate::config::HashKeySource;
+use crate::lb::{self, Rng};
+use crate::routing::{Caller, Level, Plan, RequestFacts};
 use crate::snapshot::{Instance, ServiceKey, ServiceSnapshot};
 
-/// Where the request goes.
+/// Where the request goes, and why: what the debug trace reports.
 #[derive(Debug, PartialEq)]
-pub struct Picked<'a> {
+pub struct Decision<'a> {
     pub instance: &'a Instance,
     /// No healthy instance was left, so all selectable ones were used (polaris-go recover-all).
     pub recovered_all: bool,
+    /// The rule and destination group (`rule.subrule.group`) that matched, if any.
+    pub rule: Option<&'a str>,
+    pub group: Option<&'a str>,
+    /// The level nearby routing chose, when it applies to the service.
+    pub nearby: Option<Level>,
 }
 
 /// Why the filter answers the request itself instead of routing it.
@@ -22,6 +29,10 @@ pub enum Rejection {
     ServiceNotFound(ServiceKey),
     /// The service exists but no instance may take traffic.
     NoInstance { service: ServiceKey, total: usize },
+    /// Rules exist, none matched, and `routing.failover` is `none`.
+    NoRuleMatched { service: ServiceKey },
+    /// Nearby routing found no instance within `nearby.max_match_level`.
+    NoNearbyInstance { service: ServiceKey, widest: Level },
     /// The first discovery of the service failed.
     DiscoveryFailed { service: ServiceKey, cause: String },
     /// The watch list is full.
@@ -42,6 +53,8 @@ impl Rejection {
             Rejection::NoDestination { .. } => "no-destination",
             Rejection::ServiceNotFound(_) => "service-not-found",
             Rejection::NoInstance { .. } => "no-instance",
+            Rejection::NoRuleMatched { .. } => "rule-routing",
+            Rejection::NoNearbyInstance { .. } => "nearby-routing",
             Rejection::DiscoveryFailed { .. } => "discovery-failed",
             Rejection::TooManyServices { .. } => "too-many-services",
         }
@@ -65,6 +78,18 @@ impl fmt::Display for Rejection {
                  selectable: isolated or weight 0)",
                 service.name, service.namespace
             ),
+            Rejection::NoRuleMatched { service } => write!(
+                f,
+                "rule routing left no instance of service {} in namespace {}: no rule matched and \
+                 routing.failover is none",
+                service.name, service.namespace
+            ),
+            Rejection::NoNearbyInstance { service, widest } => write!(
+                f,
+                "nearby routing left no instance of service {} in namespace {}: none within \
+                 level {widest} of this Envoy",
+                service.name, service.namespace
+            ),
             Rejection::DiscoveryFailed { service, cause } => write!(
                 f,
                 "cannot discover service {} in namespace {}: {cause}",
@@ -80,31 +105,90 @@ impl fmt::Display for Rejection {
     }
 }
 
-/// Health/isolate filter, recover-all, weighted random pick.
-pub fn pick<'a>(snapshot: &'a ServiceSnapshot, rng: &mut Rng) -> Result<Picked<'a>, Rejection> {
-    let (table, recovered_all) = if snapshot.healthy().is_empty() {
-        (snapshot.selectable(), true)
+/// The hash balancers' key, from where the configuration says.
+pub fn hash_key(source: Option<&HashKeySource>, facts: &mut dyn RequestFacts) -> Option<u64> {
+    let value = match source? {
+        HashKeySource::Header(h) => facts.header(h),
+        HashKeySource::Cookie(c) => facts.cookie(c),
+        HashKeySource::Query(q) => facts.query(q),
+        HashKeySource::CallerIp => facts.caller_ip(),
+    }?;
+    Some(lb::hash_key(value.as_bytes()))
+}
+
+/// The chain, in polaris-go's order: rule routing, nearby routing, then the health/isolate filter
+/// with recover-all, then the load balancer.
+pub fn decide<'a>(
+    plan: &'a Plan,
+    snapshot: &'a ServiceSnapshot,
+    caller: &Caller,
+    facts: &mut dyn RequestFacts,
+    hash: Option<&HashKeySource>,
+    rng: &mut Rng,
+) -> Result<Decision<'a>, Rejection> {
+    let routed = plan
+        .route(caller, facts, rng)
+        .ok_or_else(|| Rejection::NoRuleMatched {
+            service: snapshot.key.clone(),
+        })?;
+    let (pool, nearby) = plan
+        .narrow(routed.pool)
+        .ok_or_else(|| Rejection::NoNearbyInstance {
+            service: snapshot.key.clone(),
+            widest: plan.nearby_limit().unwrap_or(Level::All),
+        })?;
+    let key = if plan.policy.uses_key() {
+        hash_key(hash, facts)
     } else {
-        (snapshot.healthy(), false)
+        None
     };
-    table
-        .pick(rng)
-        .and_then(|i| snapshot.instance(i))
-        .map(|instance| Picked {
-            instance,
-            recovered_all,
-        })
+    let picked =
+        pool.pick(snapshot, plan.policy, key, rng)
+            .ok_or_else(|| Rejection::NoInstance {
+                service: snapshot.key.clone(),
+                total: snapshot.instances.len(),
+            })?;
+    let instance = snapshot
+        .instance(picked.index)
         .ok_or_else(|| Rejection::NoInstance {
             service: snapshot.key.clone(),
             total: snapshot.instances.len(),
-        })
+        })?;
+    Ok(Decision {
+        instance,
+        recovered_all: picked.recovered_all,
+        rule: routed.rule,
+        group: routed.group,
+        nearby,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Policy;
+    use crate::routing::{Failover, StaticFacts};
     use crate::snapshot::model::upstream_address;
     use std::collections::HashMap;
+
+    fn pick<'a>(
+        plan: &'a Plan,
+        s: &'a ServiceSnapshot,
+        rng: &mut Rng,
+    ) -> Result<Decision<'a>, Rejection> {
+        decide(
+            plan,
+            s,
+            &Caller::default(),
+            &mut StaticFacts::default(),
+            None,
+            rng,
+        )
+    }
+
+    fn plan(s: &ServiceSnapshot) -> Plan {
+        Plan::build(s, &[], &[], Policy::WeightedRandom, Failover::All, None)
+    }
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -137,9 +221,10 @@ mod tests {
             instance(1, 100, false, false),
             instance(2, 1, true, false),
         ]);
+        let plan = plan(&s);
         let mut rng = Rng::new(3);
         for _ in 0..200 {
-            let p = pick(&s, &mut rng).unwrap();
+            let p = pick(&plan, &s, &mut rng).unwrap();
             assert_eq!(p.instance.port, 2);
             assert!(!p.recovered_all);
         }
@@ -152,10 +237,11 @@ mod tests {
             instance(2, 100, false, false),
             instance(3, 100, false, true),
         ]);
+        let plan = plan(&s);
         let mut rng = Rng::new(3);
         let mut seen = [false; 4];
         for _ in 0..200 {
-            let p = pick(&s, &mut rng).unwrap();
+            let p = pick(&plan, &s, &mut rng).unwrap();
             assert!(p.recovered_all);
             seen[p.instance.port as usize] = true;
         }
@@ -168,7 +254,7 @@ mod tests {
             instance(1, 0, true, false),
             instance(2, 10, true, true),
         ]);
-        let e = pick(&s, &mut Rng::new(1)).unwrap_err();
+        let e = pick(&plan(&s), &s, &mut Rng::new(1)).unwrap_err();
         assert_eq!(e.status(), 503);
         assert_eq!(e.reason(), "no-instance");
         assert!(e.to_string().contains("service echo in namespace default"));

@@ -7,6 +7,7 @@ pub mod decision;
 pub mod destination;
 pub mod lb;
 pub mod polaris;
+pub mod routing;
 pub mod shared;
 pub mod snapshot;
 

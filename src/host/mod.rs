@@ -2,6 +2,7 @@
 //! pure modules, and carries their decisions out. Host calls go through `hostcalls` directly,
 //! never the SDK's trait helpers, which `unwrap()` host errors into panics.
 
+mod facts;
 mod http;
 mod metrics;
 mod root;

@@ -16,7 +16,7 @@ use super::{now_ms, store};
 use crate::config::Config;
 use crate::polaris::client;
 use crate::shared::{self, lease};
-use crate::snapshot::{Outcome, Refresher, ServiceKey};
+use crate::snapshot::{Kind, Outcome, Refresher, Resource};
 
 /// Ticks at most this far apart, so workers pick up a new snapshot quickly.
 const MAX_TICK: Duration = Duration::from_millis(500);
@@ -31,8 +31,8 @@ pub struct Root {
     refresher: Refresher,
     tick: Duration,
     leader: bool,
-    /// Refresh calls in flight: token -> service.
-    pending: HashMap<u32, ServiceKey>,
+    /// Refresh calls in flight: token -> what was asked.
+    pending: HashMap<u32, Resource>,
 }
 
 impl Root {
@@ -72,28 +72,58 @@ impl Root {
         store::set(shared::LEASE_KEY, value.encode().as_bytes(), cas).is_ok()
     }
 
+    /// Every watched service's instances and rules, and the caller's own (outbound) rules.
     fn refresh(&mut self, worker: &Worker, now: u64) {
         let watched = store::watch_list();
-        for (key, revision) in self.refresher.due(watched.services(), now) {
-            match worker.dispatch_discover(&key, &revision, worker.config.discover_timeout) {
+        let mut resources: Vec<Resource> = watched
+            .services()
+            .iter()
+            .flat_map(|s| Kind::ALL.map(|k| (k, s.clone())))
+            .collect();
+        if let Some(caller) = worker.caller_key() {
+            let own = (Kind::Routing, caller);
+            if !resources.contains(&own) {
+                resources.push(own);
+            }
+        }
+        for (resource, revision) in self.refresher.due(&resources, now) {
+            let (kind, key) = &resource;
+            match worker.dispatch_discover(*kind, key, &revision, worker.config.discover_timeout) {
                 Ok(token) => {
-                    self.pending.insert(token, key);
+                    self.pending.insert(token, resource);
                 }
                 Err(cause) => {
                     worker.metrics.inc(Counter::RefreshErrors);
-                    log::warn!("refresh of {key} not sent: {cause}");
-                    self.refresher.on_answer(&key, Err(cause), now);
+                    log::warn!("refresh of {} of {key} not sent: {cause}", kind.name());
+                    self.refresher.on_answer(&resource, Err(cause), now);
                 }
             }
         }
     }
 }
 
+/// Envoy's `node.locality`, the default location for nearby routing.
+fn node_locality() -> crate::snapshot::Location {
+    let field = |name: &str| {
+        hostcalls::get_property(vec!["node", "locality", name])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default()
+    };
+    crate::snapshot::Location {
+        region: field("region"),
+        zone: field("zone"),
+        campus: field("sub_zone"),
+    }
+}
+
 impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
-        let Some(key) = self.pending.remove(&token_id) else {
+        let Some(resource) = self.pending.remove(&token_id) else {
             return;
         };
+        let (kind, key) = &resource;
         let Some(worker) = self.worker.clone() else {
             return;
         };
@@ -110,20 +140,23 @@ impl Context for Root {
         };
         match self
             .refresher
-            .on_answer(&key, body.as_deref().map_err(Clone::clone), now)
+            .on_answer(&resource, body.as_deref().map_err(Clone::clone), now)
         {
             Outcome::Store => {
                 if let Ok(bytes) = &body {
-                    if store::store_instances(&key, bytes) {
+                    if store::store_answer(*kind, key, bytes) {
                         worker.metrics.inc(Counter::SnapshotUpdates);
-                        log::info!("snapshot of {key} updated");
+                        log::info!("{} of {key} updated", kind.name());
                     }
                 }
             }
             Outcome::Unchanged => worker.metrics.inc(Counter::RefreshUnchanged),
             Outcome::Keep(e) => {
                 worker.metrics.inc(Counter::RefreshErrors);
-                log::warn!("refresh of {key} failed, keeping the last good snapshot: {e}");
+                log::warn!(
+                    "refresh of {} of {key} failed, keeping the last good snapshot: {e}",
+                    kind.name()
+                );
             }
         }
     }
@@ -135,13 +168,16 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let config = match Config::parse(&bytes) {
+        let mut config = match Config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("{e}");
                 return false;
             }
         };
+        if !config.nearby.has_location() {
+            config.nearby.location = node_locality();
+        }
         let Some(upstream) = client::envoy_grpc_service(&config.polaris_cluster) else {
             log::error!("invalid plugin configuration: field `polaris_cluster`: cannot be encoded");
             return false;
@@ -152,11 +188,15 @@ impl RootContext for Root {
             u64::try_from(config.discover_timeout.as_millis()).unwrap_or(u64::MAX),
         );
         let seed = now_ms() ^ (u64::from(self.context_id) << 32) ^ 0x9e37_79b9_7f4a_7c15;
+        let here = &config.nearby.location;
         log::info!(
-            "configured: Polaris cluster {}, namespace {}, refresh every {:?}",
+            "configured: Polaris cluster {}, namespace {}, refresh every {:?}, location {}/{}/{}",
             config.polaris_cluster,
             config.namespace,
-            config.refresh_interval
+            config.refresh_interval,
+            here.region,
+            here.zone,
+            here.campus
         );
         self.worker = Some(Rc::new(RefCell::new(Worker::new(
             config,

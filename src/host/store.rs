@@ -4,7 +4,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Bytes, Status};
 
 use crate::shared::{self, watch, WatchList};
-use crate::snapshot::ServiceKey;
+use crate::snapshot::{Kind, ServiceKey};
 
 /// Bounded retries for CAS loops: contention is between a handful of VMs.
 const CAS_TRIES: usize = 8;
@@ -57,9 +57,9 @@ pub fn watch(key: &ServiceKey, limit: usize) -> watch::Added {
     watch::Added::Full
 }
 
-/// Stores a service's answer and tells every worker to resync.
-pub fn store_instances(key: &ServiceKey, answer: &[u8]) -> bool {
-    if let Err(e) = set(&shared::instances_key(key), answer, None) {
+/// Stores an answer about a service and tells every worker to resync.
+pub fn store_answer(kind: Kind, key: &ServiceKey, answer: &[u8]) -> bool {
+    if let Err(e) = set(&shared::resource_key(kind, key), answer, None) {
         log::warn!("cannot store snapshot of {key}: {e:?}");
         return false;
     }

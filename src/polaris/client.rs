@@ -3,7 +3,7 @@
 use prost::Message;
 
 use super::proto;
-use crate::snapshot::ServiceKey;
+use crate::snapshot::{Kind, ServiceKey};
 
 /// gRPC service of the Polaris client API.
 pub const GRPC_SERVICE: &str = "v1.PolarisGRPC";
@@ -12,11 +12,11 @@ pub const DISCOVER_METHOD: &str = "Discover";
 /// Metadata key the server reads a client token from.
 pub const TOKEN_METADATA: &str = "x-polaris-token";
 
-/// A `Discover` request of type INSTANCE, carrying the revision we hold so an unchanged service
-/// costs the server a `DataNoChange` answer and us no decoding.
-pub fn discover_instances_request(key: &ServiceKey, revision: &str) -> Vec<u8> {
+/// A `Discover` request, carrying the revision we hold so an unchanged resource costs the server
+/// a `DataNoChange` answer and us no decoding.
+pub fn discover_request(kind: Kind, key: &ServiceKey, revision: &str) -> Vec<u8> {
     proto::DiscoverRequest {
-        r#type: proto::discover_request::DiscoverRequestType::Instance as i32,
+        r#type: kind.request_type() as i32,
         service: Some(proto::Service {
             name: Some(key.name.clone()),
             namespace: Some(key.namespace.clone()),
@@ -58,7 +58,7 @@ mod tests {
     #[test]
     fn discover_request_carries_service_and_revision() {
         let key = ServiceKey::new("default", "echo");
-        let bytes = discover_instances_request(&key, "abc");
+        let bytes = discover_request(Kind::Instances, &key, "abc");
         let r = proto::DiscoverRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(r.r#type, 1);
         let s = r.service.unwrap();

@@ -7,23 +7,28 @@
 //! | `polaris-wasm/seq` | counter handing each root context a unique id |
 //! | `polaris-wasm/watch` | [`watch::WatchList`]: services the leader refreshes |
 //! | `polaris-wasm/gen` | bumped on every snapshot write, so workers resync cheaply |
-//! | `polaris-wasm/svc/<ns>/<name>` | the last good `DiscoverResponse` (INSTANCE) bytes |
+//! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`) |
 
 pub mod lease;
 pub mod watch;
 
 pub use watch::{Added, WatchList};
 
-use crate::snapshot::ServiceKey;
+use crate::snapshot::{Kind, ServiceKey};
 
 pub const LEASE_KEY: &str = "polaris-wasm/lease";
 pub const SEQ_KEY: &str = "polaris-wasm/seq";
 pub const WATCH_KEY: &str = "polaris-wasm/watch";
 pub const GEN_KEY: &str = "polaris-wasm/gen";
 
-/// Shared-data key of a service's instance snapshot.
-pub fn instances_key(service: &ServiceKey) -> String {
-    format!("polaris-wasm/svc/{}/{}", service.namespace, service.name)
+/// Shared-data key of one kind of data about a service.
+pub fn resource_key(kind: Kind, service: &ServiceKey) -> String {
+    format!(
+        "polaris-wasm/{}/{}/{}",
+        kind.name(),
+        service.namespace,
+        service.name
+    )
 }
 
 /// Counters (`seq`, `gen`) are stored as 8 little-endian bytes.
@@ -52,10 +57,10 @@ mod tests {
     }
 
     #[test]
-    fn instance_key_names_namespace_and_service() {
+    fn resource_key_names_kind_namespace_and_service() {
         assert_eq!(
-            instances_key(&ServiceKey::new("default", "echo")),
-            "polaris-wasm/svc/default/echo"
+            resource_key(Kind::Routing, &ServiceKey::new("default", "echo")),
+            "polaris-wasm/routing/default/echo"
         );
     }
 }

@@ -43,6 +43,96 @@ impl fmt::Display for DecodeError {
     }
 }
 
+/// The resource types the filter discovers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Instances,
+    Routing,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Instances, Kind::Routing];
+
+    pub fn request_type(self) -> proto::discover_request::DiscoverRequestType {
+        match self {
+            Kind::Instances => proto::discover_request::DiscoverRequestType::Instance,
+            Kind::Routing => proto::discover_request::DiscoverRequestType::Routing,
+        }
+    }
+
+    fn response_type(self) -> i32 {
+        match self {
+            Kind::Instances => proto::discover_response::DiscoverResponseType::Instance as i32,
+            Kind::Routing => proto::discover_response::DiscoverResponseType::Routing as i32,
+        }
+    }
+
+    /// Short name for shared-data keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Instances => "instances",
+            Kind::Routing => "routing",
+        }
+    }
+}
+
+/// What any Discover answer says, without building anything from it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Changed { revision: String },
+    Unchanged,
+    NotFound,
+}
+
+/// Checks an answer of `kind` for `key`: the code, the type and the service it is about.
+pub fn classify(kind: Kind, key: &ServiceKey, bytes: &[u8]) -> Result<Answer, DecodeError> {
+    let response = proto::DiscoverResponse::decode(bytes)
+        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    let code = response.code.unwrap_or(0);
+    match code {
+        code::DATA_NO_CHANGE => return Ok(Answer::Unchanged),
+        code::NOT_FOUND_RESOURCE | code::NOT_FOUND_SERVICE => return Ok(Answer::NotFound),
+        code::EXECUTE_SUCCESS => {}
+        _ => {
+            return Err(DecodeError::Server {
+                code,
+                info: response.info.clone().unwrap_or_default(),
+            })
+        }
+    }
+    if response.r#type != kind.response_type() {
+        return Err(DecodeError::Mismatch(format!(
+            "type {} where {} was asked",
+            response.r#type,
+            kind.name()
+        )));
+    }
+    let service = response.service.as_ref();
+    let name = service.and_then(|s| s.name.as_deref()).unwrap_or_default();
+    let namespace = service
+        .and_then(|s| s.namespace.as_deref())
+        .unwrap_or_default();
+    if name != key.name || namespace != key.namespace {
+        return Err(DecodeError::Mismatch(format!(
+            "answer for {namespace}/{name} where {key} was asked"
+        )));
+    }
+    Ok(Answer::Changed {
+        revision: service.and_then(|s| s.revision.clone()).unwrap_or_default(),
+    })
+}
+
+/// The v1 routes of a ROUTING answer (empty when the service has none or is unknown).
+pub fn decode_routing(key: &ServiceKey, bytes: &[u8]) -> Result<proto::Routing, DecodeError> {
+    match classify(Kind::Routing, key, bytes)? {
+        Answer::Changed { .. } => proto::DiscoverResponse::decode(bytes)
+            .map(|r| r.routing.unwrap_or_default())
+            .map_err(|e| DecodeError::Malformed(e.to_string())),
+        Answer::NotFound => Ok(proto::Routing::default()),
+        Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
+    }
+}
+
 /// Decodes wire bytes, then classifies them.
 pub fn decode_instances(key: &ServiceKey, bytes: &[u8]) -> Result<Discovered, DecodeError> {
     let response = proto::DiscoverResponse::decode(bytes)
@@ -180,7 +270,6 @@ mod tests {
         assert_eq!(s.revision, "rev-1");
         assert_eq!(s.instances[0].upstream, "127.0.0.1:8081");
         assert_eq!(s.instances[1].upstream, "[::1]:8082");
-        assert_eq!(s.selectable().total_weight(), 3);
     }
 
     #[test]
@@ -195,8 +284,10 @@ mod tests {
         let Discovered::Changed(s) = classify_instances(&key(), &r).unwrap() else {
             panic!()
         };
-        assert_eq!(s.selectable().indices(), &[1, 3]);
-        assert_eq!(s.healthy().indices(), &[3]);
+        let selectable: Vec<bool> = s.instances.iter().map(|i| i.is_selectable()).collect();
+        assert_eq!(selectable, [false, true, false, true]);
+        let healthy: Vec<bool> = s.instances.iter().map(|i| i.healthy).collect();
+        assert_eq!(healthy, [true, false, true, true]);
     }
 
     #[test]

@@ -7,6 +7,9 @@ pub mod model;
 pub mod refresh;
 
 pub use cache::{Known, ServiceCache};
-pub use decode::{classify_instances, decode_instances, revision_of, DecodeError, Discovered};
+pub use decode::{
+    classify, classify_instances, decode_instances, decode_routing, revision_of, Answer,
+    DecodeError, Discovered, Kind,
+};
 pub use model::{Instance, Location, ServiceKey, ServiceSnapshot};
-pub use refresh::{Outcome, Refresher};
+pub use refresh::{Outcome, Refresher, Resource};

@@ -1,12 +1,11 @@
 //! The discovery snapshot of one service, in the shape the request path wants it.
 //!
-//! Everything a request needs that does not depend on the request (the selectable set, the healthy
-//! set, their weight tables, the `ip:port` string) is computed here, once per snapshot change.
+//! What a request needs that does not depend on the request (the `ip:port` string, selectability)
+//! is computed here, once per snapshot change; instance pools and balancers are built from it by
+//! the routing plan (`routing::plan`).
 
 use std::collections::HashMap;
 use std::fmt;
-
-use crate::lb::WeightTable;
 
 /// A Polaris service identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -69,17 +68,13 @@ pub fn upstream_address(host: &str, port: u32) -> String {
     }
 }
 
-/// A decoded service: instances plus the tables the request path uses.
+/// A decoded service.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServiceSnapshot {
     pub key: ServiceKey,
     pub revision: String,
     pub metadata: HashMap<String, String>,
     pub instances: Vec<Instance>,
-    /// Non-isolated, weight > 0 instances.
-    selectable: WeightTable,
-    /// Selectable and healthy.
-    healthy: WeightTable,
 }
 
 impl ServiceSnapshot {
@@ -89,36 +84,12 @@ impl ServiceSnapshot {
         metadata: HashMap<String, String>,
         instances: Vec<Instance>,
     ) -> ServiceSnapshot {
-        let selectable = WeightTable::new(
-            instances
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.is_selectable())
-                .map(|(n, i)| (n, i.weight)),
-        );
-        let healthy = WeightTable::new(
-            instances
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| i.is_selectable() && i.healthy)
-                .map(|(n, i)| (n, i.weight)),
-        );
         ServiceSnapshot {
             key,
             revision,
             metadata,
             instances,
-            selectable,
-            healthy,
         }
-    }
-
-    pub fn selectable(&self) -> &WeightTable {
-        &self.selectable
-    }
-
-    pub fn healthy(&self) -> &WeightTable {
-        &self.healthy
     }
 
     pub fn instance(&self, index: usize) -> Option<&Instance> {

@@ -3,8 +3,11 @@
 
 use std::collections::HashMap;
 
-use super::decode::{decode_instances, DecodeError, Discovered};
+use super::decode::{classify, Answer, DecodeError, Kind};
 use super::model::ServiceKey;
+
+/// One discovered resource: a kind of data about a service.
+pub type Resource = (Kind, ServiceKey);
 
 #[derive(Clone, Debug, Default)]
 struct State {
@@ -33,7 +36,7 @@ pub struct Refresher {
     interval_ms: u64,
     /// An answer lost by the host still frees the service after this long.
     call_expiry_ms: u64,
-    services: HashMap<ServiceKey, State>,
+    services: HashMap<Resource, State>,
 }
 
 impl Refresher {
@@ -45,8 +48,8 @@ impl Refresher {
         }
     }
 
-    /// Services from `watched` to discover now, with the revision to send; marks them in flight.
-    pub fn due(&mut self, watched: &[ServiceKey], now_ms: u64) -> Vec<(ServiceKey, String)> {
+    /// Resources from `watched` to discover now, with the revision to send; marks them in flight.
+    pub fn due(&mut self, watched: &[Resource], now_ms: u64) -> Vec<(Resource, String)> {
         self.services.retain(|k, _| watched.contains(k));
         let mut out = Vec::new();
         for key in watched {
@@ -67,7 +70,7 @@ impl Refresher {
     /// Classifies an answer (`Err` = the call itself failed) and schedules the next refresh.
     pub fn on_answer(
         &mut self,
-        key: &ServiceKey,
+        key: &Resource,
         answer: Result<&[u8], String>,
         now_ms: u64,
     ) -> Outcome {
@@ -83,15 +86,15 @@ impl Refresher {
                 })
             }
         };
-        match decode_instances(key, bytes) {
-            Ok(Discovered::Changed(snapshot)) => {
-                state.revision = snapshot.revision;
+        match classify(key.0, &key.1, bytes) {
+            Ok(Answer::Changed { revision }) => {
+                state.revision = revision;
                 state.not_found = false;
                 Outcome::Store
             }
-            Ok(Discovered::Unchanged) => Outcome::Unchanged,
-            Ok(Discovered::NotFound) if state.not_found => Outcome::Unchanged,
-            Ok(Discovered::NotFound) => {
+            Ok(Answer::Unchanged) => Outcome::Unchanged,
+            Ok(Answer::NotFound) if state.not_found => Outcome::Unchanged,
+            Ok(Answer::NotFound) => {
                 state.revision.clear();
                 state.not_found = true;
                 Outcome::Store
@@ -124,8 +127,8 @@ mod tests {
         .encode_to_vec()
     }
 
-    fn key() -> ServiceKey {
-        ServiceKey::new("default", "echo")
+    fn key() -> Resource {
+        (Kind::Instances, ServiceKey::new("default", "echo"))
     }
 
     #[test]

@@ -1,0 +1,15 @@
+//! Routing: Polaris rule matching and the per-service routing plan.
+
+pub mod args;
+pub mod cache;
+pub mod matcher;
+pub mod nearby;
+pub mod plan;
+pub mod rule;
+
+pub use args::{Arg, RequestFacts, StaticFacts};
+pub use cache::{RuleCache, Rules};
+pub use matcher::Matcher;
+pub use nearby::{Level, Nearby};
+pub use plan::{Failover, Plan, Pool, Routed};
+pub use rule::{Caller, Direction, Route};

@@ -1,0 +1,498 @@
+//! The routing plan of one destination service: its rules with each destination group's instance
+//! pool precomputed, built once per change of instances or rules. A request walks the rules,
+//! picks a group and then an instance from the group's pool, allocating nothing.
+
+use std::cell::OnceCell;
+
+use super::args::RequestFacts;
+use super::nearby::{Level, Nearby};
+use super::rule::{Caller, Direction, Route};
+use crate::lb::{Balancer, Member, Policy, Rng};
+use crate::snapshot::{Instance, ServiceSnapshot};
+
+/// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
+/// healthy part and over all of it (recover-all), each built on first use.
+#[derive(Debug)]
+pub struct Pool {
+    members: Vec<usize>,
+    healthy: Vec<usize>,
+    balancers: [OnceCell<Balancer>; 2],
+    /// With nearby routing: the members at each level nearer than `all`, nearest first.
+    near: Vec<(Level, Pool)>,
+}
+
+/// The instance a pool gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Picked {
+    pub index: usize,
+    /// No healthy member was left, so all were used (polaris-go recover-all).
+    pub recovered_all: bool,
+}
+
+impl Pool {
+    pub fn new(snapshot: &ServiceSnapshot, keep: impl Fn(&Instance) -> bool) -> Pool {
+        let members: Vec<usize> = snapshot
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.is_selectable() && keep(i))
+            .map(|(n, _)| n)
+            .collect();
+        let healthy = members
+            .iter()
+            .copied()
+            .filter(|&n| snapshot.instances.get(n).is_some_and(|i| i.healthy))
+            .collect();
+        Pool {
+            members,
+            healthy,
+            balancers: [OnceCell::new(), OnceCell::new()],
+            near: Vec::new(),
+        }
+    }
+
+    /// Adds the per-level sub-pools nearby routing chooses between.
+    fn with_levels(mut self, snapshot: &ServiceSnapshot, nearby: Option<&Nearby>) -> Pool {
+        let Some(nearby) = nearby else {
+            return self;
+        };
+        self.near = nearby
+            .levels()
+            .filter(|l| *l != Level::All)
+            .map(|level| {
+                let here = &nearby.location;
+                let sub = Pool::new(snapshot, |i| level.holds(here, &i.location));
+                let sub = Pool {
+                    members: sub
+                        .members
+                        .into_iter()
+                        .filter(|n| self.members.contains(n))
+                        .collect(),
+                    healthy: sub
+                        .healthy
+                        .into_iter()
+                        .filter(|n| self.healthy.contains(n))
+                        .collect(),
+                    ..Pool::default()
+                };
+                (level, sub)
+            })
+            .collect();
+        self
+    }
+
+    fn at(&self, level: Level) -> Option<&Pool> {
+        if level == Level::All {
+            return Some(self);
+        }
+        self.near.iter().find(|(l, _)| *l == level).map(|(_, p)| p)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Health filter, recover-all, then the balancer.
+    pub fn pick(
+        &self,
+        snapshot: &ServiceSnapshot,
+        policy: Policy,
+        key: Option<u64>,
+        rng: &mut Rng,
+    ) -> Option<Picked> {
+        let recovered_all = self.healthy.is_empty();
+        let (slot, list) = if recovered_all {
+            (1, &self.members)
+        } else {
+            (0, &self.healthy)
+        };
+        let balancer = self.balancers.get(slot)?.get_or_init(|| {
+            let members: Vec<Member<'_>> = list
+                .iter()
+                .filter_map(|&n| {
+                    snapshot.instances.get(n).map(|i| Member {
+                        index: n,
+                        weight: i.weight,
+                        id: &i.id,
+                    })
+                })
+                .collect();
+            Balancer::build(policy, &members)
+        });
+        balancer.pick(key, rng).map(|index| Picked {
+            index,
+            recovered_all,
+        })
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool {
+            members: Vec::new(),
+            healthy: Vec::new(),
+            balancers: [OnceCell::new(), OnceCell::new()],
+            near: Vec::new(),
+        }
+    }
+}
+
+/// A destination group of a route.
+#[derive(Debug)]
+pub struct Group {
+    pub name: String,
+    pub priority: u32,
+    pub weight: u32,
+    pub pool: Pool,
+}
+
+#[derive(Debug)]
+struct PlannedRoute {
+    route: Route,
+    groups: Vec<Group>,
+}
+
+/// What to do when rules exist but none matched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Failover {
+    /// polaris-go default: all instances.
+    #[default]
+    All,
+    /// No instance: the request is refused.
+    None,
+}
+
+#[derive(Debug)]
+pub struct Plan {
+    direction: Direction,
+    routes: Vec<PlannedRoute>,
+    all: Pool,
+    pub policy: Policy,
+    pub failover: Failover,
+    /// Nearby routing, when the service enables it and this Envoy has a location.
+    nearby: Option<Nearby>,
+}
+
+/// The pool a request was routed to, and how.
+#[derive(Debug)]
+pub struct Routed<'p> {
+    pub pool: &'p Pool,
+    /// The matched rule and group (`rule.subrule.group`), if a rule matched.
+    pub rule: Option<&'p str>,
+    pub group: Option<&'p str>,
+}
+
+impl Plan {
+    /// Destination inbounds win; otherwise the caller's outbounds that name this service.
+    pub fn build(
+        snapshot: &ServiceSnapshot,
+        inbounds: &[Route],
+        outbounds: &[Route],
+        policy: Policy,
+        failover: Failover,
+        nearby: Option<&Nearby>,
+    ) -> Plan {
+        let enabled = snapshot
+            .metadata
+            .get(super::nearby::ENABLE_KEY)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let nearby = nearby.filter(|n| enabled && n.has_location());
+        let (direction, routes) = if inbounds.is_empty() {
+            (Direction::Outbound, outbounds)
+        } else {
+            (Direction::Inbound, inbounds)
+        };
+        let key = &snapshot.key;
+        let routes = routes
+            .iter()
+            .filter_map(|route| {
+                let groups: Vec<Group> = route
+                    .destinations
+                    .iter()
+                    .filter(|d| d.weight > 0 && d.targets(&key.namespace, &key.name))
+                    .map(|d| Group {
+                        name: d.name.clone(),
+                        priority: d.priority,
+                        weight: d.weight,
+                        pool: Pool::new(snapshot, |i| {
+                            d.labels
+                                .iter()
+                                .all(|(k, m)| m.matches(i.metadata.get(k).map(String::as_str)))
+                        })
+                        .with_levels(snapshot, nearby),
+                    })
+                    .collect();
+                // An outbound rule that never names this service is not about it.
+                (direction == Direction::Inbound || !groups.is_empty()).then(|| PlannedRoute {
+                    route: route.clone(),
+                    groups,
+                })
+            })
+            .collect();
+        Plan {
+            direction,
+            routes,
+            all: Pool::new(snapshot, |_| true).with_levels(snapshot, nearby),
+            policy,
+            failover,
+            nearby: nearby.cloned(),
+        }
+    }
+
+    /// Nearby routing over a routed pool: the nearest level whose unhealthy share is under the
+    /// threshold, else the nearest non-empty level in range. `None` when nothing is in range.
+    pub fn narrow<'p>(&self, pool: &'p Pool) -> Option<(&'p Pool, Option<Level>)> {
+        let Some(nearby) = &self.nearby else {
+            return Some((pool, None));
+        };
+        let mut first_non_empty = None;
+        for level in nearby.levels() {
+            let Some(p) = pool.at(level) else { continue };
+            if nearby.satisfied(p.members.len(), p.healthy.len()) {
+                return Some((p, Some(level)));
+            }
+            if first_non_empty.is_none() && !p.is_empty() {
+                first_non_empty = Some((p, Some(level)));
+            }
+        }
+        first_non_empty
+    }
+
+    /// The widest level nearby routing may use, for the 503 body.
+    pub fn nearby_limit(&self) -> Option<Level> {
+        self.nearby.as_ref().map(|n| n.max_match_level)
+    }
+
+    /// Whether any rule applies to this service.
+    pub fn has_rules(&self) -> bool {
+        !self.routes.is_empty()
+    }
+
+    /// Rule routing: the first route whose sources match and that has a non-empty group wins;
+    /// among its groups the lowest priority number is taken, then one group by weight.
+    /// `None` when rules exist, none matched and failover is `None`.
+    pub fn route(
+        &self,
+        caller: &Caller,
+        facts: &mut dyn RequestFacts,
+        rng: &mut Rng,
+    ) -> Option<Routed<'_>> {
+        for planned in &self.routes {
+            let Some(best) = planned
+                .groups
+                .iter()
+                .filter(|g| !g.pool.is_empty())
+                .map(|g| g.priority)
+                .min()
+            else {
+                continue;
+            };
+            if !planned.route.matches(self.direction, caller, facts) {
+                continue;
+            }
+            let candidates = || {
+                planned
+                    .groups
+                    .iter()
+                    .filter(move |g| g.priority == best && !g.pool.is_empty())
+            };
+            let total: u64 = candidates().map(|g| u64::from(g.weight)).sum();
+            let mut point = rng.below(total.max(1));
+            let group = candidates().find(|g| {
+                let w = u64::from(g.weight);
+                if point < w {
+                    true
+                } else {
+                    point -= w;
+                    false
+                }
+            })?;
+            return Some(Routed {
+                pool: &group.pool,
+                rule: Some(planned.route.rule.as_str()),
+                group: Some(group.name.as_str()),
+            });
+        }
+        if self.routes.is_empty() || self.failover == Failover::All {
+            Some(Routed {
+                pool: &self.all,
+                rule: None,
+                group: None,
+            })
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::StaticFacts;
+    use crate::snapshot::model::upstream_address;
+    use crate::snapshot::{Location, ServiceKey};
+    use std::collections::HashMap;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn instance(port: u32, zone: &str, healthy: bool) -> Instance {
+        Instance {
+            id: port.to_string(),
+            host: "127.0.0.1".into(),
+            port,
+            weight: 100,
+            healthy,
+            isolated: false,
+            metadata: HashMap::new(),
+            location: Location {
+                region: "r1".into(),
+                zone: zone.into(),
+                campus: String::new(),
+            },
+            upstream: upstream_address("127.0.0.1", port),
+        }
+    }
+
+    fn snapshot(instances: Vec<Instance>, nearby: bool) -> ServiceSnapshot {
+        let metadata = if nearby {
+            [("internal-enable-nearby".to_string(), "true".to_string())].into()
+        } else {
+            HashMap::new()
+        };
+        ServiceSnapshot::new(
+            ServiceKey::new("default", "echo"),
+            "r".into(),
+            metadata,
+            instances,
+        )
+    }
+
+    fn here(zone: &str) -> Nearby {
+        Nearby {
+            location: Location {
+                region: "r1".into(),
+                zone: zone.into(),
+                campus: String::new(),
+            },
+            ..Nearby::default()
+        }
+    }
+
+    fn ports(plan: &Plan, s: &ServiceSnapshot, n: usize) -> Vec<u32> {
+        let mut rng = Rng::new(1);
+        let mut seen: Vec<u32> = (0..n)
+            .filter_map(|_| {
+                let routed =
+                    plan.route(&Caller::default(), &mut StaticFacts::default(), &mut rng)?;
+                let (pool, _) = plan.narrow(routed.pool)?;
+                let p = pool.pick(s, plan.policy, None, &mut rng)?;
+                s.instance(p.index).map(|i| i.port)
+            })
+            .collect();
+        seen.sort_unstable();
+        seen.dedup();
+        seen
+    }
+
+    #[test]
+    fn nearby_keeps_traffic_in_this_zone() {
+        let s = snapshot(vec![instance(1, "z1", true), instance(2, "z2", true)], true);
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            Some(&here("z1")),
+        );
+        assert_eq!(ports(&plan, &s, 100), [1]);
+    }
+
+    #[test]
+    fn an_unhealthy_zone_degrades_to_the_region() {
+        let s = snapshot(
+            vec![instance(1, "z1", false), instance(2, "z2", true)],
+            true,
+        );
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            Some(&here("z1")),
+        );
+        let routed = plan
+            .route(
+                &Caller::default(),
+                &mut StaticFacts::default(),
+                &mut Rng::new(1),
+            )
+            .unwrap();
+        assert_eq!(plan.narrow(routed.pool).unwrap().1, Some(Level::Region));
+        assert_eq!(ports(&plan, &s, 100), [2]);
+    }
+
+    #[test]
+    fn nearby_is_off_unless_the_service_enables_it() {
+        let s = snapshot(
+            vec![instance(1, "z1", true), instance(2, "z2", true)],
+            false,
+        );
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            Some(&here("z1")),
+        );
+        assert_eq!(ports(&plan, &s, 100), [1, 2]);
+    }
+
+    #[test]
+    fn nothing_within_the_widest_level_is_none() {
+        let s = snapshot(vec![instance(2, "z2", true)], true);
+        let strict = Nearby {
+            max_match_level: Level::Zone,
+            ..here("z1")
+        };
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            Some(&strict),
+        );
+        let routed = plan
+            .route(
+                &Caller::default(),
+                &mut StaticFacts::default(),
+                &mut Rng::new(1),
+            )
+            .unwrap();
+        assert!(plan.narrow(routed.pool).is_none());
+    }
+
+    #[test]
+    fn all_unhealthy_everywhere_uses_the_nearest_non_empty_level() {
+        let s = snapshot(
+            vec![instance(1, "z1", false), instance(2, "z2", false)],
+            true,
+        );
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            Some(&here("z1")),
+        );
+        assert_eq!(ports(&plan, &s, 100), [1]);
+    }
+}

@@ -1,0 +1,199 @@
+"""Issue 3: Polaris routing rules, created as v2 RulePolicy rules in a real Polaris server and
+served to the filter as v1 inbounds, applied per request by the real Envoy."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import REFRESH, plugin_config, traffic_until
+from harness.envoy import Envoy
+
+ANY_SOURCE = {"service": "*", "namespace": "*"}
+
+
+def arg(kind: str, value: str, match: str = "EXACT", key: str | None = None) -> dict:
+    a = {"type": kind, "value": {"type": match, "value": value, "value_type": "TEXT"}}
+    if key is not None:
+        a["key"] = key
+    return a
+
+
+def rule(name: str, service: str, args: list, groups: list, priority: int = 0) -> dict:
+    """One v2 RulePolicy rule; groups are (name, version, priority, weight)."""
+    return {
+        "name": name,
+        "namespace": "default",
+        "enable": True,
+        "routing_policy": "RulePolicy",
+        "priority": priority,
+        "routing_config": {
+            "@type": "type.googleapis.com/v1.RuleRoutingConfig",
+            "rules": [{
+                "name": "s0",
+                "sources": [{**ANY_SOURCE, "arguments": args}],
+                "destinations": [
+                    {"service": service, "namespace": "default", "name": g,
+                     "labels": {"version": {"type": "EXACT", "value": version}},
+                     "priority": p, "weight": w}
+                    for g, version, p, w in groups
+                ],
+            }],
+        },
+    }
+
+
+def versioned(polaris, service, upstreams, versions: list[str]) -> list:
+    """Starts one upstream per version (named after it) and registers it with that label."""
+    ups = upstreams(*versions)
+    polaris.create_service(service)
+    ids = [
+        polaris.register_instance(service, "127.0.0.1", u.port, metadata={"version": v.split("-")[0]})
+        for u, v in zip(ups, versions)
+    ]
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == len(ups), service=service)
+    return ids
+
+
+def with_rules(polaris, service, *rules) -> None:
+    polaris.create_routing_v2(list(rules))
+    polaris.wait_for(
+        lambda r: len((r.get("routing") or {}).get("inbounds") or []) == len(rules),
+        service=service, type="ROUTING", timeout=15,
+    )
+
+
+@pytest.fixture(scope="module")
+def routed(polaris, tmp_path_factory):
+    """One Envoy for the module: debug trace on; each test routes its own service."""
+    e = Envoy(tmp_path_factory.mktemp("envoy"), plugin_config(debug_trace=True), polaris.grpc_port)
+    e.start()
+    yield e
+    e.stop()
+
+
+def test_gray_header_goes_to_v2_and_everything_else_to_v1(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("gray", service, [arg("HEADER", "gray", key="x-env")], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 50, headers={"x-env": "gray"}) == {"v2": 50}
+    assert client.counts(service, 50) == {"v1": 50}
+    assert client.counts(service, 50, headers={"x-env": "blue"}) == {"v1": 50}
+
+
+# (argument kind, key, match type, rule value, request that matches, request that does not)
+CASES = [
+    ("HEADER", "x-env", "EXACT", "gray", {"headers": {"x-env": "gray"}}, {"headers": {"x-env": "blue"}}),
+    ("HEADER", "x-user", "REGEX", "^vip-[0-9]+$", {"headers": {"x-user": "vip-7"}}, {"headers": {"x-user": "vip-x"}}),
+    ("HEADER", "x-env", "NOT_EQUALS", "prod", {"headers": {"x-env": "dev"}}, {"headers": {"x-env": "prod"}}),
+    ("HEADER", "x-region", "IN", "sh,bj", {"headers": {"x-region": "bj"}}, {"headers": {"x-region": "gz"}}),
+    ("HEADER", "x-region", "NOT_IN", "sh,bj", {"headers": {"x-region": "gz"}}, {"headers": {"x-region": "sh"}}),
+    ("HEADER", "x-level", "RANGE", "5~10", {"headers": {"x-level": "10"}}, {"headers": {"x-level": "11"}}),
+    ("QUERY", "uid", "EXACT", "42", {"path": "/?uid=42"}, {"path": "/?uid=7"}),
+    ("COOKIE", "session", "REGEX", "^beta", {"headers": {"cookie": "a=1; session=beta9"}}, {"headers": {"cookie": "session=alpha"}}),
+    ("METHOD", None, "EXACT", "POST", {"method": "POST"}, {"method": "GET"}),
+    # The server sends `$path` (polaris-go's own constant is `$Path`, which never matches).
+    ("PATH", None, "EXACT", "/gray", {"path": "/gray"}, {"path": "/other"}),
+    ("CALLER_IP", None, "IN", "127.0.0.1,::1", {}, None),
+    ("CALLER_IP", None, "NOT_IN", "127.0.0.1", None, {}),
+]
+
+
+@pytest.mark.parametrize(
+    "kind, key, match, value, hit, miss", CASES,
+    ids=[f"{c[0].lower()}-{c[2].lower()}" for c in CASES],
+)
+def test_each_argument_and_match_type_routes(polaris, service, upstreams, routed, kind, key, match, value, hit, miss):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("r", service, [arg(kind, value, match, key)], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    if hit is not None:
+        assert client.counts(service, 20, **hit) == {"v2": 20}
+    if miss is not None:
+        assert client.counts(service, 20, **miss) == {"v1": 20}
+
+
+def test_groups_split_80_20_by_weight(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(polaris, service, rule("split", service, [], [("g80", "v2", 0, 80), ("g20", "v1", 0, 20)]))
+    client = routed.client()
+
+    n = 1000
+    counts = client.counts(service, n)
+
+    # Binomial sd at n=1000, p=0.2 is 0.0126; 0.05 is about 4 sd.
+    assert abs(counts.get("v2", 0) / n - 0.8) < 0.05, counts
+    assert counts.get("v2", 0) + counts.get("v1", 0) == n
+
+
+def test_lower_priority_group_takes_over_when_the_first_is_empty(polaris, service, upstreams, routed):
+    ids = versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(polaris, service, rule("prio", service, [], [("first", "v2", 0, 100), ("second", "v1", 1, 100)]))
+    client = routed.client()
+    assert client.counts(service, 30) == {"v2": 30}
+
+    polaris.update_instance(ids[1], isolate=True)
+    polaris.wait_for(lambda r: any(i.get("isolate") for i in r.get("instances") or []), service=service)
+
+    traffic_until(client, service, lambda c: c == {"v1": 20}, timeout=2 * REFRESH + 0.5)
+
+
+def test_bad_regex_rule_is_skipped_while_the_good_rule_beside_it_routes(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2", "v3"])
+    with_rules(
+        polaris, service,
+        rule("broken", service, [arg("HEADER", "(unclosed", "REGEX", key="x-env")], [("to-v3", "v3", 0, 100)], priority=0),
+        rule("good", service, [arg("HEADER", "gray", key="x-env")], [("to-v2", "v2", 0, 100)], priority=1),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=2),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 30, headers={"x-env": "gray"}) == {"v2": 30}
+    assert client.counts(service, 30) == {"v1": 30}
+    log = routed.log_text()
+    assert "rule broken" in log and "bad regex" in log, routed.log_tail()
+
+
+def test_debug_header_traces_rule_group_and_instance(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(polaris, service, rule("gray", service, [arg("HEADER", "gray", key="x-env")], [("to-v2", "v2", 0, 100)]))
+    client = routed.client()
+
+    status, headers, body = client.request(service, headers={"x-env": "gray", "x-polaris-debug": "1"})
+    _, plain, _ = client.request(service, headers={"x-env": "gray"})
+
+    assert status == 200 and body == "v2"
+    assert headers["x-polaris-rule"] == "gray"
+    assert headers["x-polaris-group"] == "gray.s0.to-v2"
+    assert headers["x-polaris-instance"].startswith("127.0.0.1:")
+    assert headers["x-polaris-service"] == f"default/{service}"
+    assert "x-polaris-rule" not in plain
+
+
+def test_no_matching_rule_with_failover_none_is_a_503_naming_rule_routing(polaris, service, upstreams, envoy):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(polaris, service, rule("gray-only", service, [arg("HEADER", "gray", key="x-env")], [("to-v2", "v2", 0, 100)]))
+    client = envoy(polaris.grpc_port, routing={"failover": "none"}).client()
+
+    assert client.counts(service, 10, headers={"x-env": "gray"}) == {"v2": 10}
+    status, headers, body = client.request(service)
+    assert status == 503
+    assert headers["x-polaris-reason"] == "rule-routing"
+    assert "rule routing left no instance" in body and service in body
+
+
+def test_no_matching_rule_fails_over_to_all_instances_by_default(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(polaris, service, rule("gray-only", service, [arg("HEADER", "gray", key="x-env")], [("to-v2", "v2", 0, 100)]))
+    client = routed.client()
+
+    assert set(client.counts(service, 60)) == {"v1", "v2"}
