@@ -58,13 +58,19 @@ fn ms(kind: proto::match_string::MatchStringType, value: &str) -> proto::MatchSt
 }
 
 /// 20 rules over header/query/method arguments, each with two weighted version groups; only the
-/// last one matches the benchmark request, so every rule is evaluated.
-fn rules() -> Vec<proto::Route> {
+/// last one matches the benchmark request. With `indexable`, the header test is EXACT (the rule
+/// index files the rules by value); otherwise it is a REGEX, so every rule and its regex runs.
+fn rules(indexable: bool) -> Vec<proto::Route> {
     use proto::match_string::MatchStringType as T;
     (0..RULES)
         .map(|r| {
             let mut source: HashMap<String, proto::MatchString> = HashMap::new();
-            source.insert("$header.x-env".into(), ms(T::Exact, &format!("env-{r}")));
+            let env = if indexable {
+                ms(T::Exact, &format!("env-{r}"))
+            } else {
+                ms(T::Regex, &format!("^env-{r}$"))
+            };
+            source.insert("$header.x-env".into(), env);
             source.insert("$query.uid".into(), ms(T::Regex, "^[0-9]+$"));
             source.insert("$method".into(), ms(T::NotEquals, "DELETE"));
             proto::Route {
@@ -95,8 +101,17 @@ fn rules() -> Vec<proto::Route> {
 }
 
 fn main() {
+    for (title, indexable) in [
+        ("EXACT header rules (indexed)", true),
+        ("REGEX header rules (every rule evaluated)", false),
+    ] {
+        run(title, indexable);
+    }
+}
+
+fn run(title: &str, indexable: bool) {
     let snapshot = snapshot();
-    let (routes, errors) = compile_routes(&rules(), &Caller::default());
+    let (routes, errors) = compile_routes(&rules(indexable), &Caller::default());
     assert!(errors.is_empty(), "{errors:?}");
     let nearby = Nearby {
         location: Location {
@@ -118,7 +133,7 @@ fn main() {
     };
     let hash = HashKeySource::Header("x-user".into());
     println!(
-        "decision: {INSTANCES} instances, {RULES} rules (last one matches), nearby on, {ITERATIONS} iterations"
+        "decision, {title}: {INSTANCES} instances, {RULES} rules (last one matches), nearby on, {ITERATIONS} iterations"
     );
     for policy in [
         Policy::WeightedRandom,

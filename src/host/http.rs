@@ -59,6 +59,7 @@ impl Http {
     fn route(&mut self) -> Route {
         let mut guard = self.worker.borrow_mut();
         let w = &mut *guard;
+        w.settle_location(true);
         let raw =
             hostcalls::get_map_value(MapType::HttpRequestHeaders, w.config.destination.header())
                 .ok()

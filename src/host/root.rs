@@ -102,22 +102,6 @@ impl Root {
     }
 }
 
-/// Envoy's `node.locality`, the default location for nearby routing.
-fn node_locality() -> crate::snapshot::Location {
-    let field = |name: &str| {
-        hostcalls::get_property(vec!["node", "locality", name])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
-            .unwrap_or_default()
-    };
-    crate::snapshot::Location {
-        region: field("region"),
-        zone: field("zone"),
-        campus: field("sub_zone"),
-    }
-}
-
 impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let Some(resource) = self.pending.remove(&token_id) else {
@@ -168,16 +152,13 @@ impl RootContext for Root {
             .ok()
             .flatten()
             .unwrap_or_default();
-        let mut config = match Config::parse(&bytes) {
+        let config = match Config::parse(&bytes) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("{e}");
                 return false;
             }
         };
-        if !config.nearby.has_location() {
-            config.nearby.location = node_locality();
-        }
         let Some(upstream) = client::envoy_grpc_service(&config.polaris_cluster) else {
             log::error!("invalid plugin configuration: field `polaris_cluster`: cannot be encoded");
             return false;
@@ -217,6 +198,7 @@ impl RootContext for Root {
         };
         let now = now_ms();
         worker.borrow_mut().now_ms = now;
+        worker.borrow_mut().settle_location(false);
         let leader = self.hold_lease(now);
         if leader != self.leader {
             log::info!(

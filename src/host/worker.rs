@@ -15,7 +15,7 @@ use crate::lb::Rng;
 use crate::polaris::client;
 use crate::routing::{Plan, RuleCache};
 use crate::shared;
-use crate::snapshot::{Kind, Known, ServiceCache, ServiceKey};
+use crate::snapshot::{Kind, Known, Location, ServiceCache, ServiceKey};
 
 pub type SharedWorker = Rc<RefCell<Worker>>;
 
@@ -32,11 +32,15 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Host time as of the last tick: the request path needs no finer clock than that.
     pub now_ms: u64,
+    /// No location was configured: Envoy's node locality is read on first use (the node
+    /// property is not available during `on_configure`).
+    location_pending: bool,
     seen_generation: u64,
 }
 
 impl Worker {
     pub fn new(config: Config, grpc_upstream: String, seed: u64, now_ms: u64) -> Worker {
+        let config_has_location = config.nearby.has_location();
         Worker {
             config,
             grpc_upstream,
@@ -46,8 +50,32 @@ impl Worker {
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             metrics: Metrics::define(),
+            location_pending: !config_has_location,
             now_ms,
             seen_generation: 0,
+        }
+    }
+
+    /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
+    /// see the node property yet; a request always does, so a request's attempt is the last.
+    pub fn settle_location(&mut self, from_request: bool) {
+        if !self.location_pending {
+            return;
+        }
+        let Some(here) = node_locality() else {
+            self.location_pending = !from_request;
+            return;
+        };
+        self.location_pending = false;
+        if !here.region.is_empty() {
+            log::info!(
+                "location {}/{}/{} from Envoy node locality",
+                here.region,
+                here.zone,
+                here.campus
+            );
+            self.config.nearby.location = here;
+            self.plans.clear();
         }
     }
 
@@ -195,4 +223,43 @@ pub fn grpc_failure(status: u32) -> String {
         Some(m) => format!("Polaris unreachable (gRPC status {status}: {m})"),
         None => format!("Polaris unreachable (gRPC status {status})"),
     }
+}
+
+/// The part of `envoy.config.core.v3.Node` we read: `locality` (field 4).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyNode {
+    #[prost(message, optional, tag = "4")]
+    locality: Option<EnvoyLocality>,
+}
+
+/// `envoy.config.core.v3.Locality`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyLocality {
+    #[prost(string, tag = "1")]
+    region: String,
+    #[prost(string, tag = "2")]
+    zone: String,
+    #[prost(string, tag = "3")]
+    sub_zone: String,
+}
+
+/// Envoy's node locality, the default location for nearby routing; `None` when the node
+/// property cannot be read. The property is the serialized Node message (Envoy does not walk into
+/// its fields by path): `xds.node` in current Envoy, `node` in older ones.
+fn node_locality() -> Option<Location> {
+    use prost::Message;
+    let node = [vec!["xds", "node"], vec!["node"]]
+        .into_iter()
+        .find_map(|path| {
+            hostcalls::get_property(path)
+                .ok()
+                .flatten()
+                .and_then(|bytes| EnvoyNode::decode(bytes.as_slice()).ok())
+        })?;
+    let locality = node.locality.unwrap_or_default();
+    Some(Location {
+        region: locality.region,
+        zone: locality.zone,
+        campus: locality.sub_zone,
+    })
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use regex_lite::Regex;
+use regex::bytes::Regex;
 
 use crate::polaris::proto;
 
@@ -107,7 +107,9 @@ impl Matcher {
         Ok(match kind {
             T::Exact => Test::Exact(raw.to_string()),
             T::Regex => Test::Regex(
-                regex_lite::RegexBuilder::new(raw)
+                regex::bytes::RegexBuilder::new(raw)
+                    // ASCII classes, as Go's RE2 (`\d` is [0-9]); no Unicode tables in the binary.
+                    .unicode(false)
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| MatchError(format!("bad regex `{raw}`: {e}")))?,
@@ -132,6 +134,14 @@ impl Matcher {
         })
     }
 
+    /// The one value an EXACT text matcher accepts (rule indexes are keyed by it).
+    pub fn exact_value(&self) -> Option<&str> {
+        match (&self.test, &self.source) {
+            (Test::Exact(v), ValueSource::Text) => Some(v),
+            _ => None,
+        }
+    }
+
     /// Whether this matcher accepts everything.
     pub fn is_any(&self) -> bool {
         matches!(self.test, Test::Any)
@@ -144,7 +154,7 @@ impl Matcher {
             (Test::NotEquals(_) | Test::NotIn(_), None) => true,
             (_, None) => false,
             (Test::Exact(v), Some(x)) => v == x,
-            (Test::Regex(r), Some(x)) => r.is_match(x),
+            (Test::Regex(r), Some(x)) => r.is_match(x.as_bytes()),
             (Test::NotEquals(v), Some(x)) => v != x,
             (Test::In(vs), Some(x)) => vs.iter().any(|v| v == x),
             (Test::NotIn(vs), Some(x)) => !vs.iter().any(|v| v == x),

@@ -2,6 +2,7 @@
 
 pub mod args;
 pub mod cache;
+pub mod index;
 pub mod matcher;
 pub mod nearby;
 pub mod plan;

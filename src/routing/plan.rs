@@ -5,6 +5,7 @@
 use std::cell::OnceCell;
 
 use super::args::RequestFacts;
+use super::index::RuleIndex;
 use super::nearby::{Level, Nearby};
 use super::rule::{Caller, Direction, Route};
 use crate::lb::{Balancer, Member, Policy, Rng};
@@ -170,6 +171,7 @@ pub enum Failover {
 pub struct Plan {
     direction: Direction,
     routes: Vec<PlannedRoute>,
+    index: RuleIndex,
     all: Pool,
     pub policy: Policy,
     pub failover: Failover,
@@ -232,10 +234,12 @@ impl Plan {
                     groups,
                 })
             })
-            .collect();
+            .collect::<Vec<PlannedRoute>>();
+        let index = RuleIndex::build(routes.iter().map(|p| &p.route));
         Plan {
             direction,
             routes,
+            index,
             all: Pool::new(snapshot, |_| true).with_levels(snapshot, nearby),
             policy,
             failover,
@@ -281,7 +285,10 @@ impl Plan {
         facts: &mut dyn RequestFacts,
         rng: &mut Rng,
     ) -> Option<Routed<'_>> {
-        for planned in &self.routes {
+        for position in self.index.candidates(facts, self.routes.len()) {
+            let Some(planned) = self.routes.get(position) else {
+                continue;
+            };
             let Some(best) = planned
                 .groups
                 .iter()
@@ -396,6 +403,79 @@ mod tests {
         seen.sort_unstable();
         seen.dedup();
         seen
+    }
+
+    fn gray_rules(n: usize) -> Vec<Route> {
+        use crate::polaris::proto;
+        use proto::match_string::MatchStringType as T;
+        let ms = |t: T, v: &str| proto::MatchString {
+            r#type: t as i32,
+            value: Some(v.into()),
+            value_type: 0,
+        };
+        let routes: Vec<proto::Route> = (0..n)
+            .map(|r| proto::Route {
+                sources: vec![proto::Source {
+                    service: Some("*".into()),
+                    namespace: Some("*".into()),
+                    metadata: if r == n - 1 {
+                        // The last rule catches everything: never filed.
+                        HashMap::new()
+                    } else {
+                        [(
+                            "$header.x-env".to_string(),
+                            ms(T::Exact, &format!("env-{}", r % 3)),
+                        )]
+                        .into()
+                    },
+                }],
+                destinations: vec![proto::Destination {
+                    service: Some("echo".into()),
+                    namespace: Some("default".into()),
+                    metadata: [("zone".to_string(), ms(T::Exact, "*"))].into(),
+                    weight: Some(100),
+                    name: Some(format!("rule{r}.s0.g0")),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let (compiled, errors) = crate::routing::rule::compile_routes(&routes, &Caller::default());
+        assert!(errors.is_empty());
+        compiled
+    }
+
+    #[test]
+    fn the_rule_index_picks_the_same_rule_as_a_full_scan() {
+        let s = snapshot(vec![instance(1, "z1", true)], false);
+        let rules = gray_rules(10);
+        let plan = Plan::build(&s, &rules, &[], Policy::WeightedRandom, Failover::All, None);
+        assert!(
+            plan.index
+                .candidates(&mut StaticFacts::default(), 10)
+                .count()
+                < 10
+        );
+        for (env, expected) in [
+            ("env-0", "rule0"),
+            ("env-1", "rule1"),
+            ("env-2", "rule2"),
+            ("nope", "rule9"),
+        ] {
+            let mut facts = StaticFacts {
+                headers: vec![("x-env".into(), env.into())],
+                ..StaticFacts::default()
+            };
+            let routed = plan
+                .route(&Caller::default(), &mut facts, &mut Rng::new(1))
+                .unwrap();
+            assert_eq!(routed.rule, Some(expected), "{env}");
+        }
+        let mut none = StaticFacts::default();
+        let routed = plan
+            .route(&Caller::default(), &mut none, &mut Rng::new(1))
+            .unwrap();
+        assert_eq!(routed.rule, Some("rule9"));
     }
 
     #[test]

@@ -70,6 +70,20 @@ impl Source {
     }
 }
 
+impl Source {
+    /// The value this source requires `arg` to equal exactly, if it does.
+    pub fn exact(&self, arg: &Arg) -> Option<&str> {
+        self.args
+            .iter()
+            .find(|(a, _)| a == arg)
+            .and_then(|(_, m)| m.exact_value())
+    }
+
+    pub fn args(&self) -> impl Iterator<Item = &Arg> {
+        self.args.iter().map(|(a, _)| a)
+    }
+}
+
 impl Destination {
     /// Whether this destination is about `namespace/service`.
     pub fn targets(&self, namespace: &str, service: &str) -> bool {

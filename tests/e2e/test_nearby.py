@@ -79,7 +79,7 @@ def test_location_defaults_to_envoy_node_locality(polaris, service, upstreams, t
     e.config_text = "node:\n  id: polaris-test\n  locality: {region: r1, zone: z2}\n" + e.config_text
     with e:
         assert set(e.client().counts(service, 40)) == {"z2-a"}
-        assert "location r1/z2/" in e.log_text()
+        assert "location r1/z2/ from Envoy node locality" in e.log_text()
 
 
 def test_nearby_is_off_for_services_that_do_not_enable_it(polaris, service, upstreams, envoy):
