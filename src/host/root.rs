@@ -95,7 +95,7 @@ impl Root {
                 Err(cause) => {
                     worker.metrics.inc(Counter::RefreshErrors);
                     log::warn!("refresh of {} of {key} not sent: {cause}", kind.name());
-                    self.refresher.on_answer(&resource, Err(cause), now);
+                    self.refresher.on_answer(&resource, Err(cause));
                 }
             }
         }
@@ -112,7 +112,6 @@ impl Context for Root {
             return;
         };
         let worker = worker.borrow();
-        let now = now_ms();
         worker.metrics.inc(Counter::Refreshes);
         let body = if status_code == 0 {
             hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
@@ -124,7 +123,7 @@ impl Context for Root {
         };
         match self
             .refresher
-            .on_answer(&resource, body.as_deref().map_err(Clone::clone), now)
+            .on_answer(&resource, body.as_deref().map_err(Clone::clone))
         {
             Outcome::Store => {
                 if let Ok(bytes) = &body {

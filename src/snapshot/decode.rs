@@ -86,8 +86,18 @@ pub enum Answer {
 
 /// Checks an answer of `kind` for `key`: the code, the type and the service it is about.
 pub fn classify(kind: Kind, key: &ServiceKey, bytes: &[u8]) -> Result<Answer, DecodeError> {
-    let response = proto::DiscoverResponse::decode(bytes)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
+    check(kind, key, &decode(bytes)?)
+}
+
+fn decode(bytes: &[u8]) -> Result<proto::DiscoverResponse, DecodeError> {
+    proto::DiscoverResponse::decode(bytes).map_err(|e| DecodeError::Malformed(e.to_string()))
+}
+
+fn check(
+    kind: Kind,
+    key: &ServiceKey,
+    response: &proto::DiscoverResponse,
+) -> Result<Answer, DecodeError> {
     let code = response.code.unwrap_or(0);
     match code {
         code::DATA_NO_CHANGE => return Ok(Answer::Unchanged),
@@ -124,10 +134,9 @@ pub fn classify(kind: Kind, key: &ServiceKey, bytes: &[u8]) -> Result<Answer, De
 
 /// The v1 routes of a ROUTING answer (empty when the service has none or is unknown).
 pub fn decode_routing(key: &ServiceKey, bytes: &[u8]) -> Result<proto::Routing, DecodeError> {
-    match classify(Kind::Routing, key, bytes)? {
-        Answer::Changed { .. } => proto::DiscoverResponse::decode(bytes)
-            .map(|r| r.routing.unwrap_or_default())
-            .map_err(|e| DecodeError::Malformed(e.to_string())),
+    let response = decode(bytes)?;
+    match check(Kind::Routing, key, &response)? {
+        Answer::Changed { .. } => Ok(response.routing.unwrap_or_default()),
         Answer::NotFound => Ok(proto::Routing::default()),
         Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
     }
@@ -135,62 +144,29 @@ pub fn decode_routing(key: &ServiceKey, bytes: &[u8]) -> Result<proto::Routing, 
 
 /// Decodes wire bytes, then classifies them.
 pub fn decode_instances(key: &ServiceKey, bytes: &[u8]) -> Result<Discovered, DecodeError> {
-    let response = proto::DiscoverResponse::decode(bytes)
-        .map_err(|e| DecodeError::Malformed(e.to_string()))?;
-    classify_instances(key, &response)
+    classify_instances(key, &decode(bytes)?)
 }
 
-/// Classifies a decoded answer for `key`.
+/// Classifies a decoded answer for `key`, building the snapshot when it carries new data.
 pub fn classify_instances(
     key: &ServiceKey,
     response: &proto::DiscoverResponse,
 ) -> Result<Discovered, DecodeError> {
-    let code = response.code.unwrap_or(0);
-    match code {
-        code::DATA_NO_CHANGE => return Ok(Discovered::Unchanged),
-        code::NOT_FOUND_RESOURCE | code::NOT_FOUND_SERVICE => return Ok(Discovered::NotFound),
-        code::EXECUTE_SUCCESS => {}
-        _ => {
-            return Err(DecodeError::Server {
-                code,
-                info: response.info.clone().unwrap_or_default(),
-            })
+    Ok(match check(Kind::Instances, key, response)? {
+        Answer::Unchanged => Discovered::Unchanged,
+        Answer::NotFound => Discovered::NotFound,
+        Answer::Changed { revision } => {
+            let service = response.service.as_ref();
+            let metadata = service.map(|s| s.metadata.clone()).unwrap_or_default();
+            let instances = response.instances.iter().filter_map(instance).collect();
+            Discovered::Changed(Box::new(ServiceSnapshot::new(
+                key.clone(),
+                revision,
+                metadata,
+                instances,
+            )))
         }
-    }
-    if response.r#type != proto::discover_response::DiscoverResponseType::Instance as i32 {
-        return Err(DecodeError::Mismatch(format!(
-            "type {} where INSTANCE was asked",
-            response.r#type
-        )));
-    }
-    let service = response.service.as_ref();
-    let name = service.and_then(|s| s.name.as_deref()).unwrap_or_default();
-    let namespace = service
-        .and_then(|s| s.namespace.as_deref())
-        .unwrap_or_default();
-    if name != key.name || namespace != key.namespace {
-        return Err(DecodeError::Mismatch(format!(
-            "answer for {namespace}/{name} where {key} was asked"
-        )));
-    }
-    let revision = service.and_then(|s| s.revision.clone()).unwrap_or_default();
-    let metadata = service.map(|s| s.metadata.clone()).unwrap_or_default();
-    let instances = response.instances.iter().filter_map(instance).collect();
-    Ok(Discovered::Changed(Box::new(ServiceSnapshot::new(
-        key.clone(),
-        revision,
-        metadata,
-        instances,
-    ))))
-}
-
-/// The revision an answer carries, if it is a successful one.
-pub fn revision_of(bytes: &[u8]) -> Option<String> {
-    let response = proto::DiscoverResponse::decode(bytes).ok()?;
-    if response.code.unwrap_or(0) != code::EXECUTE_SUCCESS {
-        return None;
-    }
-    response.service.and_then(|s| s.revision)
+    })
 }
 
 fn instance(p: &proto::Instance) -> Option<Instance> {
@@ -339,14 +315,5 @@ mod tests {
         let r = answer(200000, vec![inst("127.0.0.1", 1, 1)]);
         let e = classify_instances(&ServiceKey::new("default", "other"), &r).unwrap_err();
         assert!(matches!(e, DecodeError::Mismatch(_)));
-    }
-
-    #[test]
-    fn revision_is_read_only_from_successful_answers() {
-        assert_eq!(
-            revision_of(&answer(200000, vec![]).encode_to_vec()).as_deref(),
-            Some("rev-1")
-        );
-        assert_eq!(revision_of(&answer(400202, vec![]).encode_to_vec()), None);
     }
 }

@@ -8,8 +8,8 @@ pub mod refresh;
 
 pub use cache::{Known, ServiceCache};
 pub use decode::{
-    classify, classify_instances, decode_instances, decode_routing, revision_of, Answer,
-    DecodeError, Discovered, Kind,
+    classify, classify_instances, decode_instances, decode_routing, Answer, DecodeError,
+    Discovered, Kind,
 };
 pub use model::{Instance, Location, ServiceKey, ServiceSnapshot};
 pub use refresh::{Outcome, Refresher, Resource};

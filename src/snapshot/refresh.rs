@@ -61,22 +61,25 @@ impl Refresher {
             }
             if now_ms >= state.next_due_ms {
                 state.in_flight_since_ms = Some(now_ms);
+                // Periodic from the due time, not from when the answer came back, so the
+                // period stays the interval whatever the tick granularity; after a stall,
+                // no burst to catch up.
+                let next = state.next_due_ms.saturating_add(self.interval_ms);
+                state.next_due_ms = if next > now_ms {
+                    next
+                } else {
+                    now_ms.saturating_add(self.interval_ms)
+                };
                 out.push((key.clone(), state.revision.clone()));
             }
         }
         out
     }
 
-    /// Classifies an answer (`Err` = the call itself failed) and schedules the next refresh.
-    pub fn on_answer(
-        &mut self,
-        key: &Resource,
-        answer: Result<&[u8], String>,
-        now_ms: u64,
-    ) -> Outcome {
+    /// Classifies an answer (`Err` = the call itself failed).
+    pub fn on_answer(&mut self, key: &Resource, answer: Result<&[u8], String>) -> Outcome {
         let state = self.services.entry(key.clone()).or_default();
         state.in_flight_since_ms = None;
-        state.next_due_ms = now_ms.saturating_add(self.interval_ms);
         let bytes = match answer {
             Ok(b) => b,
             Err(cause) => {
@@ -138,13 +141,13 @@ mod tests {
         assert_eq!(r.due(&w, 0), vec![(key(), String::new())]);
         assert!(r.due(&w, 10).is_empty(), "in flight");
         assert_eq!(
-            r.on_answer(&key(), Ok(&answer(200000, "r1")), 20),
+            r.on_answer(&key(), Ok(&answer(200000, "r1"))),
             Outcome::Store
         );
-        assert!(r.due(&w, 1019).is_empty());
-        assert_eq!(r.due(&w, 1020), vec![(key(), "r1".to_string())]);
+        assert!(r.due(&w, 999).is_empty());
+        assert_eq!(r.due(&w, 1000), vec![(key(), "r1".to_string())]);
         assert_eq!(
-            r.on_answer(&key(), Ok(&answer(200001, "r1")), 1030),
+            r.on_answer(&key(), Ok(&answer(200001, "r1"))),
             Outcome::Unchanged
         );
     }
@@ -153,15 +156,15 @@ mod tests {
     fn failed_or_malformed_answers_keep_the_last_snapshot() {
         let mut r = Refresher::new(1000, 500);
         r.due(&[key()], 0);
-        r.on_answer(&key(), Ok(&answer(200000, "r1")), 0);
+        r.on_answer(&key(), Ok(&answer(200000, "r1")));
         r.due(&[key()], 1000);
         assert!(matches!(
-            r.on_answer(&key(), Err("unavailable".into()), 1000),
+            r.on_answer(&key(), Err("unavailable".into())),
             Outcome::Keep(_)
         ));
         r.due(&[key()], 2000);
         assert!(matches!(
-            r.on_answer(&key(), Ok(b"\xff\xff"), 2000),
+            r.on_answer(&key(), Ok(b"\xff\xff")),
             Outcome::Keep(DecodeError::Malformed(_))
         ));
         assert_eq!(r.due(&[key()], 3000), vec![(key(), "r1".to_string())]);
@@ -171,15 +174,34 @@ mod tests {
     fn not_found_is_stored_once() {
         let mut r = Refresher::new(1000, 500);
         r.due(&[key()], 0);
-        assert_eq!(
-            r.on_answer(&key(), Ok(&answer(400202, "")), 0),
-            Outcome::Store
-        );
+        assert_eq!(r.on_answer(&key(), Ok(&answer(400202, ""))), Outcome::Store);
         r.due(&[key()], 1000);
         assert_eq!(
-            r.on_answer(&key(), Ok(&answer(400202, "")), 1000),
+            r.on_answer(&key(), Ok(&answer(400202, ""))),
             Outcome::Unchanged
         );
+    }
+
+    #[test]
+    fn late_ticks_do_not_stretch_the_period() {
+        let mut r = Refresher::new(1000, 500);
+        r.due(&[key()], 0);
+        r.on_answer(&key(), Ok(&answer(200001, "")));
+        assert_eq!(r.due(&[key()], 1400).len(), 1);
+        r.on_answer(&key(), Ok(&answer(200001, "")));
+        assert!(r.due(&[key()], 1999).is_empty());
+        assert_eq!(r.due(&[key()], 2000).len(), 1);
+    }
+
+    #[test]
+    fn a_stalled_leader_does_not_burst_to_catch_up() {
+        let mut r = Refresher::new(1000, 500);
+        r.due(&[key()], 0);
+        r.on_answer(&key(), Ok(&answer(200001, "")));
+        assert_eq!(r.due(&[key()], 9000).len(), 1);
+        r.on_answer(&key(), Ok(&answer(200001, "")));
+        assert!(r.due(&[key()], 9500).is_empty());
+        assert_eq!(r.due(&[key()], 10000).len(), 1);
     }
 
     #[test]
