@@ -1,8 +1,9 @@
 """`make demo`: a real Polaris server, the real Envoy with our filter, three real upstreams.
 
 Registers service `echo` with instances weighted 1:2:7, sends traffic through Envoy and prints
-where it went; then isolates the heaviest instance in Polaris and shows traffic move, and shows
-what an unknown service gets. `--hold` keeps everything running for your own curl.
+where it went; adds a Polaris routing rule that sends `x-env: gray` to the `version=v2` instance;
+isolates the heaviest instance and shows traffic move; shows what an unknown service gets.
+`--hold` keeps everything running for your own curl.
 """
 
 from __future__ import annotations
@@ -46,23 +47,51 @@ def main() -> None:
         for u in upstreams:
             u.start()
         polaris.create_service(SERVICE)
+        versions = ("v2", "v1", "v1")
         ids = [
-            polaris.register_instance(SERVICE, "127.0.0.1", u.port, weight=w)
-            for u, w in zip(upstreams, (1, 2, 7))
+            polaris.register_instance(SERVICE, "127.0.0.1", u.port, weight=w, metadata={"version": v})
+            for u, w, v in zip(upstreams, (1, 2, 7), versions)
         ]
-        for u, w in zip(upstreams, (1, 2, 7)):
-            print(f"registered {SERVICE} instance 127.0.0.1:{u.port} weight {w} ({u.name})")
+        for u, w, v in zip(upstreams, (1, 2, 7), versions):
+            print(f"registered {SERVICE} instance 127.0.0.1:{u.port} weight {w} version {v} ({u.name})")
         polaris.wait_for(lambda r: len(r.get("instances") or []) == 3, service=SERVICE)
 
         envoy = Envoy(
             work / "envoy",
-            {"polaris_cluster": "polaris_grpc", "refresh_interval": "1s"},
+            {"polaris_cluster": "polaris_grpc", "refresh_interval": "1s", "debug_trace": True},
             polaris.grpc_port,
         ).start()
         print(f"Envoy listening on 127.0.0.1:{envoy.listen_port} (admin {envoy.admin_port})")
         client = envoy.client()
 
         show(f"{REQUESTS} requests with Host: {SERVICE} (weights 1:2:7)", client.counts(SERVICE, REQUESTS))
+
+        polaris.create_routing_v2([{
+            "name": "gray", "namespace": "default", "enable": True,
+            "routing_policy": "RulePolicy", "priority": 0,
+            "routing_config": {
+                "@type": "type.googleapis.com/v1.RuleRoutingConfig",
+                "rules": [{
+                    "name": "s0",
+                    "sources": [{"service": "*", "namespace": "*", "arguments": [
+                        {"type": "HEADER", "key": "x-env",
+                         "value": {"type": "EXACT", "value": "gray", "value_type": "TEXT"}}]}],
+                    "destinations": [{"service": SERVICE, "namespace": "default", "name": "v2",
+                                      "labels": {"version": {"type": "EXACT", "value": "v2"}},
+                                      "priority": 0, "weight": 100}],
+                }],
+            },
+        }])
+        polaris.wait_for(
+            lambda r: (r.get("routing") or {}).get("inbounds"), service=SERVICE, type="ROUTING"
+        )
+        time.sleep(2.5)
+        print("\nrouting rule `gray` created in Polaris: header x-env: gray -> version v2")
+        show("200 requests with x-env: gray", client.counts(SERVICE, 200, headers={"x-env": "gray"}))
+        show("200 requests without it (no rule matches: all instances, by weight)", client.counts(SERVICE, 200))
+        _, trace, _ = client.request(SERVICE, headers={"x-env": "gray", "x-polaris-debug": "1"})
+        print("decision trace: " + ", ".join(
+            f"{k}={trace[k]}" for k in ("x-polaris-rule", "x-polaris-group", "x-polaris-instance") if k in trace))
 
         polaris.update_instance(ids[2], isolate=True)
         polaris.wait_for(
@@ -74,6 +103,7 @@ def main() -> None:
         status, headers, body = client.request("nosuch")
         print(f"\nHost: nosuch -> {status} {headers.get('x-polaris-reason')}: {body.strip()}")
 
+        time.sleep(0.6)  # the filter hands its counts to Envoy every tick (<= 500 ms)
         stats = envoy.stats()
         print("\nfilter metrics (Envoy stats):")
         for name in sorted(stats):
