@@ -43,6 +43,8 @@ setup: rust-targets venv $(WBG_RUNNER) polaris-server
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
 
 venv: $(VENV)/.installed
 
@@ -59,7 +61,7 @@ wasm: rust-targets
 	python3 scripts/wasm_exports.py $(WASM) --keep $(WASM_CALLBACKS)
 	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
 
-lint:
+lint: rust-targets
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --no-default-features --lib -- -D warnings
