@@ -149,6 +149,7 @@ fn run(title: &str, indexable: bool) {
             policy,
             Failover::All,
             Some(&nearby),
+            None,
         );
         let build = built.elapsed();
         let mut rng = Rng::new(7);

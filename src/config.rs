@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::lb::Policy;
-use crate::routing::{Caller, Failover, Level, Nearby};
+use crate::routing::metadata::MAX_KEYS;
+use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
 use crate::snapshot::Location;
 
 /// A validated plugin configuration.
@@ -48,6 +49,8 @@ pub struct Config {
     /// This Envoy's location and the nearby-routing levels. An empty location is filled from
     /// Envoy's node locality by the host.
     pub nearby: Nearby,
+    /// Metadata routing: request headers naming wanted instance labels.
+    pub metadata: MetadataRouting,
 }
 
 /// Where a hash balancer's key comes from.
@@ -128,6 +131,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "debug_trace",
     "location",
     "nearby",
+    "metadata_routing",
 ];
 
 /// The encoded `GrpcService` we hand to Envoy embeds the cluster name behind one-byte lengths.
@@ -221,6 +225,7 @@ impl Config {
         };
 
         let nearby = nearby(&map)?;
+        let metadata = metadata_routing(&map)?;
 
         Ok(Config {
             polaris_cluster,
@@ -238,8 +243,44 @@ impl Config {
             hash_key,
             debug_trace,
             nearby,
+            metadata,
         })
     }
+}
+
+fn metadata_routing(map: &Map<String, Value>) -> Result<MetadataRouting, ConfigError> {
+    let Some(obj) = object(map, "metadata_routing", &["headers", "failover"])? else {
+        return Ok(MetadataRouting::default());
+    };
+    let mut labels = Vec::new();
+    match obj.get("headers") {
+        Some(Value::Object(headers)) if !headers.is_empty() && headers.len() <= MAX_KEYS => {
+            for (header, key) in headers {
+                let field = format!("metadata_routing.headers.{header}");
+                validate_header_name(&field, header)?;
+                let Value::String(key) = key else {
+                    return Err(err(&field, "must be the instance metadata key (a string)"));
+                };
+                if key.is_empty() {
+                    return Err(err(&field, "must not be empty"));
+                }
+                labels.push((header.clone(), key.clone()));
+            }
+        }
+        _ => {
+            return Err(err(
+                "metadata_routing.headers",
+                format!("must map 1 to {MAX_KEYS} request headers to instance metadata keys"),
+            ))
+        }
+    }
+    let failover = match nested_string(obj, "metadata_routing", "failover")? {
+        None => MetaFailover::None,
+        Some(f) => f
+            .parse()
+            .map_err(|e: String| err("metadata_routing.failover", e))?,
+    };
+    Ok(MetadataRouting { labels, failover })
 }
 
 fn nearby(map: &Map<String, Value>) -> Result<Nearby, ConfigError> {
@@ -649,6 +690,27 @@ mod tests {
         assert_eq!(e.field, "nearby.max_match_level");
         let e = parse(r#"{"polaris_cluster":"p","nearby":{"match_level":"city"}}"#).unwrap_err();
         assert_eq!(e.field, "nearby.match_level");
+    }
+
+    #[test]
+    fn metadata_routing_parses_and_names_bad_fields() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","metadata_routing":{"headers":{"x-meta-version":"version"},"failover":"others"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.metadata.labels,
+            vec![("x-meta-version".to_string(), "version".to_string())]
+        );
+        assert_eq!(c.metadata.failover, MetaFailover::Others);
+        let e = parse(r#"{"polaris_cluster":"p","metadata_routing":{"headers":{}}}"#).unwrap_err();
+        assert_eq!(e.field, "metadata_routing.headers");
+        let e = parse(r#"{"polaris_cluster":"p","metadata_routing":{"headers":{"X-V":"v"}}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "metadata_routing.headers.X-V");
+        let e = parse(r#"{"polaris_cluster":"p","metadata_routing":{"headers":{"x-v":"v"},"failover":"some"}}"#)
+            .unwrap_err();
+        assert_eq!(e.field, "metadata_routing.failover");
     }
 
     #[test]

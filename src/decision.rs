@@ -4,7 +4,8 @@ use std::fmt;
 
 use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
-use crate::routing::{Caller, Level, Plan, RequestFacts};
+use crate::routing::metadata::tuple_key;
+use crate::routing::{Caller, Level, MetadataRouting, Plan, RequestFacts};
 use crate::snapshot::{Instance, ServiceKey, ServiceSnapshot};
 
 /// Where the request goes, and why: what the debug trace reports.
@@ -31,6 +32,8 @@ pub enum Rejection {
     NoInstance { service: ServiceKey, total: usize },
     /// Rules exist, none matched, and `routing.failover` is `none`.
     NoRuleMatched { service: ServiceKey },
+    /// No instance carries the labels the request asked for, and the failover found none either.
+    NoMetadataMatch { service: ServiceKey, wanted: String },
     /// Nearby routing found no instance within `nearby.max_match_level`.
     NoNearbyInstance { service: ServiceKey, widest: Level },
     /// The first discovery of the service failed.
@@ -55,6 +58,7 @@ impl Rejection {
             Rejection::NoInstance { .. } => "no-instance",
             Rejection::NoRuleMatched { .. } => "rule-routing",
             Rejection::NoNearbyInstance { .. } => "nearby-routing",
+            Rejection::NoMetadataMatch { .. } => "metadata-routing",
             Rejection::DiscoveryFailed { .. } => "discovery-failed",
             Rejection::TooManyServices { .. } => "too-many-services",
         }
@@ -82,6 +86,12 @@ impl fmt::Display for Rejection {
                 f,
                 "rule routing left no instance of service {} in namespace {}: no rule matched and \
                  routing.failover is none",
+                service.name, service.namespace
+            ),
+            Rejection::NoMetadataMatch { service, wanted } => write!(
+                f,
+                "metadata routing left no instance of service {} in namespace {}: none carries \
+                 {wanted}",
                 service.name, service.namespace
             ),
             Rejection::NoNearbyInstance { service, widest } => write!(
@@ -116,8 +126,31 @@ pub fn hash_key(source: Option<&HashKeySource>, facts: &mut dyn RequestFacts) ->
     Some(lb::hash_key(value.as_bytes()))
 }
 
-/// The chain, in polaris-go's order: rule routing, nearby routing, then the health/isolate filter
-/// with recover-all, then the load balancer.
+/// The labels a request wants (metadata routing): the bit mask of configured keys present and
+/// the lookup key of their values; `None` when it carries none of the configured headers.
+fn wanted_labels(
+    metadata: &MetadataRouting,
+    facts: &mut dyn RequestFacts,
+) -> Option<(u8, String, String)> {
+    let mut mask = 0u8;
+    let mut values = Vec::new();
+    let mut shown = Vec::new();
+    for (i, (header, key)) in metadata.labels.iter().enumerate() {
+        if let Some(v) = facts.header(header) {
+            mask |= 1 << i;
+            shown.push(format!("{key}={v}"));
+            values.push(v.to_string());
+        }
+    }
+    if mask == 0 {
+        return None;
+    }
+    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
+    Some((mask, tuple_key(mask, &refs), shown.join(",")))
+}
+
+/// The chain, in polaris-go's order: rule routing, metadata routing, nearby routing, then the
+/// health/isolate filter with recover-all, then the load balancer.
 pub fn decide<'a>(
     plan: &'a Plan,
     snapshot: &'a ServiceSnapshot,
@@ -131,8 +164,21 @@ pub fn decide<'a>(
         .ok_or_else(|| Rejection::NoRuleMatched {
             service: snapshot.key.clone(),
         })?;
+    let wanted = plan.metadata().and_then(|m| wanted_labels(m, facts));
+    let pool = plan
+        .by_metadata(
+            routed.pool,
+            wanted.as_ref().map(|(mask, key, _)| (*mask, key.as_str())),
+        )
+        .ok_or_else(|| Rejection::NoMetadataMatch {
+            service: snapshot.key.clone(),
+            wanted: wanted
+                .as_ref()
+                .map(|(_, _, shown)| shown.clone())
+                .unwrap_or_default(),
+        })?;
     let (pool, nearby) = plan
-        .narrow(routed.pool)
+        .narrow(pool)
         .ok_or_else(|| Rejection::NoNearbyInstance {
             service: snapshot.key.clone(),
             widest: plan.nearby_limit().unwrap_or(Level::All),
@@ -187,7 +233,15 @@ mod tests {
     }
 
     fn plan(s: &ServiceSnapshot) -> Plan {
-        Plan::build(s, &[], &[], Policy::WeightedRandom, Failover::All, None)
+        Plan::build(
+            s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        )
     }
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

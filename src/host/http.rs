@@ -106,6 +106,7 @@ impl Http {
                 w.config.policy,
                 w.config.failover,
                 Some(&w.config.nearby),
+                Some(&w.config.metadata),
             );
             w.plans.insert(key.clone(), plan);
         }

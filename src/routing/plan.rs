@@ -3,9 +3,11 @@
 //! picks a group and then an instance from the group's pool, allocating nothing.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 
 use super::args::RequestFacts;
 use super::index::RuleIndex;
+use super::metadata::{tuple_key, MetaFailover, MetadataRouting};
 use super::nearby::{Level, Nearby};
 use super::rule::{Caller, Direction, Route};
 use crate::lb::{Balancer, Member, Policy, Rng};
@@ -20,6 +22,17 @@ pub struct Pool {
     balancers: [OnceCell<Balancer>; 2],
     /// With nearby routing: the members at each level nearer than `all`, nearest first.
     near: Vec<(Level, Pool)>,
+    /// With metadata routing: the sub-pools a request's wanted labels select.
+    meta: Option<Box<MetaIndex>>,
+}
+
+/// Metadata-routing sub-pools of a pool, prebuilt per snapshot change.
+#[derive(Debug, Default)]
+struct MetaIndex {
+    /// Wanted-label tuple (`metadata::tuple_key`) -> (members carrying it, the other members).
+    by_tuple: HashMap<String, (Pool, Pool)>,
+    /// Key subset (bit mask) -> members carrying none of those keys.
+    lacking: Vec<(u8, Pool)>,
 }
 
 /// The instance a pool gave.
@@ -47,9 +60,71 @@ impl Pool {
         Pool {
             members,
             healthy,
-            balancers: [OnceCell::new(), OnceCell::new()],
-            near: Vec::new(),
+            ..Pool::default()
         }
+    }
+
+    /// The members (and healthy members) whose instance passes `keep`.
+    fn sub(&self, snapshot: &ServiceSnapshot, keep: impl Fn(&Instance) -> bool) -> Pool {
+        let pass = |n: &usize| snapshot.instances.get(*n).is_some_and(&keep);
+        Pool {
+            members: self.members.iter().copied().filter(pass).collect(),
+            healthy: self.healthy.iter().copied().filter(pass).collect(),
+            ..Pool::default()
+        }
+    }
+
+    /// Adds the sub-pools metadata routing chooses between, each with its nearby levels.
+    fn with_metadata(
+        mut self,
+        snapshot: &ServiceSnapshot,
+        metadata: Option<&MetadataRouting>,
+        nearby: Option<&Nearby>,
+    ) -> Pool {
+        let Some(metadata) = metadata.filter(|m| !m.labels.is_empty()) else {
+            return self;
+        };
+        let keys: Vec<&str> = metadata.labels.iter().map(|(_, k)| k.as_str()).collect();
+        let mut index = MetaIndex::default();
+        for mask in 1..(1u8 << keys.len()) {
+            let in_mask = |i: usize| mask & (1 << i) != 0;
+            let tuple = |inst: &Instance| -> Option<String> {
+                let values: Option<Vec<&str>> = keys
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| in_mask(*i))
+                    .map(|(_, k)| inst.metadata.get(*k).map(String::as_str))
+                    .collect();
+                values.map(|v| tuple_key(mask, &v))
+            };
+            let mut tuples: Vec<String> = self
+                .members
+                .iter()
+                .filter_map(|n| snapshot.instances.get(*n).and_then(&tuple))
+                .collect();
+            tuples.sort_unstable();
+            tuples.dedup();
+            for t in tuples {
+                let matched = self
+                    .sub(snapshot, |i| tuple(i).as_ref() == Some(&t))
+                    .with_levels(snapshot, nearby);
+                let others = self
+                    .sub(snapshot, |i| tuple(i).as_ref() != Some(&t))
+                    .with_levels(snapshot, nearby);
+                index.by_tuple.insert(t, (matched, others));
+            }
+            let lacking = self
+                .sub(snapshot, |i| {
+                    keys.iter()
+                        .enumerate()
+                        .filter(|(n, _)| in_mask(*n))
+                        .all(|(_, k)| !i.metadata.contains_key(*k))
+                })
+                .with_levels(snapshot, nearby);
+            index.lacking.push((mask, lacking));
+        }
+        self.meta = Some(Box::new(index));
+        self
     }
 
     /// Adds the per-level sub-pools nearby routing chooses between.
@@ -62,21 +137,10 @@ impl Pool {
             .filter(|l| *l != Level::All)
             .map(|level| {
                 let here = &nearby.location;
-                let sub = Pool::new(snapshot, |i| level.holds(here, &i.location));
-                let sub = Pool {
-                    members: sub
-                        .members
-                        .into_iter()
-                        .filter(|n| self.members.contains(n))
-                        .collect(),
-                    healthy: sub
-                        .healthy
-                        .into_iter()
-                        .filter(|n| self.healthy.contains(n))
-                        .collect(),
-                    ..Pool::default()
-                };
-                (level, sub)
+                (
+                    level,
+                    self.sub(snapshot, |i| level.holds(here, &i.location)),
+                )
             })
             .collect();
         self
@@ -138,6 +202,7 @@ impl Default for Pool {
             healthy: Vec::new(),
             balancers: [OnceCell::new(), OnceCell::new()],
             near: Vec::new(),
+            meta: None,
         }
     }
 }
@@ -177,6 +242,7 @@ pub struct Plan {
     pub failover: Failover,
     /// Nearby routing, when the service enables it and this Envoy has a location.
     nearby: Option<Nearby>,
+    metadata: Option<MetadataRouting>,
 }
 
 /// The pool a request was routed to, and how.
@@ -197,6 +263,7 @@ impl Plan {
         policy: Policy,
         failover: Failover,
         nearby: Option<&Nearby>,
+        metadata: Option<&MetadataRouting>,
     ) -> Plan {
         let enabled = snapshot
             .metadata
@@ -225,7 +292,8 @@ impl Plan {
                                 .iter()
                                 .all(|(k, m)| m.matches(i.metadata.get(k).map(String::as_str)))
                         })
-                        .with_levels(snapshot, nearby),
+                        .with_levels(snapshot, nearby)
+                        .with_metadata(snapshot, metadata, nearby),
                     })
                     .collect();
                 // An outbound rule that never names this service is not about it.
@@ -240,11 +308,45 @@ impl Plan {
             direction,
             routes,
             index,
-            all: Pool::new(snapshot, |_| true).with_levels(snapshot, nearby),
+            all: Pool::new(snapshot, |_| true)
+                .with_levels(snapshot, nearby)
+                .with_metadata(snapshot, metadata, nearby),
             policy,
             failover,
             nearby: nearby.cloned(),
+            metadata: metadata.filter(|m| !m.labels.is_empty()).cloned(),
         }
+    }
+
+    /// The configured metadata routing, if any.
+    pub fn metadata(&self) -> Option<&MetadataRouting> {
+        self.metadata.as_ref()
+    }
+
+    /// Metadata routing over a routed pool, for a wanted-label tuple (`None`: the request wants
+    /// nothing, the pool stands). Healthy carriers of the labels win; otherwise the failover
+    /// decides, falling back to unhealthy carriers (recover-all) before giving up.
+    pub fn by_metadata<'p>(&self, pool: &'p Pool, wanted: Option<(u8, &str)>) -> Option<&'p Pool> {
+        let (Some(config), Some((mask, key)), Some(index)) = (&self.metadata, wanted, &pool.meta)
+        else {
+            return Some(pool);
+        };
+        let entry = index.by_tuple.get(key);
+        let matched = entry.map(|(m, _)| m).filter(|m| !m.is_empty());
+        if let Some(m) = matched.filter(|m| !m.healthy.is_empty()) {
+            return Some(m);
+        }
+        let failover = match config.failover {
+            MetaFailover::None => None,
+            MetaFailover::All => Some(pool),
+            MetaFailover::Others => Some(entry.map_or(pool, |(_, others)| others)),
+            MetaFailover::NotContainKey => index
+                .lacking
+                .iter()
+                .find(|(m, _)| *m == mask)
+                .map(|(_, p)| p),
+        };
+        failover.filter(|p| !p.is_empty()).or(matched)
     }
 
     /// Nearby routing over a routed pool: the nearest level whose unhealthy share is under the
@@ -339,6 +441,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::metadata::tuple_key;
     use crate::routing::StaticFacts;
     use crate::snapshot::model::upstream_address;
     use crate::snapshot::{Location, ServiceKey};
@@ -449,7 +552,15 @@ mod tests {
     fn the_rule_index_picks_the_same_rule_as_a_full_scan() {
         let s = snapshot(vec![instance(1, "z1", true)], false);
         let rules = gray_rules(10);
-        let plan = Plan::build(&s, &rules, &[], Policy::WeightedRandom, Failover::All, None);
+        let plan = Plan::build(
+            &s,
+            &rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        );
         assert!(
             plan.index
                 .candidates(&mut StaticFacts::default(), 10)
@@ -478,6 +589,99 @@ mod tests {
         assert_eq!(routed.rule, Some("rule9"));
     }
 
+    fn labeled(port: u32, version: Option<&str>, healthy: bool) -> Instance {
+        let mut i = instance(port, "z1", healthy);
+        if let Some(v) = version {
+            i.metadata.insert("version".into(), v.into());
+        }
+        i
+    }
+
+    fn meta_ports(
+        failover: MetaFailover,
+        instances: Vec<Instance>,
+        wanted: &str,
+    ) -> Option<Vec<u32>> {
+        let s = snapshot(instances, false);
+        let config = MetadataRouting {
+            labels: vec![("x-version".into(), "version".into())],
+            failover,
+        };
+        let plan = Plan::build(
+            &s,
+            &[],
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            Some(&config),
+        );
+        let routed = plan
+            .route(
+                &Caller::default(),
+                &mut StaticFacts::default(),
+                &mut Rng::new(1),
+            )
+            .unwrap();
+        let key = tuple_key(1, &[wanted]);
+        let pool = plan.by_metadata(routed.pool, Some((1, &key)))?;
+        let mut ports: Vec<u32> = pool
+            .members
+            .iter()
+            .filter_map(|n| s.instance(*n).map(|i| i.port))
+            .collect();
+        ports.sort_unstable();
+        Some(ports)
+    }
+
+    fn versions() -> Vec<Instance> {
+        vec![
+            labeled(1, Some("v1"), true),
+            labeled(2, Some("v2"), true),
+            labeled(3, None, true),
+        ]
+    }
+
+    #[test]
+    fn metadata_routing_keeps_instances_carrying_the_wanted_label() {
+        assert_eq!(
+            meta_ports(MetaFailover::None, versions(), "v2"),
+            Some(vec![2])
+        );
+    }
+
+    #[test]
+    fn metadata_routing_without_failover_refuses_an_unknown_label() {
+        assert_eq!(meta_ports(MetaFailover::None, versions(), "v9"), None);
+    }
+
+    #[test]
+    fn metadata_failovers_choose_all_others_or_keyless() {
+        assert_eq!(
+            meta_ports(MetaFailover::All, versions(), "v9"),
+            Some(vec![1, 2, 3])
+        );
+        let mut unhealthy_v2 = versions();
+        unhealthy_v2[1].healthy = false;
+        assert_eq!(
+            meta_ports(MetaFailover::Others, unhealthy_v2.clone(), "v2"),
+            Some(vec![1, 3])
+        );
+        assert_eq!(
+            meta_ports(MetaFailover::NotContainKey, unhealthy_v2, "v2"),
+            Some(vec![3])
+        );
+    }
+
+    #[test]
+    fn unhealthy_carriers_are_used_when_the_failover_has_nothing() {
+        let only_v2 = vec![labeled(2, Some("v2"), false)];
+        assert_eq!(
+            meta_ports(MetaFailover::NotContainKey, only_v2, "v2"),
+            Some(vec![2])
+        );
+    }
+
     #[test]
     fn nearby_keeps_traffic_in_this_zone() {
         let s = snapshot(vec![instance(1, "z1", true), instance(2, "z2", true)], true);
@@ -488,6 +692,7 @@ mod tests {
             Policy::WeightedRandom,
             Failover::All,
             Some(&here("z1")),
+            None,
         );
         assert_eq!(ports(&plan, &s, 100), [1]);
     }
@@ -505,6 +710,7 @@ mod tests {
             Policy::WeightedRandom,
             Failover::All,
             Some(&here("z1")),
+            None,
         );
         let routed = plan
             .route(
@@ -530,6 +736,7 @@ mod tests {
             Policy::WeightedRandom,
             Failover::All,
             Some(&here("z1")),
+            None,
         );
         assert_eq!(ports(&plan, &s, 100), [1, 2]);
     }
@@ -548,6 +755,7 @@ mod tests {
             Policy::WeightedRandom,
             Failover::All,
             Some(&strict),
+            None,
         );
         let routed = plan
             .route(
@@ -572,6 +780,7 @@ mod tests {
             Policy::WeightedRandom,
             Failover::All,
             Some(&here("z1")),
+            None,
         );
         assert_eq!(ports(&plan, &s, 100), [1]);
     }

@@ -65,13 +65,19 @@ def envoy(tmp_path) -> Callable[..., Envoy]:
 
 
 def traffic_until(
-    client: Client, host: str, predicate: Callable[[dict], bool], timeout: float, batch: int = 20
+    client: Client,
+    host: str,
+    predicate: Callable[[dict], bool],
+    timeout: float,
+    batch: int = 20,
+    **request,
 ) -> tuple[float, dict]:
-    """Sends batches until a batch's counts satisfy `predicate`; returns (seconds taken, counts)."""
+    """Sends batches (with `request` options such as headers) until a batch's counts satisfy
+    `predicate`; returns (seconds taken, counts)."""
     start = time.monotonic()
     counts: dict = {}
     while time.monotonic() - start < timeout:
-        counts = client.counts(host, batch)
+        counts = client.counts(host, batch, **request)
         if predicate(counts):
             return time.monotonic() - start, counts
         time.sleep(0.05)
