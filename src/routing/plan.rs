@@ -616,13 +616,7 @@ mod tests {
             None,
             Some(&config),
         );
-        let routed = plan
-            .route(
-                &Caller::default(),
-                &mut StaticFacts::default(),
-                &mut Rng::new(1),
-            )
-            .unwrap();
+        let routed = routed_pool(&plan);
         let key = tuple_key(1, &[wanted]);
         let pool = plan.by_metadata(routed.pool, Some((1, &key)))?;
         let mut ports: Vec<u32> = pool
@@ -682,18 +676,33 @@ mod tests {
         );
     }
 
-    #[test]
-    fn nearby_keeps_traffic_in_this_zone() {
-        let s = snapshot(vec![instance(1, "z1", true), instance(2, "z2", true)], true);
-        let plan = Plan::build(
-            &s,
+    /// A rule-less plan with these nearby settings.
+    fn near_plan(s: &ServiceSnapshot, nearby: &Nearby) -> Plan {
+        Plan::build(
+            s,
             &[],
             &[],
             Policy::WeightedRandom,
             Failover::All,
-            Some(&here("z1")),
+            Some(nearby),
             None,
-        );
+        )
+    }
+
+    /// What rule routing gives a plain request.
+    fn routed_pool(plan: &Plan) -> Routed<'_> {
+        plan.route(
+            &Caller::default(),
+            &mut StaticFacts::default(),
+            &mut Rng::new(1),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn nearby_keeps_traffic_in_this_zone() {
+        let s = snapshot(vec![instance(1, "z1", true), instance(2, "z2", true)], true);
+        let plan = near_plan(&s, &here("z1"));
         assert_eq!(ports(&plan, &s, 100), [1]);
     }
 
@@ -703,22 +712,8 @@ mod tests {
             vec![instance(1, "z1", false), instance(2, "z2", true)],
             true,
         );
-        let plan = Plan::build(
-            &s,
-            &[],
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            Some(&here("z1")),
-            None,
-        );
-        let routed = plan
-            .route(
-                &Caller::default(),
-                &mut StaticFacts::default(),
-                &mut Rng::new(1),
-            )
-            .unwrap();
+        let plan = near_plan(&s, &here("z1"));
+        let routed = routed_pool(&plan);
         assert_eq!(plan.narrow(routed.pool).unwrap().1, Some(Level::Region));
         assert_eq!(ports(&plan, &s, 100), [2]);
     }
@@ -729,15 +724,7 @@ mod tests {
             vec![instance(1, "z1", true), instance(2, "z2", true)],
             false,
         );
-        let plan = Plan::build(
-            &s,
-            &[],
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            Some(&here("z1")),
-            None,
-        );
+        let plan = near_plan(&s, &here("z1"));
         assert_eq!(ports(&plan, &s, 100), [1, 2]);
     }
 
@@ -748,22 +735,8 @@ mod tests {
             max_match_level: Level::Zone,
             ..here("z1")
         };
-        let plan = Plan::build(
-            &s,
-            &[],
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            Some(&strict),
-            None,
-        );
-        let routed = plan
-            .route(
-                &Caller::default(),
-                &mut StaticFacts::default(),
-                &mut Rng::new(1),
-            )
-            .unwrap();
+        let plan = near_plan(&s, &strict);
+        let routed = routed_pool(&plan);
         assert!(plan.narrow(routed.pool).is_none());
     }
 
@@ -773,15 +746,7 @@ mod tests {
             vec![instance(1, "z1", false), instance(2, "z2", false)],
             true,
         );
-        let plan = Plan::build(
-            &s,
-            &[],
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            Some(&here("z1")),
-            None,
-        );
+        let plan = near_plan(&s, &here("z1"));
         assert_eq!(ports(&plan, &s, 100), [1]);
     }
 }
