@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::lb::Policy;
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
-use crate::snapshot::Location;
+use crate::snapshot::{Location, ServiceKey};
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,9 +41,9 @@ pub struct Config {
     pub caller: Caller,
     /// What rule routing does when rules exist but none matched.
     pub failover: Failover,
-    /// The load balancer and, for hash policies, where the key comes from.
-    pub policy: Policy,
-    pub hash_key: Option<HashKeySource>,
+    /// The load balancer and, for hash policies, where the key comes from: a default and
+    /// per-service choices.
+    pub load_balancing: LoadBalancing,
     /// Whether `x-polaris-debug: 1` on a request adds the decision trace to its response.
     pub debug_trace: bool,
     /// This Envoy's location and the nearby-routing levels. An empty location is filled from
@@ -51,6 +51,33 @@ pub struct Config {
     pub nearby: Nearby,
     /// Metadata routing: request headers naming wanted instance labels.
     pub metadata: MetadataRouting,
+}
+
+/// Which balancer a service uses: `load_balancer` in the plugin configuration.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadBalancing {
+    pub policy: Policy,
+    pub hash_key: Option<HashKeySource>,
+    /// `load_balancer.services`: per-service policy and key (inheriting the default key). An
+    /// empty namespace stands for the configured default namespace.
+    pub services: Vec<(ServiceKey, Policy, Option<HashKeySource>)>,
+}
+
+impl Config {
+    /// The balancer of `service` and, for hash policies, where its key comes from.
+    pub fn balancing(&self, service: &ServiceKey) -> (Policy, Option<&HashKeySource>) {
+        let lb = &self.load_balancing;
+        lb.services
+            .iter()
+            .find(|(key, _, _)| {
+                key.name == service.name
+                    && (key.namespace == service.namespace
+                        || (key.namespace.is_empty() && service.namespace == self.namespace))
+            })
+            .map_or((lb.policy, lb.hash_key.as_ref()), |(_, policy, hash)| {
+                (*policy, hash.as_ref())
+            })
+    }
 }
 
 /// Where a hash balancer's key comes from.
@@ -212,7 +239,7 @@ impl Config {
 
         let caller = caller(&map, &namespace)?;
         let failover = failover(&map)?;
-        let (policy, hash_key) = load_balancer(&map)?;
+        let load_balancing = load_balancer(&map)?;
         let debug_trace = match map.get("debug_trace") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
@@ -239,8 +266,7 @@ impl Config {
             max_services,
             caller,
             failover,
-            policy,
-            hash_key,
+            load_balancing,
             debug_trace,
             nearby,
             metadata,
@@ -420,27 +446,86 @@ fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {
     }
 }
 
-fn load_balancer(map: &Map<String, Value>) -> Result<(Policy, Option<HashKeySource>), ConfigError> {
-    let Some(obj) = object(map, "load_balancer", &["policy", "hash_key"])? else {
-        return Ok((Policy::WeightedRandom, None));
+fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError> {
+    let Some(obj) = object(map, "load_balancer", &["policy", "hash_key", "services"])? else {
+        return Ok(LoadBalancing::default());
     };
-    let policy = match nested_string(obj, "load_balancer", "policy")? {
-        None => Policy::WeightedRandom,
-        Some(p) => p
-            .parse::<Policy>()
-            .map_err(|e| err("load_balancer.policy", e.to_string()))?,
-    };
+    let (policy, hash_key) = balancer_fields(obj, "load_balancer")?;
+    let policy = policy.unwrap_or(Policy::WeightedRandom);
+    let mut services: Vec<(ServiceKey, Policy, Option<HashKeySource>)> = Vec::new();
+    match obj.get("services") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(entries)) => {
+            for (n, entry) in entries.iter().enumerate() {
+                let path = format!("load_balancer.services[{n}]");
+                let Value::Object(entry) = entry else {
+                    return Err(err(
+                        &path,
+                        format!("must be an object, got {}", kind(entry)),
+                    ));
+                };
+                let known = ["service", "namespace", "policy", "hash_key"];
+                if let Some(unknown) = entry.keys().find(|k| !known.contains(&k.as_str())) {
+                    return Err(err(
+                        &format!("{path}.{unknown}"),
+                        format!("unknown field; known fields are {}", known.join(", ")),
+                    ));
+                }
+                let service = nested_string(entry, &path, "service")?
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| err(&format!("{path}.service"), "is required"))?;
+                let namespace = nested_string(entry, &path, "namespace")?;
+                let (own_policy, own_key) = balancer_fields(entry, &path)?;
+                let own_policy = own_policy.ok_or_else(|| {
+                    err(
+                        &format!("{path}.policy"),
+                        "is required in a per-service entry",
+                    )
+                })?;
+                services.push((
+                    // The namespace is settled against the default one in `Config::balancing`.
+                    ServiceKey::new(namespace.unwrap_or_default(), service),
+                    own_policy,
+                    own_key.or_else(|| hash_key.clone()),
+                ));
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "load_balancer.services",
+                format!("must be an array, got {}", kind(other)),
+            ))
+        }
+    }
+    Ok(LoadBalancing {
+        policy,
+        hash_key,
+        services,
+    })
+}
+
+/// `policy` and `hash_key` of `obj`, the object at `path`.
+fn balancer_fields(
+    obj: &Map<String, Value>,
+    path: &str,
+) -> Result<(Option<Policy>, Option<HashKeySource>), ConfigError> {
+    let policy = nested_string(obj, path, "policy")?
+        .map(|p| {
+            p.parse::<Policy>()
+                .map_err(|e| err(&format!("{path}.policy"), e.to_string()))
+        })
+        .transpose()?;
     let hash_key = match object(obj, "hash_key", &["from", "name"])
-        .map_err(|e| err(&format!("load_balancer.{}", e.field), e.reason))?
+        .map_err(|e| err(&format!("{path}.{}", e.field), e.reason))?
     {
         None => None,
         Some(key) => {
-            let from = nested_string(key, "load_balancer.hash_key", "from")?;
-            let name = nested_string(key, "load_balancer.hash_key", "name")?;
+            let parent = format!("{path}.hash_key");
+            let from = nested_string(key, &parent, "from")?;
+            let name = nested_string(key, &parent, "name")?;
             let need_name = |n: Option<String>| {
-                n.filter(|n| !n.is_empty()).ok_or_else(|| {
-                    err("load_balancer.hash_key.name", "is required for this source")
-                })
+                n.filter(|n| !n.is_empty())
+                    .ok_or_else(|| err(&format!("{parent}.name"), "is required for this source"))
             };
             Some(match from.as_deref() {
                 Some("header") => HashKeySource::Header(need_name(name)?.to_ascii_lowercase()),
@@ -449,7 +534,7 @@ fn load_balancer(map: &Map<String, Value>) -> Result<(Policy, Option<HashKeySour
                 Some("caller_ip") => HashKeySource::CallerIp,
                 other => {
                     return Err(err(
-                        "load_balancer.hash_key.from",
+                        &format!("{parent}.from"),
                         format!(
                             "`{}` is not one of \"header\", \"cookie\", \"query\", \"caller_ip\"",
                             other.unwrap_or("")
@@ -648,8 +733,11 @@ mod tests {
             Some("gray")
         );
         assert_eq!(c.failover, Failover::None);
-        assert_eq!(c.policy, Policy::RingHash);
-        assert_eq!(c.hash_key, Some(HashKeySource::Header("x-user".into())));
+        assert_eq!(c.load_balancing.policy, Policy::RingHash);
+        assert_eq!(
+            c.load_balancing.hash_key,
+            Some(HashKeySource::Header("x-user".into()))
+        );
         assert!(c.debug_trace);
     }
 
@@ -671,6 +759,67 @@ mod tests {
         assert_eq!(e.field, "caller.metadata.k");
         let e = parse(r#"{"polaris_cluster":"p","routing":{"failover":"some"}}"#).unwrap_err();
         assert_eq!(e.field, "routing.failover");
+    }
+
+    #[test]
+    fn per_service_balancers_override_the_default_and_inherit_its_key() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","namespace":"prod",
+                "load_balancer":{"policy":"weightedRandom","hash_key":{"from":"header","name":"x-user"},
+                  "services":[{"service":"cart","policy":"maglev"},
+                              {"service":"pay","namespace":"fin","policy":"hash",
+                               "hash_key":{"from":"caller_ip"}}]}}"#,
+        )
+        .unwrap();
+        let user = HashKeySource::Header("x-user".into());
+        assert_eq!(
+            c.balancing(&ServiceKey::new("prod", "cart")),
+            (Policy::Maglev, Some(&user))
+        );
+        assert_eq!(
+            c.balancing(&ServiceKey::new("fin", "pay")),
+            (Policy::Hash, Some(&HashKeySource::CallerIp))
+        );
+        // `cart` without a namespace means the default namespace only.
+        assert_eq!(
+            c.balancing(&ServiceKey::new("other", "cart")),
+            (Policy::WeightedRandom, Some(&user))
+        );
+        assert_eq!(
+            c.balancing(&ServiceKey::new("prod", "pay")),
+            (Policy::WeightedRandom, Some(&user))
+        );
+    }
+
+    #[test]
+    fn bad_per_service_balancers_are_named_by_position() {
+        for (services, field) in [
+            (
+                r#"[{"policy":"maglev"}]"#,
+                "load_balancer.services[0].service",
+            ),
+            (r#"[{"service":"a"}]"#, "load_balancer.services[0].policy"),
+            (
+                r#"[{"service":"a","policy":"maglev"},{"service":"b","policy":"rr"}]"#,
+                "load_balancer.services[1].policy",
+            ),
+            (
+                r#"[{"service":"a","policy":"hash","hash_key":{"from":"body"}}]"#,
+                "load_balancer.services[0].hash_key.from",
+            ),
+            (
+                r#"[{"service":"a","policy":"hash","weight":1}]"#,
+                "load_balancer.services[0].weight",
+            ),
+            (r#"["a"]"#, "load_balancer.services[0]"),
+            (r#"{"a":1}"#, "load_balancer.services"),
+        ] {
+            let e = parse(&format!(
+                r#"{{"polaris_cluster":"p","load_balancer":{{"services":{services}}}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field, "{services}");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@ use std::fmt;
 
 use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
-use crate::routing::metadata::tuple_key;
-use crate::routing::{Caller, Level, MetadataRouting, Plan, RequestFacts};
+use crate::routing::metadata::MetaOutcome;
+use crate::routing::{Level, MetadataRouting, Plan, RequestFacts};
 use crate::snapshot::{Instance, ServiceKey, ServiceSnapshot};
 
 /// Where the request goes, and why: what the debug trace reports.
@@ -19,6 +19,8 @@ pub struct Decision<'a> {
     pub group: Option<&'a str>,
     /// The level nearby routing chose, when it applies to the service.
     pub nearby: Option<Level>,
+    /// How metadata routing settled, when the request wanted labels.
+    pub metadata: Option<MetaOutcome>,
 }
 
 /// Why the filter answers the request itself instead of routing it.
@@ -127,26 +129,34 @@ pub fn hash_key(source: Option<&HashKeySource>, facts: &mut dyn RequestFacts) ->
 }
 
 /// The labels a request wants (metadata routing): the bit mask of configured keys present and
-/// the lookup key of their values; `None` when it carries none of the configured headers.
-fn wanted_labels(
-    metadata: &MetadataRouting,
-    facts: &mut dyn RequestFacts,
-) -> Option<(u8, String, String)> {
+/// the lookup key of their values (`metadata::tuple_key`, built in place: one allocation);
+/// `None` when it carries none of the configured headers.
+fn wanted_labels(metadata: &MetadataRouting, facts: &mut dyn RequestFacts) -> Option<(u8, String)> {
     let mut mask = 0u8;
-    let mut values = Vec::new();
-    let mut shown = Vec::new();
-    for (i, (header, key)) in metadata.labels.iter().enumerate() {
+    let mut key = String::from("0");
+    for (i, (header, _)) in metadata.labels.iter().enumerate() {
         if let Some(v) = facts.header(header) {
             mask |= 1 << i;
-            shown.push(format!("{key}={v}"));
-            values.push(v.to_string());
+            key.push('\0');
+            key.push_str(v);
         }
     }
     if mask == 0 {
         return None;
     }
-    let refs: Vec<&str> = values.iter().map(String::as_str).collect();
-    Some((mask, tuple_key(mask, &refs), shown.join(",")))
+    key.replace_range(..1, char::from(b'0' + mask).encode_utf8(&mut [0; 4]));
+    Some((mask, key))
+}
+
+/// `key=value,…` of the labels a request wants, for the 503 body.
+fn shown_labels(metadata: &MetadataRouting, facts: &mut dyn RequestFacts) -> String {
+    let mut shown = Vec::new();
+    for (header, key) in &metadata.labels {
+        if let Some(v) = facts.header(header) {
+            shown.push(format!("{key}={v}"));
+        }
+    }
+    shown.join(",")
 }
 
 /// The chain, in polaris-go's order: rule routing, metadata routing, nearby routing, then the
@@ -154,29 +164,28 @@ fn wanted_labels(
 pub fn decide<'a>(
     plan: &'a Plan,
     snapshot: &'a ServiceSnapshot,
-    caller: &Caller,
     facts: &mut dyn RequestFacts,
     hash: Option<&HashKeySource>,
     rng: &mut Rng,
 ) -> Result<Decision<'a>, Rejection> {
     let routed = plan
-        .route(caller, facts, rng)
+        .route(facts, rng)
         .ok_or_else(|| Rejection::NoRuleMatched {
             service: snapshot.key.clone(),
         })?;
     let wanted = plan.metadata().and_then(|m| wanted_labels(m, facts));
-    let pool = plan
-        .by_metadata(
-            routed.pool,
-            wanted.as_ref().map(|(mask, key, _)| (*mask, key.as_str())),
-        )
-        .ok_or_else(|| Rejection::NoMetadataMatch {
+    let Some((pool, metadata)) = plan.by_metadata(
+        routed.pool,
+        wanted.as_ref().map(|(mask, key)| (*mask, key.as_str())),
+    ) else {
+        return Err(Rejection::NoMetadataMatch {
             service: snapshot.key.clone(),
-            wanted: wanted
-                .as_ref()
-                .map(|(_, _, shown)| shown.clone())
+            wanted: plan
+                .metadata()
+                .map(|m| shown_labels(m, facts))
                 .unwrap_or_default(),
-        })?;
+        });
+    };
     let (pool, nearby) = plan
         .narrow(pool)
         .ok_or_else(|| Rejection::NoNearbyInstance {
@@ -206,6 +215,7 @@ pub fn decide<'a>(
         rule: routed.rule,
         group: routed.group,
         nearby,
+        metadata,
     })
 }
 
@@ -222,14 +232,7 @@ mod tests {
         s: &'a ServiceSnapshot,
         rng: &mut Rng,
     ) -> Result<Decision<'a>, Rejection> {
-        decide(
-            plan,
-            s,
-            &Caller::default(),
-            &mut StaticFacts::default(),
-            None,
-            rng,
-        )
+        decide(plan, s, &mut StaticFacts::default(), None, rng)
     }
 
     fn plan(s: &ServiceSnapshot) -> Plan {
@@ -267,6 +270,29 @@ mod tests {
             HashMap::new(),
             instances,
         )
+    }
+
+    #[test]
+    fn wanted_labels_key_is_the_tuple_key_of_the_headers_present() {
+        use crate::routing::metadata::tuple_key;
+        let config = MetadataRouting {
+            labels: vec![
+                ("x-a".into(), "a".into()),
+                ("x-b".into(), "b".into()),
+                ("x-c".into(), "c".into()),
+            ],
+            ..MetadataRouting::default()
+        };
+        let mut facts = StaticFacts {
+            headers: vec![("x-a".into(), "1".into()), ("x-c".into(), "3".into())],
+            ..StaticFacts::default()
+        };
+        assert_eq!(
+            wanted_labels(&config, &mut facts),
+            Some((0b101, tuple_key(0b101, &["1", "3"])))
+        );
+        assert_eq!(shown_labels(&config, &mut facts), "a=1,c=3");
+        assert_eq!(wanted_labels(&config, &mut StaticFacts::default()), None);
     }
 
     #[test]

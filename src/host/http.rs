@@ -103,7 +103,7 @@ impl Http {
                 snapshot,
                 inbound,
                 outbound,
-                w.config.policy,
+                w.config.balancing(key).0,
                 w.config.failover,
                 Some(&w.config.nearby),
                 Some(&w.config.metadata),
@@ -117,9 +117,8 @@ impl Http {
         let decided = decision::decide(
             plan,
             snapshot,
-            &w.config.caller,
             &mut facts,
-            w.config.hash_key.as_ref(),
+            w.config.balancing(key).1,
             &mut w.rng,
         )
         .and_then(|d| {
@@ -153,6 +152,12 @@ impl Http {
                 (
                     "x-polaris-nearby",
                     decision.nearby.map_or("-", |l| l.name()).to_string(),
+                ),
+                (
+                    "x-polaris-metadata",
+                    decision
+                        .metadata
+                        .map_or_else(|| "-".to_string(), |m| m.to_string()),
                 ),
             ];
         }

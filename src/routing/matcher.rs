@@ -10,7 +10,11 @@ use std::fmt;
 
 use regex::bytes::Regex;
 
+use super::regex_set::Slot;
 use crate::polaris::proto;
+
+/// A `MatchString` type.
+pub type MatchKind = proto::match_string::MatchStringType;
 
 /// Where the value to compare against comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,9 +43,13 @@ enum Test {
 #[derive(Clone, Debug)]
 pub struct Matcher {
     test: Test,
+    /// The rule's match type: a PARAMETER test is built from it once the value is known.
+    kind: MatchKind,
     pub source: ValueSource,
     /// The rule's raw value (for PARAMETER/VARIABLE: the key to look up).
     pub raw: String,
+    /// Where a plan's regex set answers this test (see `regex_set`).
+    pub slot: Option<Slot>,
 }
 
 /// Why a `MatchString` cannot be used.
@@ -55,14 +63,16 @@ impl fmt::Display for MatchError {
 }
 
 /// Regex size limit: rules come from the network, and a huge compiled program costs every request.
-const REGEX_SIZE_LIMIT: usize = 1 << 16;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 16;
 
 impl Matcher {
     pub fn any() -> Matcher {
         Matcher {
             test: Test::Any,
+            kind: MatchKind::Exact,
             source: ValueSource::Text,
             raw: String::new(),
+            slot: None,
         }
     }
 
@@ -77,25 +87,30 @@ impl Matcher {
         };
         let kind = T::try_from(m.r#type)
             .map_err(|_| MatchError(format!("unknown match type {}", m.r#type)))?;
-        let test = Self::test_for(kind, &raw)?;
-        Ok(Matcher { test, source, raw })
+        // A PARAMETER or VARIABLE value is a key, not the value to test: the test is built when
+        // the value is known (`with_value`); until then the matcher accepts anything, which is
+        // what polaris-go does for a PARAMETER source.
+        let test = match source {
+            ValueSource::Text => Self::test_for(kind, &raw)?,
+            ValueSource::Parameter | ValueSource::Variable => Test::Any,
+        };
+        Ok(Matcher {
+            test,
+            kind,
+            source,
+            raw,
+            slot: None,
+        })
     }
 
     /// A matcher of `kind` over a value resolved later (PARAMETER/VARIABLE).
     pub fn with_value(&self, value: &str) -> Result<Matcher, MatchError> {
-        let kind = match &self.test {
-            Test::Any => return Ok(Matcher::any()),
-            Test::Exact(_) => proto::match_string::MatchStringType::Exact,
-            Test::Regex(_) => proto::match_string::MatchStringType::Regex,
-            Test::NotEquals(_) => proto::match_string::MatchStringType::NotEquals,
-            Test::In(_) => proto::match_string::MatchStringType::In,
-            Test::NotIn(_) => proto::match_string::MatchStringType::NotIn,
-            Test::Range(..) => proto::match_string::MatchStringType::Range,
-        };
         Ok(Matcher {
-            test: Self::test_for(kind, value)?,
+            test: Self::test_for(self.kind, value)?,
+            kind: self.kind,
             source: ValueSource::Text,
             raw: value.to_string(),
+            slot: None,
         })
     }
 
@@ -138,6 +153,19 @@ impl Matcher {
     pub fn exact_value(&self) -> Option<&str> {
         match (&self.test, &self.source) {
             (Test::Exact(v), ValueSource::Text) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// The rule's match type.
+    pub fn kind(&self) -> MatchKind {
+        self.kind
+    }
+
+    /// The pattern of a text REGEX test, which a plan's regex set can answer.
+    pub fn regex_pattern(&self) -> Option<&str> {
+        match (&self.test, &self.source) {
+            (Test::Regex(r), ValueSource::Text) => Some(r.as_str()),
             _ => None,
         }
     }

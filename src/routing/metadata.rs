@@ -57,6 +57,27 @@ impl fmt::Display for MetaFailover {
     }
 }
 
+/// How metadata routing settled a request that wanted labels: for the decision trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetaOutcome {
+    /// Healthy instances carry the labels.
+    Matched,
+    /// None did; the configured failover chose these instances.
+    Failover(MetaFailover),
+    /// None did and the failover had nothing: the unhealthy carriers are used (recover-all).
+    UnhealthyCarriers,
+}
+
+impl fmt::Display for MetaOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            MetaOutcome::Matched => f.write_str("matched"),
+            MetaOutcome::Failover(kind) => write!(f, "failover-{kind}"),
+            MetaOutcome::UnhealthyCarriers => f.write_str("unhealthy-carriers"),
+        }
+    }
+}
+
 /// The lookup key of a wanted-label tuple: which configured keys are present (a bit mask) and
 /// their values, joined with a separator no header value contains.
 pub fn tuple_key(mask: u8, values: &[&str]) -> String {

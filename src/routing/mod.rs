@@ -7,6 +7,7 @@ pub mod matcher;
 pub mod metadata;
 pub mod nearby;
 pub mod plan;
+pub mod regex_set;
 pub mod rule;
 
 pub use args::{Arg, RequestFacts, StaticFacts};

@@ -7,9 +7,10 @@ use std::collections::HashMap;
 
 use super::args::RequestFacts;
 use super::index::RuleIndex;
-use super::metadata::{tuple_key, MetaFailover, MetadataRouting};
+use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
-use super::rule::{Caller, Direction, Route};
+use super::regex_set::{RegexEval, RegexSets};
+use super::rule::{Direction, Parameter, Route};
 use crate::lb::{Balancer, Member, Policy, Rng};
 use crate::snapshot::{Instance, ServiceSnapshot};
 
@@ -213,13 +214,127 @@ pub struct Group {
     pub name: String,
     pub priority: u32,
     pub weight: u32,
-    pub pool: Pool,
+    pool: GroupPool,
+}
+
+/// A group's instances: fixed by its labels, or chosen per request by its PARAMETER labels among
+/// pools prebuilt for every value the instances carry.
+#[derive(Debug)]
+enum GroupPool {
+    Fixed(Pool),
+    ByParameter(Box<ParamPools>),
+}
+
+/// Separates the values of several PARAMETER keys in a `ParamPools` key.
+const TUPLE_SEP: char = '\u{1f}';
+
+#[derive(Debug)]
+struct ParamPools {
+    parameters: Vec<Parameter>,
+    /// The parameter keys' values, joined by `TUPLE_SEP` -> the members carrying exactly them or,
+    /// with a NOT_EQUALS parameter, the members carrying the key with another value.
+    by_value: HashMap<String, Pool>,
+    /// With a NOT_EQUALS parameter: every member carrying the key, for a value no instance has.
+    carriers: Pool,
+}
+
+impl Group {
+    /// The group's pool for this request; `None` when a PARAMETER label finds no value.
+    fn pool(&self, facts: &mut dyn RequestFacts) -> Option<&Pool> {
+        match &self.pool {
+            GroupPool::Fixed(pool) => Some(pool),
+            GroupPool::ByParameter(p) => p.resolve(facts),
+        }
+    }
+
+    fn is_fixed(&self) -> bool {
+        matches!(self.pool, GroupPool::Fixed(_))
+    }
+}
+
+impl ParamPools {
+    fn build(
+        base: &Pool,
+        snapshot: &ServiceSnapshot,
+        parameters: &[Parameter],
+        nearby: Option<&Nearby>,
+        metadata: Option<&MetadataRouting>,
+    ) -> ParamPools {
+        let tuple = |i: &Instance| -> Option<String> {
+            let mut key = String::new();
+            for (n, p) in parameters.iter().enumerate() {
+                if n > 0 {
+                    key.push(TUPLE_SEP);
+                }
+                key.push_str(i.metadata.get(&p.key)?);
+            }
+            Some(key)
+        };
+        let negate = parameters.iter().any(|p| p.negate);
+        let finish = |pool: Pool| {
+            pool.with_levels(snapshot, nearby)
+                .with_metadata(snapshot, metadata, nearby)
+        };
+        let mut tuples: Vec<String> = base
+            .members
+            .iter()
+            .filter_map(|n| snapshot.instances.get(*n).and_then(&tuple))
+            .collect();
+        tuples.sort_unstable();
+        tuples.dedup();
+        let by_value = tuples
+            .into_iter()
+            .map(|t| {
+                let pool = base.sub(snapshot, |i| {
+                    tuple(i).is_some_and(|mine| (mine == t) != negate)
+                });
+                (t, finish(pool))
+            })
+            .collect();
+        let carriers = if negate {
+            finish(base.sub(snapshot, |i| tuple(i).is_some()))
+        } else {
+            Pool::default()
+        };
+        ParamPools {
+            parameters: parameters.to_vec(),
+            by_value,
+            carriers,
+        }
+    }
+
+    fn resolve(&self, facts: &mut dyn RequestFacts) -> Option<&Pool> {
+        match self.parameters.as_slice() {
+            [one] => {
+                let value = facts.arg(&one.arg)?;
+                match self.by_value.get(value) {
+                    Some(pool) => Some(pool),
+                    None if one.negate => Some(&self.carriers),
+                    None => None,
+                }
+            }
+            many => {
+                let mut key = String::new();
+                for (n, p) in many.iter().enumerate() {
+                    if n > 0 {
+                        key.push(TUPLE_SEP);
+                    }
+                    key.push_str(facts.arg(&p.arg)?);
+                }
+                self.by_value.get(&key)
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
 struct PlannedRoute {
     route: Route,
     groups: Vec<Group>,
+    /// The lowest priority number among non-empty groups, when every group is fixed.
+    best: Option<u32>,
+    /// Some group depends on the request (PARAMETER labels).
+    dynamic: bool,
 }
 
 /// What to do when rules exist but none matched.
@@ -237,6 +352,8 @@ pub struct Plan {
     direction: Direction,
     routes: Vec<PlannedRoute>,
     index: RuleIndex,
+    /// The rules' regex source tests, one set per argument.
+    regexes: RegexSets,
     all: Pool,
     pub policy: Policy,
     pub failover: Failover,
@@ -283,31 +400,56 @@ impl Plan {
                     .destinations
                     .iter()
                     .filter(|d| d.weight > 0 && d.targets(&key.namespace, &key.name))
-                    .map(|d| Group {
-                        name: d.name.clone(),
-                        priority: d.priority,
-                        weight: d.weight,
-                        pool: Pool::new(snapshot, |i| {
-                            d.labels
-                                .iter()
-                                .all(|(k, m)| m.matches(i.metadata.get(k).map(String::as_str)))
-                        })
-                        .with_levels(snapshot, nearby)
-                        .with_metadata(snapshot, metadata, nearby),
+                    .map(|d| {
+                        let base = Pool::new(snapshot, |i| d.admits(&i.metadata));
+                        let pool = if d.parameters.is_empty() {
+                            GroupPool::Fixed(
+                                base.with_levels(snapshot, nearby)
+                                    .with_metadata(snapshot, metadata, nearby),
+                            )
+                        } else {
+                            GroupPool::ByParameter(Box::new(ParamPools::build(
+                                &base,
+                                snapshot,
+                                &d.parameters,
+                                nearby,
+                                metadata,
+                            )))
+                        };
+                        Group {
+                            name: d.name.clone(),
+                            priority: d.priority,
+                            weight: d.weight,
+                            pool,
+                        }
                     })
                     .collect();
+                let best = groups
+                    .iter()
+                    .filter(|g| matches!(&g.pool, GroupPool::Fixed(p) if !p.is_empty()))
+                    .map(|g| g.priority)
+                    .min();
                 // An outbound rule that never names this service is not about it.
                 (direction == Direction::Inbound || !groups.is_empty()).then(|| PlannedRoute {
                     route: route.clone(),
+                    dynamic: !groups.iter().all(Group::is_fixed),
+                    best,
                     groups,
                 })
             })
             .collect::<Vec<PlannedRoute>>();
+        let mut routes = routes;
+        let mut regexes = RegexSets::default();
+        for planned in &mut routes {
+            planned.route.file_regexes(&mut regexes);
+        }
+        regexes.compile();
         let index = RuleIndex::build(routes.iter().map(|p| &p.route));
         Plan {
             direction,
             routes,
             index,
+            regexes,
             all: Pool::new(snapshot, |_| true)
                 .with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby),
@@ -326,15 +468,20 @@ impl Plan {
     /// Metadata routing over a routed pool, for a wanted-label tuple (`None`: the request wants
     /// nothing, the pool stands). Healthy carriers of the labels win; otherwise the failover
     /// decides, falling back to unhealthy carriers (recover-all) before giving up.
-    pub fn by_metadata<'p>(&self, pool: &'p Pool, wanted: Option<(u8, &str)>) -> Option<&'p Pool> {
+    /// The outcome is `None` when the request wanted nothing.
+    pub fn by_metadata<'p>(
+        &self,
+        pool: &'p Pool,
+        wanted: Option<(u8, &str)>,
+    ) -> Option<(&'p Pool, Option<MetaOutcome>)> {
         let (Some(config), Some((mask, key)), Some(index)) = (&self.metadata, wanted, &pool.meta)
         else {
-            return Some(pool);
+            return Some((pool, None));
         };
         let entry = index.by_tuple.get(key);
         let matched = entry.map(|(m, _)| m).filter(|m| !m.is_empty());
         if let Some(m) = matched.filter(|m| !m.healthy.is_empty()) {
-            return Some(m);
+            return Some((m, Some(MetaOutcome::Matched)));
         }
         let failover = match config.failover {
             MetaFailover::None => None,
@@ -346,7 +493,10 @@ impl Plan {
                 .find(|(m, _)| *m == mask)
                 .map(|(_, p)| p),
         };
-        failover.filter(|p| !p.is_empty()).or(matched)
+        match failover.filter(|p| !p.is_empty()) {
+            Some(p) => Some((p, Some(MetaOutcome::Failover(config.failover)))),
+            None => matched.map(|m| (m, Some(MetaOutcome::UnhealthyCarriers))),
+        }
     }
 
     /// Nearby routing over a routed pool: the nearest level whose unhealthy share is under the
@@ -381,50 +531,55 @@ impl Plan {
     /// Rule routing: the first route whose sources match and that has a non-empty group wins;
     /// among its groups the lowest priority number is taken, then one group by weight.
     /// `None` when rules exist, none matched and failover is `None`.
-    pub fn route(
-        &self,
-        caller: &Caller,
-        facts: &mut dyn RequestFacts,
-        rng: &mut Rng,
-    ) -> Option<Routed<'_>> {
+    pub fn route(&self, facts: &mut dyn RequestFacts, rng: &mut Rng) -> Option<Routed<'_>> {
+        let mut regexes = RegexEval::new(&self.regexes);
         for position in self.index.candidates(facts, self.routes.len()) {
             let Some(planned) = self.routes.get(position) else {
                 continue;
             };
-            let Some(best) = planned
-                .groups
-                .iter()
-                .filter(|g| !g.pool.is_empty())
-                .map(|g| g.priority)
-                .min()
-            else {
-                continue;
-            };
-            if !planned.route.matches(self.direction, caller, facts) {
+            if !planned.dynamic && planned.best.is_none() {
                 continue;
             }
-            let candidates = || {
-                planned
-                    .groups
-                    .iter()
-                    .filter(move |g| g.priority == best && !g.pool.is_empty())
-            };
-            let total: u64 = candidates().map(|g| u64::from(g.weight)).sum();
-            let mut point = rng.below(total.max(1));
-            let group = candidates().find(|g| {
-                let w = u64::from(g.weight);
-                if point < w {
-                    true
-                } else {
-                    point -= w;
-                    false
+            if !planned.route.matches(self.direction, facts, &mut regexes) {
+                continue;
+            }
+            let best = if planned.dynamic {
+                let mut best: Option<u32> = None;
+                for g in &planned.groups {
+                    if g.pool(facts).is_some_and(|p| !p.is_empty()) {
+                        best = Some(best.map_or(g.priority, |b| b.min(g.priority)));
+                    }
                 }
-            })?;
-            return Some(Routed {
-                pool: &group.pool,
-                rule: Some(planned.route.rule.as_str()),
-                group: Some(group.name.as_str()),
-            });
+                best
+            } else {
+                planned.best
+            };
+            let Some(best) = best else {
+                continue;
+            };
+            let mut total = 0u64;
+            for g in planned.groups.iter().filter(|g| g.priority == best) {
+                if g.pool(facts).is_some_and(|p| !p.is_empty()) {
+                    total += u64::from(g.weight);
+                }
+            }
+            let mut point = rng.below(total.max(1));
+            for g in planned.groups.iter().filter(|g| g.priority == best) {
+                let Some(pool) = g.pool(facts).filter(|p| !p.is_empty()) else {
+                    continue;
+                };
+                let w = u64::from(g.weight);
+                if point >= w {
+                    point -= w;
+                    continue;
+                }
+                return Some(Routed {
+                    pool,
+                    rule: Some(planned.route.rule.as_str()),
+                    group: Some(g.name.as_str()),
+                });
+            }
+            return None;
         }
         if self.routes.is_empty() || self.failover == Failover::All {
             Some(Routed {
@@ -441,6 +596,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::polaris::proto;
     use crate::routing::metadata::tuple_key;
     use crate::routing::StaticFacts;
     use crate::snapshot::model::upstream_address;
@@ -496,8 +652,7 @@ mod tests {
         let mut rng = Rng::new(1);
         let mut seen: Vec<u32> = (0..n)
             .filter_map(|_| {
-                let routed =
-                    plan.route(&Caller::default(), &mut StaticFacts::default(), &mut rng)?;
+                let routed = plan.route(&mut StaticFacts::default(), &mut rng)?;
                 let (pool, _) = plan.narrow(routed.pool)?;
                 let p = pool.pick(s, plan.policy, None, &mut rng)?;
                 s.instance(p.index).map(|i| i.port)
@@ -543,7 +698,8 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        let (compiled, errors) = crate::routing::rule::compile_routes(&routes, &Caller::default());
+        let (compiled, errors) =
+            crate::routing::rule::compile_routes(&routes, &crate::routing::Caller::default());
         assert!(errors.is_empty());
         compiled
     }
@@ -577,15 +733,11 @@ mod tests {
                 headers: vec![("x-env".into(), env.into())],
                 ..StaticFacts::default()
             };
-            let routed = plan
-                .route(&Caller::default(), &mut facts, &mut Rng::new(1))
-                .unwrap();
+            let routed = plan.route(&mut facts, &mut Rng::new(1)).unwrap();
             assert_eq!(routed.rule, Some(expected), "{env}");
         }
         let mut none = StaticFacts::default();
-        let routed = plan
-            .route(&Caller::default(), &mut none, &mut Rng::new(1))
-            .unwrap();
+        let routed = plan.route(&mut none, &mut Rng::new(1)).unwrap();
         assert_eq!(routed.rule, Some("rule9"));
     }
 
@@ -618,7 +770,7 @@ mod tests {
         );
         let routed = routed_pool(&plan);
         let key = tuple_key(1, &[wanted]);
-        let pool = plan.by_metadata(routed.pool, Some((1, &key)))?;
+        let (pool, _) = plan.by_metadata(routed.pool, Some((1, &key)))?;
         let mut ports: Vec<u32> = pool
             .members
             .iter()
@@ -634,6 +786,156 @@ mod tests {
             labeled(2, Some("v2"), true),
             labeled(3, None, true),
         ]
+    }
+
+    /// One rule whose only group selects `version` by `label`, routing every request.
+    fn version_rule(label: proto::MatchString) -> Vec<Route> {
+        let route = proto::Route {
+            destinations: vec![proto::Destination {
+                service: Some("echo".into()),
+                namespace: Some("default".into()),
+                metadata: [("version".to_string(), label)].into(),
+                weight: Some(100),
+                name: Some("by-version.s0.g0".into()),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let (routes, errors) =
+            crate::routing::rule::compile_routes(&[route], &crate::routing::Caller::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        routes
+    }
+
+    fn parameter(kind: proto::match_string::MatchStringType, key: &str) -> proto::MatchString {
+        proto::MatchString {
+            r#type: kind as i32,
+            value: Some(key.into()),
+            value_type: proto::match_string::ValueType::Parameter as i32,
+        }
+    }
+
+    /// The ports the rule sends a request with these headers to, and its rule (None: failover).
+    fn rule_ports(rules: &[Route], headers: &[(&str, &str)]) -> (Option<String>, Vec<u32>) {
+        let s = snapshot(versions(), false);
+        let plan = Plan::build(
+            &s,
+            rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        );
+        let mut facts = StaticFacts {
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..StaticFacts::default()
+        };
+        let routed = plan.route(&mut facts, &mut Rng::new(1)).unwrap();
+        let mut ports: Vec<u32> = routed
+            .pool
+            .members
+            .iter()
+            .filter_map(|n| s.instance(*n).map(|i| i.port))
+            .collect();
+        ports.sort_unstable();
+        (routed.rule.map(str::to_string), ports)
+    }
+
+    #[test]
+    fn parameter_label_sends_a_request_to_instances_carrying_its_header_value() {
+        use proto::match_string::MatchStringType as T;
+        let rules = version_rule(parameter(T::Exact, "$header.x-version"));
+        let rule = Some("by-version".to_string());
+        assert_eq!(
+            rule_ports(&rules, &[("x-version", "v2")]),
+            (rule.clone(), vec![2])
+        );
+        assert_eq!(rule_ports(&rules, &[("x-version", "v1")]), (rule, vec![1]));
+        // No instance carries v9, or the request has no value: the rule has no group, failover.
+        assert_eq!(
+            rule_ports(&rules, &[("x-version", "v9")]),
+            (None, vec![1, 2, 3])
+        );
+        assert_eq!(rule_ports(&rules, &[]), (None, vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn not_equals_parameter_keeps_carriers_of_other_values() {
+        use proto::match_string::MatchStringType as T;
+        let rules = version_rule(parameter(T::NotEquals, "$header.x-version"));
+        let rule = Some("by-version".to_string());
+        assert_eq!(
+            rule_ports(&rules, &[("x-version", "v1")]),
+            (rule.clone(), vec![2])
+        );
+        assert_eq!(
+            rule_ports(&rules, &[("x-version", "v9")]),
+            (rule, vec![1, 2])
+        );
+    }
+
+    #[test]
+    fn fixed_labels_other_than_star_exclude_instances_without_the_key() {
+        use proto::match_string::MatchStringType as T;
+        let text = |t: T, v: &str| proto::MatchString {
+            r#type: t as i32,
+            value: Some(v.into()),
+            value_type: 0,
+        };
+        let rule = Some("by-version".to_string());
+        assert_eq!(
+            rule_ports(&version_rule(text(T::NotEquals, "v1")), &[]),
+            (rule.clone(), vec![2])
+        );
+        assert_eq!(
+            rule_ports(&version_rule(text(T::Exact, "*")), &[]),
+            (rule, vec![1, 2, 3])
+        );
+    }
+
+    #[test]
+    fn several_parameter_labels_must_all_match() {
+        use proto::match_string::MatchStringType as T;
+        let mut instances = versions();
+        for (i, zone) in instances.iter_mut().zip(["blue", "green", "blue"]) {
+            i.metadata.insert("lane".into(), zone.into());
+        }
+        let s = snapshot(instances, false);
+        let mut route = version_rule(parameter(T::Exact, "$header.x-version"));
+        let lane = Parameter {
+            key: "lane".into(),
+            arg: crate::routing::Arg::Header("x-lane".into()),
+            negate: false,
+        };
+        for r in &mut route {
+            for d in &mut r.destinations {
+                d.parameters.insert(0, lane.clone());
+            }
+        }
+        let plan = Plan::build(
+            &s,
+            &route,
+            &[],
+            Policy::WeightedRandom,
+            Failover::None,
+            None,
+            None,
+        );
+        let facts = |v: &str, l: &str| StaticFacts {
+            headers: vec![("x-version".into(), v.into()), ("x-lane".into(), l.into())],
+            ..StaticFacts::default()
+        };
+        let routed = plan
+            .route(&mut facts("v2", "green"), &mut Rng::new(1))
+            .unwrap();
+        assert_eq!(routed.pool.members.len(), 1);
+        assert!(plan
+            .route(&mut facts("v2", "blue"), &mut Rng::new(1))
+            .is_none());
     }
 
     #[test]
@@ -668,6 +970,48 @@ mod tests {
     }
 
     #[test]
+    fn the_metadata_outcome_names_the_failover_taken() {
+        let s = snapshot(
+            vec![labeled(1, Some("v1"), true), labeled(2, Some("v2"), false)],
+            false,
+        );
+        let config = |failover| MetadataRouting {
+            labels: vec![("x-version".into(), "version".into())],
+            failover,
+        };
+        let outcome = |failover, wanted: Option<&str>| {
+            let config = config(failover);
+            let plan = Plan::build(
+                &s,
+                &[],
+                &[],
+                Policy::WeightedRandom,
+                Failover::All,
+                None,
+                Some(&config),
+            );
+            let key = wanted.map(|w| tuple_key(1, &[w]));
+            let routed = routed_pool(&plan);
+            plan.by_metadata(routed.pool, key.as_deref().map(|k| (1, k)))
+                .map(|(_, outcome)| outcome)
+        };
+        assert_eq!(outcome(MetaFailover::None, None), Some(None));
+        assert_eq!(
+            outcome(MetaFailover::None, Some("v1")),
+            Some(Some(MetaOutcome::Matched))
+        );
+        assert_eq!(
+            outcome(MetaFailover::Others, Some("v2")),
+            Some(Some(MetaOutcome::Failover(MetaFailover::Others)))
+        );
+        assert_eq!(
+            outcome(MetaFailover::NotContainKey, Some("v2")),
+            Some(Some(MetaOutcome::UnhealthyCarriers))
+        );
+        assert_eq!(outcome(MetaFailover::None, Some("v9")), None);
+    }
+
+    #[test]
     fn unhealthy_carriers_are_used_when_the_failover_has_nothing() {
         let only_v2 = vec![labeled(2, Some("v2"), false)];
         assert_eq!(
@@ -691,12 +1035,8 @@ mod tests {
 
     /// What rule routing gives a plain request.
     fn routed_pool(plan: &Plan) -> Routed<'_> {
-        plan.route(
-            &Caller::default(),
-            &mut StaticFacts::default(),
-            &mut Rng::new(1),
-        )
-        .unwrap()
+        plan.route(&mut StaticFacts::default(), &mut Rng::new(1))
+            .unwrap()
     }
 
     #[test]

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 
 use super::args::{Arg, RequestFacts};
-use super::matcher::{Matcher, ValueSource};
+use super::matcher::{MatchKind, Matcher, ValueSource};
+use super::regex_set::{RegexEval, RegexSets};
 use crate::polaris::proto;
 
 /// Who is calling: this Envoy's own service (plugin `caller`), possibly anonymous.
@@ -25,8 +26,9 @@ pub enum Direction {
 
 #[derive(Clone, Debug)]
 pub struct Source {
-    namespace: String,
-    service: String,
+    /// Whether the source's namespace and service name this Envoy's caller: fixed by the plugin
+    /// configuration, so settled when the rule is compiled.
+    names_caller: bool,
     args: Vec<(Arg, Matcher)>,
 }
 
@@ -36,10 +38,22 @@ pub struct Destination {
     pub service: String,
     /// Instance metadata key and matcher, all of which must hold.
     pub labels: Vec<(String, Matcher)>,
+    /// Labels whose value comes from the request (PARAMETER), sorted by key.
+    pub parameters: Vec<Parameter>,
     pub priority: u32,
     pub weight: u32,
     /// `rule.subrule.group` as the server names it.
     pub name: String,
+}
+
+/// A destination label whose value the request supplies (value type PARAMETER): instances must
+/// carry `key` equal to the request's `arg` or, with `negate` (NOT_EQUALS), different from it.
+/// As in polaris-go, every other match type compares exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Parameter {
+    pub key: String,
+    pub arg: Arg,
+    pub negate: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -55,17 +69,19 @@ fn name_matches(rule: &str, actual: &str) -> bool {
 }
 
 impl Source {
-    fn matches(&self, direction: Direction, caller: &Caller, facts: &mut dyn RequestFacts) -> bool {
-        if direction == Direction::Inbound
-            && !(name_matches(&self.namespace, &caller.namespace)
-                && name_matches(&self.service, &caller.service))
-        {
+    fn matches(
+        &self,
+        direction: Direction,
+        facts: &mut dyn RequestFacts,
+        regexes: &mut RegexEval<'_>,
+    ) -> bool {
+        if direction == Direction::Inbound && !self.names_caller {
             return false;
         }
         self.args.iter().all(|(arg, matcher)| match matcher.source {
             // polaris-go: a PARAMETER source argument matches anything.
             ValueSource::Parameter => true,
-            _ => matcher.matches(facts.arg(arg)),
+            _ => regexes.matches(arg, matcher, facts),
         })
     }
 }
@@ -89,6 +105,17 @@ impl Destination {
     pub fn targets(&self, namespace: &str, service: &str) -> bool {
         name_matches(&self.namespace, namespace) && name_matches(&self.service, service)
     }
+
+    /// Whether an instance with this metadata carries the destination's fixed labels. As in
+    /// polaris-go, only `*` admits an instance that lacks the key, whatever the match type.
+    pub fn admits(&self, metadata: &HashMap<String, String>) -> bool {
+        self.labels.iter().all(|(key, m)| {
+            m.is_any()
+                || metadata
+                    .get(key)
+                    .is_some_and(|v| m.matches(Some(v.as_str())))
+        })
+    }
 }
 
 impl Route {
@@ -96,14 +123,24 @@ impl Route {
     pub fn matches(
         &self,
         direction: Direction,
-        caller: &Caller,
         facts: &mut dyn RequestFacts,
+        regexes: &mut RegexEval<'_>,
     ) -> bool {
         self.sources.is_empty()
             || self
                 .sources
                 .iter()
-                .any(|s| s.matches(direction, caller, facts))
+                .any(|s| s.matches(direction, facts, regexes))
+    }
+
+    /// Gives each text REGEX source test a slot in `sets`, so a plan runs each argument's
+    /// regexes as one set.
+    pub fn file_regexes(&mut self, sets: &mut RegexSets) {
+        for source in &mut self.sources {
+            for (arg, matcher) in &mut source.args {
+                matcher.slot = sets.file(arg, matcher);
+            }
+        }
     }
 }
 
@@ -146,17 +183,32 @@ fn compile_map(
 pub fn compile_route(route: &proto::Route, caller: &Caller) -> Result<Route, String> {
     let mut destinations = Vec::with_capacity(route.destinations.len());
     for d in &route.destinations {
-        let labels = compile_map(&d.metadata, caller)?;
-        if labels
-            .iter()
-            .any(|(_, m)| m.source == ValueSource::Parameter)
-        {
-            return Err("PARAMETER destination labels are not supported yet".into());
+        let mut labels = Vec::new();
+        let mut parameters = Vec::new();
+        for (key, m) in compile_map(&d.metadata, caller)? {
+            if m.source != ValueSource::Parameter {
+                labels.push((key, m));
+            } else if m.raw.is_empty() {
+                return Err(format!("key `{key}`: PARAMETER names no request key"));
+            } else if m.kind() == MatchKind::Regex {
+                // A pattern taken from the request would be compiled per request.
+                return Err(format!("key `{key}`: a PARAMETER value cannot be a REGEX"));
+            } else {
+                parameters.push(Parameter {
+                    arg: Arg::parse(&m.raw),
+                    negate: m.kind() == MatchKind::NotEquals,
+                    key,
+                });
+            }
+        }
+        if parameters.len() > 1 && parameters.iter().any(|p| p.negate) {
+            return Err("a NOT_EQUALS PARAMETER label must be the only PARAMETER label".into());
         }
         destinations.push(Destination {
             namespace: text(&d.namespace),
             service: text(&d.service),
             labels,
+            parameters,
             priority: d.priority.unwrap_or(0),
             weight: d.weight.unwrap_or(0),
             name: text(&d.name),
@@ -169,8 +221,8 @@ pub fn compile_route(route: &proto::Route, caller: &Caller) -> Result<Route, Str
             .map(|(k, m)| (Arg::parse(&k), m))
             .collect();
         sources.push(Source {
-            namespace: text(&s.namespace),
-            service: text(&s.service),
+            names_caller: name_matches(&text(&s.namespace), &caller.namespace)
+                && name_matches(&text(&s.service), &caller.service),
             args,
         });
     }
@@ -246,6 +298,10 @@ mod tests {
         }
     }
 
+    fn matches(r: &Route, d: Direction, f: &mut StaticFacts) -> bool {
+        r.matches(d, f, &mut RegexEval::new(&RegexSets::default()))
+    }
+
     fn facts(headers: &[(&str, &str)]) -> StaticFacts {
         StaticFacts {
             headers: headers
@@ -267,10 +323,17 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.rule, "gray");
-        let c = Caller::default();
-        assert!(r.matches(Direction::Inbound, &c, &mut facts(&[("x-env", "gray")])));
-        assert!(!r.matches(Direction::Inbound, &c, &mut facts(&[("x-env", "blue")])));
-        assert!(!r.matches(Direction::Inbound, &c, &mut facts(&[])));
+        assert!(matches(
+            &r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "gray")])
+        ));
+        assert!(!matches(
+            &r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "blue")])
+        ));
+        assert!(!matches(&r, Direction::Inbound, &mut facts(&[])));
     }
 
     #[test]
@@ -285,7 +348,7 @@ mod tests {
             &Caller::default(),
         )
         .unwrap();
-        assert!(r.matches(Direction::Inbound, &Caller::default(), &mut facts(&[])));
+        assert!(matches(&r, Direction::Inbound, &mut facts(&[])));
     }
 
     #[test]
@@ -293,15 +356,16 @@ mod tests {
         let mut p = route(&[]);
         p.sources[0].service = Some("svc-a".into());
         p.sources[0].namespace = Some("default".into());
-        let r = compile_route(&p, &Caller::default()).unwrap();
         let a = Caller {
             namespace: "default".into(),
             service: "svc-a".into(),
             ..Default::default()
         };
-        assert!(r.matches(Direction::Inbound, &a, &mut facts(&[])));
-        assert!(!r.matches(Direction::Inbound, &Caller::default(), &mut facts(&[])));
-        assert!(r.matches(Direction::Outbound, &Caller::default(), &mut facts(&[])));
+        let from_a = compile_route(&p, &a).unwrap();
+        let anonymous = compile_route(&p, &Caller::default()).unwrap();
+        assert!(matches(&from_a, Direction::Inbound, &mut facts(&[])));
+        assert!(!matches(&anonymous, Direction::Inbound, &mut facts(&[])));
+        assert!(matches(&anonymous, Direction::Outbound, &mut facts(&[])));
     }
 
     #[test]
@@ -324,9 +388,9 @@ mod tests {
             ..Default::default()
         };
         let r = compile_route(&route(&[("$header.x-env", m.clone())]), &caller).unwrap();
-        assert!(r.matches(
+        assert!(matches(
+            &r,
             Direction::Inbound,
-            &caller,
             &mut facts(&[("x-env", "gray")])
         ));
         assert!(compile_route(&route(&[("$header.x-env", m)]), &Caller::default()).is_err());
@@ -337,7 +401,80 @@ mod tests {
         let mut m = ms(T::Exact, "whatever");
         m.value_type = proto::match_string::ValueType::Parameter as i32;
         let r = compile_route(&route(&[("$header.x-env", m)]), &Caller::default()).unwrap();
-        assert!(r.matches(Direction::Inbound, &Caller::default(), &mut facts(&[])));
+        assert!(matches(&r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    fn with_destination_labels(labels: &[(&str, proto::MatchString)]) -> proto::Route {
+        let mut r = route(&[]);
+        r.destinations[0].metadata = labels
+            .iter()
+            .cloned()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        r
+    }
+
+    fn param(kind: T, key: &str) -> proto::MatchString {
+        proto::MatchString {
+            value_type: proto::match_string::ValueType::Parameter as i32,
+            ..ms(kind, key)
+        }
+    }
+
+    #[test]
+    fn parameter_destination_labels_name_the_request_argument() {
+        let r = compile_route(
+            &with_destination_labels(&[
+                ("version", param(T::Exact, "$header.X-Version")),
+                ("lane", param(T::Range, "lane")),
+                ("zone", ms(T::Exact, "z1")),
+            ]),
+            &Caller::default(),
+        )
+        .unwrap();
+        let d = &r.destinations[0];
+        assert_eq!(d.labels.len(), 1);
+        assert_eq!(
+            d.parameters,
+            vec![
+                Parameter {
+                    key: "lane".into(),
+                    arg: Arg::Custom("lane".into()),
+                    negate: false
+                },
+                Parameter {
+                    key: "version".into(),
+                    arg: Arg::Header("x-version".into()),
+                    negate: false
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn unusable_parameter_labels_skip_the_rule_with_the_reason() {
+        for (labels, reason) in [
+            (
+                vec![("version", param(T::Regex, "$header.x"))],
+                "cannot be a REGEX",
+            ),
+            (
+                vec![("version", param(T::Exact, ""))],
+                "names no request key",
+            ),
+            (
+                vec![
+                    ("version", param(T::NotEquals, "$header.x")),
+                    ("lane", param(T::Exact, "$header.y")),
+                ],
+                "must be the only PARAMETER label",
+            ),
+        ] {
+            let (routes, errors) =
+                compile_routes(&[with_destination_labels(&labels)], &Caller::default());
+            assert!(routes.is_empty());
+            assert!(errors[0].contains(reason), "{errors:?}");
+        }
     }
 
     #[test]
@@ -349,6 +486,6 @@ mod tests {
         .unwrap();
         let mut f = facts(&[]);
         f.custom = vec![("team".into(), "blue".into())];
-        assert!(r.matches(Direction::Inbound, &Caller::default(), &mut f));
+        assert!(matches(&r, Direction::Inbound, &mut f));
     }
 }

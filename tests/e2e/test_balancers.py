@@ -132,3 +132,24 @@ def test_requests_without_the_key_spread_by_weight(polaris, service, upstreams, 
     ).client()
 
     assert len(client.counts(service, 100)) >= 4
+
+
+def test_per_service_balancer_pins_one_service_while_the_other_spreads(polaris, service, upstreams, envoy):
+    pinned, spread = service, f"{service}-wr"
+    five(polaris, pinned, upstreams)
+    ups = upstreams(*[f"w{n}" for n in range(N)])
+    polaris.create_service(spread)
+    for u in ups:
+        polaris.register_instance(spread, "127.0.0.1", u.port)
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == N, service=spread)
+    client = envoy(
+        polaris.grpc_port,
+        load_balancer={
+            "hash_key": {"from": "header", "name": "x-user"},
+            "services": [{"service": pinned, "policy": "maglev"}],
+        },
+    ).client()
+
+    # One key: maglev keeps it on one instance of `pinned`; `spread` keeps weighted random.
+    assert len(client.counts(pinned, 40, headers={"x-user": "user-7"})) == 1
+    assert len(client.counts(spread, 40, headers={"x-user": "user-7"})) > 1

@@ -20,7 +20,14 @@ def labeled(polaris, service, upstreams) -> dict[str, str]:
 
 
 def routing(failover: str) -> dict:
-    return {"metadata_routing": {"headers": {HEADER: "version"}, "failover": failover}}
+    return {"metadata_routing": {"headers": {HEADER: "version"}, "failover": failover}, "debug_trace": True}
+
+
+def traced(client, service, version: str) -> str:
+    """The metadata outcome the decision trace reports for a request wanting `version`."""
+    status, headers, _ = client.request(service, headers={HEADER: version, "x-polaris-debug": "1"})
+    assert status == 200
+    return headers["x-polaris-metadata"]
 
 
 def unhealthy(polaris, service, instance_id) -> None:
@@ -61,6 +68,7 @@ def test_failover_others_leaves_unhealthy_carriers_for_the_rest(polaris, service
         client, service, lambda c: set(c) == {"v1", "plain"}, timeout=2 * REFRESH + 0.5,
         batch=40, headers={HEADER: "v2"},
     )
+    assert traced(client, service, "v2") == "failover-others"
 
 
 def test_failover_not_contain_key_uses_unlabeled_instances(polaris, service, upstreams, envoy):
@@ -72,6 +80,8 @@ def test_failover_not_contain_key_uses_unlabeled_instances(polaris, service, ups
     traffic_until(
         client, service, lambda c: c == {"plain": 20}, timeout=2 * REFRESH + 0.5, headers={HEADER: "v2"}
     )
+    assert traced(client, service, "v2") == "failover-not_contain_key"
+    assert traced(client, service, "v1") == "matched"
 
 
 def test_failover_all_uses_every_instance(polaris, service, upstreams, envoy):
@@ -79,3 +89,4 @@ def test_failover_all_uses_every_instance(polaris, service, upstreams, envoy):
     client = envoy(polaris.grpc_port, **routing("all")).client()
 
     assert set(client.counts(service, 60, headers={HEADER: "v9"})) == {"v1", "v2", "plain"}
+    assert traced(client, service, "v9") == "failover-all"

@@ -19,7 +19,8 @@ def arg(kind: str, value: str, match: str = "EXACT", key: str | None = None) -> 
 
 
 def rule(name: str, service: str, args: list, groups: list, priority: int = 0) -> dict:
-    """One v2 RulePolicy rule; groups are (name, version, priority, weight)."""
+    """One v2 RulePolicy rule; groups are (name, version, priority, weight), where version is a
+    value for an EXACT `version` label or a whole MatchString."""
     return {
         "name": name,
         "namespace": "default",
@@ -33,7 +34,8 @@ def rule(name: str, service: str, args: list, groups: list, priority: int = 0) -
                 "sources": [{**ANY_SOURCE, "arguments": args}],
                 "destinations": [
                     {"service": service, "namespace": "default", "name": g,
-                     "labels": {"version": {"type": "EXACT", "value": version}},
+                     "labels": {"version": version if isinstance(version, dict)
+                                else {"type": "EXACT", "value": version}},
                      "priority": p, "weight": w}
                     for g, version, p, w in groups
                 ],
@@ -197,3 +199,34 @@ def test_no_matching_rule_fails_over_to_all_instances_by_default(polaris, servic
     client = routed.client()
 
     assert set(client.counts(service, 60)) == {"v1", "v2"}
+
+
+def parameter(key: str, match: str = "EXACT") -> dict:
+    """A destination label whose value the request supplies under `key`."""
+    return {"type": match, "value": key, "value_type": "PARAMETER"}
+
+
+def test_parameter_label_routes_to_the_version_the_request_names(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2", "v3"])
+    with_rules(polaris, service, rule("by-header", service, [], [("named", parameter("$header.x-version"), 0, 100)]))
+    client = routed.client()
+
+    for v in ["v1", "v2", "v3"]:
+        assert client.counts(service, 20, headers={"x-version": v}) == {v: 20}
+    # No instance carries v9 and a plain request names none: the rule has no group, and the
+    # default failover spreads over every instance.
+    assert set(client.counts(service, 60, headers={"x-version": "v9"})) == {"v1", "v2", "v3"}
+    assert set(client.counts(service, 60)) == {"v1", "v2", "v3"}
+
+
+def test_not_equals_parameter_label_avoids_the_version_the_request_names(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2", "v3"])
+    with_rules(
+        polaris, service,
+        rule("avoid", service, [], [("not-named", parameter("$query.skip", "NOT_EQUALS"), 0, 100)]),
+    )
+    client = routed.client()
+
+    assert set(client.counts(service, 60, path="/?skip=v1")) == {"v2", "v3"}
+    status, headers, _ = client.request(service, path="/?skip=v2", headers={"x-polaris-debug": "1"})
+    assert status == 200 and headers["x-polaris-group"] == "avoid.s0.not-named"
