@@ -11,14 +11,14 @@ from harness.envoy import Envoy
 ANY_SOURCE = {"service": "*", "namespace": "*"}
 
 
-def arg(kind: str, value: str, match: str = "EXACT", key: str | None = None) -> dict:
-    a = {"type": kind, "value": {"type": match, "value": value, "value_type": "TEXT"}}
+def arg(kind: str, value: str, match: str = "EXACT", key: str | None = None, value_type: str = "TEXT") -> dict:
+    a = {"type": kind, "value": {"type": match, "value": value, "value_type": value_type}}
     if key is not None:
         a["key"] = key
     return a
 
 
-def rule(name: str, service: str, args: list, groups: list, priority: int = 0) -> dict:
+def rule(name: str, service: str, args: list, groups: list, priority: int = 0, source: dict = ANY_SOURCE) -> dict:
     """One v2 RulePolicy rule; groups are (name, version, priority, weight), where version is a
     value for an EXACT `version` label or a whole MatchString."""
     return {
@@ -31,7 +31,7 @@ def rule(name: str, service: str, args: list, groups: list, priority: int = 0) -
             "@type": "type.googleapis.com/v1.RuleRoutingConfig",
             "rules": [{
                 "name": "s0",
-                "sources": [{**ANY_SOURCE, "arguments": args}],
+                "sources": [{**source, "arguments": args}],
                 "destinations": [
                     {"service": service, "namespace": "default", "name": g,
                      "labels": {"version": version if isinstance(version, dict)
@@ -230,3 +230,41 @@ def test_not_equals_parameter_label_avoids_the_version_the_request_names(polaris
     assert set(client.counts(service, 60, path="/?skip=v1")) == {"v2", "v3"}
     status, headers, _ = client.request(service, path="/?skip=v2", headers={"x-polaris-debug": "1"})
     assert status == 200 and headers["x-polaris-group"] == "avoid.s0.not-named"
+
+
+def test_inbound_rule_sources_are_matched_against_the_configured_caller(polaris, service, upstreams, envoy):
+    versioned(polaris, service, upstreams, ["v1", "v2", "v3"])
+    me, other = f"{service}-me", f"{service}-other"
+    with_rules(
+        polaris, service,
+        rule("from-other", service, [], [("g", "v3", 0, 100)], priority=0,
+             source={"service": other, "namespace": "default"}),
+        rule("from-me", service, [], [("g", "v2", 0, 100)], priority=1,
+             source={"service": me, "namespace": "default"}),
+        rule("rest", service, [], [("g", "v1", 0, 100)], priority=2),
+    )
+    client = envoy(polaris.grpc_port, caller={"service": me}).client()
+
+    # `from-other` names another caller, so this Envoy's traffic skips it for `from-me`.
+    assert client.counts(service, 30) == {"v2": 30}
+
+
+def test_variable_values_and_custom_keys_come_from_caller_metadata(polaris, service, upstreams, envoy):
+    versioned(polaris, service, upstreams, ["v1", "v2", "v3"])
+    with_rules(
+        polaris, service,
+        rule("var", service, [arg("HEADER", "DEPLOY_ENV", key="x-env", value_type="VARIABLE")],
+             [("g", "v2", 0, 100)], priority=0),
+        rule("team", service, [arg("CUSTOM", "blue", key="team"), arg("HEADER", "x", key="x-team")],
+             [("g", "v3", 0, 100)], priority=1),
+        rule("rest", service, [], [("g", "v1", 0, 100)], priority=2),
+    )
+    client = envoy(
+        polaris.grpc_port, caller={"service": f"{service}-me", "metadata": {"DEPLOY_ENV": "gray", "team": "blue"}}
+    ).client()
+
+    # VARIABLE DEPLOY_ENV is `gray` in this Envoy's caller metadata.
+    assert client.counts(service, 20, headers={"x-env": "gray"}) == {"v2": 20}
+    assert client.counts(service, 20, headers={"x-env": "DEPLOY_ENV"}) == {"v1": 20}
+    # The custom key `team` is answered by the caller metadata (`blue`).
+    assert client.counts(service, 20, headers={"x-team": "x"}) == {"v3": 20}
