@@ -372,18 +372,24 @@ fn object<'a>(
     match map.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(obj)) => {
-            if let Some(unknown) = obj.keys().find(|k| !known.contains(&k.as_str())) {
-                return Err(err(
-                    &format!("{field}.{unknown}"),
-                    format!("unknown field; known fields are {}", known.join(", ")),
-                ));
-            }
+            reject_unknown(obj, field, known)?;
             Ok(Some(obj))
         }
         Some(other) => Err(err(
             field,
             format!("must be an object, got {}", kind(other)),
         )),
+    }
+}
+
+/// A typo in a nested field fails loudly instead of being ignored.
+fn reject_unknown(obj: &Map<String, Value>, path: &str, known: &[&str]) -> Result<(), ConfigError> {
+    match obj.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(unknown) => Err(err(
+            &format!("{path}.{unknown}"),
+            format!("unknown field; known fields are {}", known.join(", ")),
+        )),
+        None => Ok(()),
     }
 }
 
@@ -464,13 +470,11 @@ fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError>
                         format!("must be an object, got {}", kind(entry)),
                     ));
                 };
-                let known = ["service", "namespace", "policy", "hash_key"];
-                if let Some(unknown) = entry.keys().find(|k| !known.contains(&k.as_str())) {
-                    return Err(err(
-                        &format!("{path}.{unknown}"),
-                        format!("unknown field; known fields are {}", known.join(", ")),
-                    ));
-                }
+                reject_unknown(
+                    entry,
+                    &path,
+                    &["service", "namespace", "policy", "hash_key"],
+                )?;
                 let service = nested_string(entry, &path, "service")?
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| err(&format!("{path}.service"), "is required"))?;

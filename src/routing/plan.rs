@@ -67,10 +67,14 @@ impl Pool {
 
     /// The members (and healthy members) whose instance passes `keep`.
     fn sub(&self, snapshot: &ServiceSnapshot, keep: impl Fn(&Instance) -> bool) -> Pool {
-        let pass = |n: &usize| snapshot.instances.get(*n).is_some_and(&keep);
+        self.sub_at(|n| snapshot.instances.get(n).is_some_and(&keep))
+    }
+
+    /// The members (and healthy members) whose instance index passes `keep`.
+    fn sub_at(&self, keep: impl Fn(usize) -> bool) -> Pool {
         Pool {
-            members: self.members.iter().copied().filter(pass).collect(),
-            healthy: self.healthy.iter().copied().filter(pass).collect(),
+            members: self.members.iter().copied().filter(|n| keep(*n)).collect(),
+            healthy: self.healthy.iter().copied().filter(|n| keep(*n)).collect(),
             ..Pool::default()
         }
     }
@@ -260,39 +264,39 @@ impl ParamPools {
         nearby: Option<&Nearby>,
         metadata: Option<&MetadataRouting>,
     ) -> ParamPools {
-        let tuple = |i: &Instance| -> Option<String> {
-            let mut key = String::new();
-            for (n, p) in parameters.iter().enumerate() {
-                if n > 0 {
-                    key.push(TUPLE_SEP);
+        // Each instance's tuple of values, computed once: `None` when it lacks a key.
+        let tuples: Vec<Option<String>> = snapshot
+            .instances
+            .iter()
+            .map(|i| {
+                let mut key = String::new();
+                for (n, p) in parameters.iter().enumerate() {
+                    if n > 0 {
+                        key.push(TUPLE_SEP);
+                    }
+                    key.push_str(i.metadata.get(&p.key)?);
                 }
-                key.push_str(i.metadata.get(&p.key)?);
-            }
-            Some(key)
-        };
+                Some(key)
+            })
+            .collect();
+        let tuple = |n: usize| tuples.get(n).and_then(Option::as_deref);
         let negate = parameters.iter().any(|p| p.negate);
         let finish = |pool: Pool| {
             pool.with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby)
         };
-        let mut tuples: Vec<String> = base
-            .members
-            .iter()
-            .filter_map(|n| snapshot.instances.get(*n).and_then(&tuple))
-            .collect();
-        tuples.sort_unstable();
-        tuples.dedup();
-        let by_value = tuples
+        let mut values: Vec<&str> = base.members.iter().filter_map(|n| tuple(*n)).collect();
+        values.sort_unstable();
+        values.dedup();
+        let by_value = values
             .into_iter()
             .map(|t| {
-                let pool = base.sub(snapshot, |i| {
-                    tuple(i).is_some_and(|mine| (mine == t) != negate)
-                });
-                (t, finish(pool))
+                let pool = base.sub_at(|n| tuple(n).is_some_and(|mine| (mine == t) != negate));
+                (t.to_string(), finish(pool))
             })
             .collect();
         let carriers = if negate {
-            finish(base.sub(snapshot, |i| tuple(i).is_some()))
+            finish(base.sub_at(|n| tuple(n).is_some()))
         } else {
             Pool::default()
         };
