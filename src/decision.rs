@@ -272,6 +272,166 @@ mod tests {
         )
     }
 
+    /// Rule content comes from the network: any mix of match types (valid or not), value types,
+    /// keys and values must give a decision or a rejection, never a panic.
+    #[test]
+    fn arbitrary_rule_content_never_panics() {
+        use crate::config::HashKeySource;
+        use crate::polaris::proto;
+        use crate::routing::rule::compile_routes;
+        use crate::routing::{Caller, MetaFailover, Nearby};
+        use crate::snapshot::Location;
+
+        const WORDS: [&str; 18] = [
+            "",
+            "*",
+            "v1",
+            "v2",
+            "1~5",
+            "9~1",
+            "a~b",
+            "(",
+            "^v[0-9]+$",
+            ".*",
+            "$header.x-v",
+            "$query.q",
+            "$cookie.c",
+            "x,y",
+            "-3",
+            "\u{1f}",
+            "$caller_ip",
+            "ünï",
+        ];
+        const KEYS: [&str; 10] = [
+            "$header.x-v",
+            "$query.q",
+            "$cookie.c",
+            "$method",
+            "$path",
+            "$caller_ip",
+            "team",
+            "version",
+            "",
+            "$header.",
+        ];
+        fn one<'a>(rng: &mut Rng, list: &[&'a str]) -> &'a str {
+            let n = rng.below(list.len() as u64) as usize;
+            list.get(n).copied().unwrap_or_default()
+        }
+        fn ms(rng: &mut Rng) -> proto::MatchString {
+            proto::MatchString {
+                // 6 and 7 are not match types, 3 is not a value type.
+                r#type: rng.below(8) as i32,
+                value: Some(one(rng, &WORDS).to_string()),
+                value_type: rng.below(4) as i32,
+            }
+        }
+        fn labels(rng: &mut Rng) -> HashMap<String, proto::MatchString> {
+            (0..rng.below(3))
+                .map(|_| (one(rng, &KEYS).to_string(), ms(rng)))
+                .collect()
+        }
+
+        let mut rng = Rng::new(42);
+        let caller = Caller {
+            service: "me".into(),
+            namespace: "default".into(),
+            metadata: [("team".to_string(), "blue".to_string())].into(),
+        };
+        let nearby = Nearby {
+            location: Location {
+                region: "r".into(),
+                zone: "z1".into(),
+                campus: String::new(),
+            },
+            ..Nearby::default()
+        };
+        let mut decided = 0;
+        for round in 0..150 {
+            let routes: Vec<proto::Route> = (0..1 + rng.below(4))
+                .map(|_| proto::Route {
+                    sources: (0..rng.below(3))
+                        .map(|_| proto::Source {
+                            service: Some(one(&mut rng, &["*", "me", "other", ""]).into()),
+                            namespace: Some("*".into()),
+                            metadata: labels(&mut rng),
+                        })
+                        .collect(),
+                    destinations: (0..rng.below(3))
+                        .map(|g| proto::Destination {
+                            service: Some(one(&mut rng, &["echo", "*", "other"]).into()),
+                            namespace: Some("default".into()),
+                            metadata: labels(&mut rng),
+                            priority: Some(rng.below(3) as u32),
+                            weight: Some(rng.below(3) as u32 * 50),
+                            name: Some(format!("r{round}.s0.g{g}")),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                })
+                .collect();
+            let instances = (0..rng.below(6) as u32)
+                .map(|n| {
+                    let mut i = instance(
+                        9000 + n,
+                        100 * (rng.below(3) as u32),
+                        rng.below(4) > 0,
+                        rng.below(5) == 0,
+                    );
+                    i.metadata
+                        .insert("version".into(), one(&mut rng, &WORDS).into());
+                    i.location.zone = one(&mut rng, &["z1", "z2", ""]).into();
+                    i
+                })
+                .collect();
+            let mut s = snapshot(instances);
+            s.metadata
+                .insert("internal-enable-nearby".into(), "true".into());
+            let (compiled, _errors) = compile_routes(&routes, &caller);
+            let metadata = MetadataRouting {
+                labels: vec![("x-v".into(), "version".into())],
+                failover: [
+                    MetaFailover::None,
+                    MetaFailover::All,
+                    MetaFailover::Others,
+                    MetaFailover::NotContainKey,
+                ][round % 4],
+            };
+            for policy in Policy::ALL {
+                let failover = if rng.below(2) == 0 {
+                    Failover::All
+                } else {
+                    Failover::None
+                };
+                let plan = Plan::build(
+                    &s,
+                    &compiled,
+                    &compiled,
+                    policy,
+                    failover,
+                    Some(&nearby),
+                    Some(&metadata),
+                );
+                for _ in 0..5 {
+                    let mut facts = StaticFacts {
+                        headers: vec![("x-v".into(), one(&mut rng, &WORDS).into())],
+                        method: "GET".into(),
+                        path: format!("/p?q={}", one(&mut rng, &WORDS)),
+                        caller_ip: "127.0.0.1".into(),
+                        custom: vec![("team".into(), "blue".into())],
+                    };
+                    let key = HashKeySource::Header("x-v".into());
+                    if decide(&plan, &s, &mut facts, Some(&key), &mut rng).is_ok() {
+                        decided += 1;
+                    }
+                }
+            }
+        }
+        // The mix must exercise real decisions, not only rejections.
+        assert!(decided > 100, "{decided}");
+    }
+
     #[test]
     fn wanted_labels_key_is_the_tuple_key_of_the_headers_present() {
         use crate::routing::metadata::tuple_key;
