@@ -23,13 +23,9 @@ pub fn pick(table: &WeightTable, hash: u64) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::murmur3::murmur3_64;
+    use crate::lb::test_support::key_hash;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    fn key_hash(k: usize) -> u64 {
-        murmur3_64(format!("key-{k}").as_bytes(), 0)
-    }
 
     /// polaris-go's edge handling, to compare against its recorded picks.
     fn polaris_pick(table: &WeightTable, hash: u64) -> Option<usize> {

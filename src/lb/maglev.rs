@@ -122,30 +122,9 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::test_support::{golden_ids, ids, key_hash, members};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
-
-    /// Fixed-width ids, like Polaris' 40-hex-digit ones (see the module doc on point keys).
-    fn ids(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("inst-{i:04}")).collect()
-    }
-
-    /// The ids of the polaris-go recording: `inst-0` .. `inst-9`.
-    fn golden_ids() -> Vec<String> {
-        (0..10).map(|i| format!("inst-{i}")).collect()
-    }
-
-    fn members<'a>(ids: &'a [String], weights: &[u32]) -> Vec<Member<'a>> {
-        ids.iter()
-            .zip(weights)
-            .enumerate()
-            .map(|(index, (id, &weight))| Member { index, weight, id })
-            .collect()
-    }
-
-    fn key_hash(k: usize) -> u64 {
-        murmur3_64(format!("key-{k}").as_bytes(), 0)
-    }
 
     fn picks(table: &Table, keys: usize) -> Vec<usize> {
         (0..keys)

@@ -8,6 +8,8 @@ pub mod maglev;
 pub mod murmur3;
 pub mod ring_hash;
 pub mod rng;
+#[cfg(test)]
+mod test_support;
 pub mod weighted_random;
 
 use std::fmt;
