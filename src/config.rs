@@ -13,7 +13,7 @@ use serde_json::{Map, Value};
 use crate::lb::Policy;
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
-use crate::snapshot::{Location, ServiceKey};
+use crate::snapshot::{Kind, Location, ServiceKey};
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,6 +61,20 @@ pub struct LoadBalancing {
     /// `load_balancer.services`: per-service policy and key (inheriting the default key). An
     /// empty namespace stands for the configured default namespace.
     pub services: Vec<(ServiceKey, Policy, Option<HashKeySource>)>,
+}
+
+impl Config {
+    /// The kinds the leader keeps refreshed for each watched service. Rate-limit, breaker and
+    /// fault-detection rules join when the configuration enforces them.
+    pub fn kinds(&self) -> Vec<Kind> {
+        vec![Kind::Instances, Kind::Routing]
+    }
+
+    /// The kinds a request for a service not yet loaded waits for: what its decision needs,
+    /// never more.
+    pub fn first_load_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Instances, Kind::Routing]
+    }
 }
 
 impl Config {

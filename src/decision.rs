@@ -6,7 +6,7 @@ use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
 use crate::routing::metadata::MetaOutcome;
 use crate::routing::{Level, MetadataRouting, Plan, RequestFacts};
-use crate::snapshot::{Instance, ServiceKey, ServiceSnapshot};
+use crate::snapshot::{DiscoveryError, Instance, ServiceKey, ServiceSnapshot};
 
 /// Where the request goes, and why: what the debug trace reports.
 #[derive(Debug, PartialEq)]
@@ -39,9 +39,14 @@ pub enum Rejection {
     /// Nearby routing found no instance within `nearby.max_match_level`.
     NoNearbyInstance { service: ServiceKey, widest: Level },
     /// The first discovery of the service failed.
-    DiscoveryFailed { service: ServiceKey, cause: String },
+    DiscoveryFailed {
+        service: ServiceKey,
+        cause: DiscoveryError,
+    },
     /// The watch list is full.
     TooManyServices { service: ServiceKey, limit: usize },
+    /// Envoy refused a host call the request needs (e.g. writing the upstream header).
+    HostRefused { what: String },
 }
 
 impl Rejection {
@@ -63,6 +68,7 @@ impl Rejection {
             Rejection::NoMetadataMatch { .. } => "metadata-routing",
             Rejection::DiscoveryFailed { .. } => "discovery-failed",
             Rejection::TooManyServices { .. } => "too-many-services",
+            Rejection::HostRefused { .. } => "host-refused",
         }
     }
 }
@@ -113,6 +119,7 @@ impl fmt::Display for Rejection {
                  (max_services)",
                 service.name, service.namespace
             ),
+            Rejection::HostRefused { what } => write!(f, "Envoy refused a host call: {what}"),
         }
     }
 }

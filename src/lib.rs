@@ -3,6 +3,7 @@
 //! Everything but [`host`] is plain Rust with no proxy-wasm calls, tested natively and as wasm32.
 
 pub mod config;
+pub mod core;
 pub mod decision;
 pub mod destination;
 pub mod lb;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::decode::{decode_instances, DecodeError, Discovered};
+use super::decode::{decode_instances, DecodeError, Discovered, DiscoveryError};
 use super::model::{ServiceKey, ServiceSnapshot};
 
 /// What a worker knows about a service.
@@ -12,7 +12,7 @@ pub enum Known {
     Ready(Box<ServiceSnapshot>),
     NotFound,
     /// The first discovery failed; remembered briefly so a down Polaris is not asked per request.
-    Failed(String),
+    Failed(DiscoveryError),
 }
 
 #[derive(Clone, Debug)]
@@ -30,11 +30,19 @@ pub struct ServiceCache {
 }
 
 impl ServiceCache {
-    pub fn get(&self, key: &ServiceKey, now_ms: u64) -> Option<&Known> {
-        self.entries
-            .get(key)
-            .filter(|e| e.expires_ms.is_none_or(|t| t > now_ms))
-            .map(|e| &e.known)
+    /// What is known of `key`, unless it was a transient answer that has expired. The clock is
+    /// read only for transient answers, so the common case makes no host call.
+    pub fn get(&self, key: &ServiceKey, now_ms: impl FnOnce() -> u64) -> Option<&Known> {
+        let entry = self.entries.get(key)?;
+        match entry.expires_ms {
+            Some(t) if t <= now_ms() => None,
+            _ => Some(&entry.known),
+        }
+    }
+
+    /// What is known of `key`, expired or not (for a caller that just checked with `get`).
+    pub fn peek(&self, key: &ServiceKey) -> Option<&Known> {
+        self.entries.get(key).map(|e| &e.known)
     }
 
     /// The CAS a cached service was decoded from.
@@ -128,7 +136,7 @@ mod tests {
     }
 
     fn ports(c: &ServiceCache) -> Vec<u32> {
-        match c.get(&key(), 0) {
+        match c.get(&key(), || 0) {
             Some(Known::Ready(s)) => s.instances.iter().map(|i| i.port).collect(),
             other => panic!("{other:?}"),
         }
@@ -158,7 +166,7 @@ mod tests {
     fn transient_answers_expire() {
         let mut c = ServiceCache::default();
         c.install_transient(&key(), Known::NotFound, 100);
-        assert_eq!(c.get(&key(), 99), Some(&Known::NotFound));
-        assert_eq!(c.get(&key(), 100), None);
+        assert_eq!(c.get(&key(), || 99), Some(&Known::NotFound));
+        assert_eq!(c.get(&key(), || 100), None);
     }
 }

@@ -43,20 +43,70 @@ impl fmt::Display for DecodeError {
     }
 }
 
+/// Why a first discovery could not produce a snapshot: the request is answered with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiscoveryError {
+    /// The host would not send the call.
+    NotSent { cluster: String, error: String },
+    /// The call got no answer.
+    Unreachable(crate::polaris::CallError),
+    /// Polaris answered, but not usably.
+    Answer(DecodeError),
+    /// The rules of the service could not be read (`kind` names which).
+    Rules(Box<DiscoveryError>),
+    /// Polaris answered no-change to a request that named no revision.
+    NoChangeOnFirst,
+    /// The answer was installed, but the service was gone from the cache when the request
+    /// looked again.
+    Vanished,
+}
+
+impl fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DiscoveryError::NotSent { cluster, error } => {
+                write!(f, "cannot call Polaris through cluster {cluster}: {error}")
+            }
+            DiscoveryError::Unreachable(e) => e.fmt(f),
+            DiscoveryError::Answer(e) => e.fmt(f),
+            DiscoveryError::Rules(e) => write!(f, "routing: {e}"),
+            DiscoveryError::NoChangeOnFirst => {
+                f.write_str("Polaris answered no-change to a first discovery")
+            }
+            DiscoveryError::Vanished => {
+                f.write_str("the discovered service vanished from the cache")
+            }
+        }
+    }
+}
+
 /// The resource types the filter discovers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Instances,
     Routing,
+    RateLimit,
+    CircuitBreaker,
+    FaultDetector,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Instances, Kind::Routing];
+    /// Every kind the OSS server's Discover serves for a service.
+    pub const ALL: [Kind; 5] = [
+        Kind::Instances,
+        Kind::Routing,
+        Kind::RateLimit,
+        Kind::CircuitBreaker,
+        Kind::FaultDetector,
+    ];
 
     pub fn request_type(self) -> proto::discover_request::DiscoverRequestType {
         match self {
             Kind::Instances => proto::discover_request::DiscoverRequestType::Instance,
             Kind::Routing => proto::discover_request::DiscoverRequestType::Routing,
+            Kind::RateLimit => proto::discover_request::DiscoverRequestType::RateLimit,
+            Kind::CircuitBreaker => proto::discover_request::DiscoverRequestType::CircuitBreaker,
+            Kind::FaultDetector => proto::discover_request::DiscoverRequestType::FaultDetector,
         }
     }
 
@@ -64,6 +114,13 @@ impl Kind {
         match self {
             Kind::Instances => proto::discover_response::DiscoverResponseType::Instance as i32,
             Kind::Routing => proto::discover_response::DiscoverResponseType::Routing as i32,
+            Kind::RateLimit => proto::discover_response::DiscoverResponseType::RateLimit as i32,
+            Kind::CircuitBreaker => {
+                proto::discover_response::DiscoverResponseType::CircuitBreaker as i32
+            }
+            Kind::FaultDetector => {
+                proto::discover_response::DiscoverResponseType::FaultDetector as i32
+            }
         }
     }
 
@@ -72,6 +129,9 @@ impl Kind {
         match self {
             Kind::Instances => "instances",
             Kind::Routing => "routing",
+            Kind::RateLimit => "ratelimit",
+            Kind::CircuitBreaker => "circuitbreaker",
+            Kind::FaultDetector => "faultdetector",
         }
     }
 }

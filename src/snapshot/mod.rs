@@ -9,7 +9,7 @@ pub mod refresh;
 pub use cache::{Known, ServiceCache};
 pub use decode::{
     classify, classify_instances, decode_instances, decode_routing, Answer, DecodeError,
-    Discovered, Kind,
+    Discovered, DiscoveryError, Kind,
 };
 pub use model::{Instance, Location, ServiceKey, ServiceSnapshot};
 pub use refresh::{Outcome, Refresher, Resource};

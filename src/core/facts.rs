@@ -1,21 +1,21 @@
-//! Request facts read from Envoy on demand, each at most once per request.
+//! Request facts read from the stream on demand, each at most once per request.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MapType;
-
+use super::host::Stream;
 use crate::routing::args::{cookie_value, path_only, query_param, strip_port};
 use crate::routing::{Caller, RequestFacts};
 
-/// Lazily read request headers and properties.
-pub struct HostFacts<'a> {
+/// Lazily read request headers and the peer address of one stream.
+pub struct StreamFacts<'a, S: ?Sized> {
+    stream: &'a mut S,
     caller: &'a Caller,
     headers: Vec<(String, Option<String>)>,
     caller_ip: Option<Option<String>>,
 }
 
-impl<'a> HostFacts<'a> {
-    pub fn new(caller: &'a Caller) -> HostFacts<'a> {
-        HostFacts {
+impl<'a, S: Stream + ?Sized> StreamFacts<'a, S> {
+    pub fn new(stream: &'a mut S, caller: &'a Caller) -> StreamFacts<'a, S> {
+        StreamFacts {
+            stream,
             caller,
             headers: Vec::new(),
             caller_ip: None,
@@ -26,9 +26,7 @@ impl<'a> HostFacts<'a> {
         let pos = match self.headers.iter().position(|(n, _)| n == name) {
             Some(pos) => pos,
             None => {
-                let value = hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-                    .ok()
-                    .flatten();
+                let value = self.stream.request_header(name);
                 self.headers.push((name.to_string(), value));
                 self.headers.len() - 1
             }
@@ -37,7 +35,7 @@ impl<'a> HostFacts<'a> {
     }
 }
 
-impl RequestFacts for HostFacts<'_> {
+impl<S: Stream + ?Sized> RequestFacts for StreamFacts<'_, S> {
     fn header(&mut self, name: &str) -> Option<&str> {
         self.read(name)
     }
@@ -60,10 +58,9 @@ impl RequestFacts for HostFacts<'_> {
 
     fn caller_ip(&mut self) -> Option<&str> {
         if self.caller_ip.is_none() {
-            let address = hostcalls::get_property(vec!["source", "address"])
-                .ok()
-                .flatten()
-                .and_then(|b| String::from_utf8(b).ok())
+            let address = self
+                .stream
+                .source_address()
                 .map(|a| strip_port(&a).to_string());
             self.caller_ip = Some(address);
         }

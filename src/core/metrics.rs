@@ -1,15 +1,13 @@
-//! Counters defined with `define_metric`; Envoy shows them as `wasmcustom.polaris_wasm.*` stats,
-//! summed over every worker's VM.
+//! Counters Envoy shows as `wasmcustom.polaris_wasm.*` stats, summed over every worker's VM.
 //!
-//! Increments are counted in the VM and handed to Envoy on the next tick (at most 500 ms later),
-//! so the request path makes no host call for metrics.
+//! Increments are counted in the VM and handed to the host on the next tick (at most 500 ms
+//! later), so the request path makes no host call for metrics.
 
 use std::cell::Cell;
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use super::host::Metrics;
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Counter {
     /// Every `Discover` call sent (leader refreshes and first loads).
     DiscoverRequests,
@@ -43,23 +41,23 @@ const ALL: [(Counter, &str); 9] = [
     (Counter::LocalReplies, "polaris_wasm.local_replies"),
 ];
 
-/// Metric ids of this VM; a metric the host refused to define is skipped, never fatal.
+/// The VM's counters; a metric the host refused to define is skipped, never fatal.
 #[derive(Debug, Default)]
-pub struct Metrics {
+pub struct Counters {
     ids: [Option<u32>; ALL.len()],
     pending: [Cell<u64>; ALL.len()],
 }
 
-impl Metrics {
-    pub fn define() -> Metrics {
-        let mut m = Metrics::default();
-        for (slot, (_, name)) in m.ids.iter_mut().zip(ALL.iter()) {
-            match hostcalls::define_metric(MetricType::Counter, name) {
+impl Counters {
+    pub fn define<M: Metrics + ?Sized>(host: &M) -> Counters {
+        let mut c = Counters::default();
+        for (slot, (_, name)) in c.ids.iter_mut().zip(ALL.iter()) {
+            match host.define_counter(name) {
                 Ok(id) => *slot = Some(id),
-                Err(e) => log::warn!("cannot define metric {name}: {e:?}"),
+                Err(e) => log::warn!("cannot define metric {name}: {e}"),
             }
         }
-        m
+        c
     }
 
     pub fn inc(&self, counter: Counter) {
@@ -68,12 +66,17 @@ impl Metrics {
         }
     }
 
-    /// Hands the counted increments to Envoy.
-    pub fn flush(&self) {
+    /// Increments counted since the last flush (for tests and the trace).
+    pub fn pending(&self, counter: Counter) -> u64 {
+        self.pending.get(counter as usize).map_or(0, Cell::get)
+    }
+
+    /// Hands the counted increments to the host.
+    pub fn flush<M: Metrics + ?Sized>(&self, host: &M) {
         for (id, pending) in self.ids.iter().zip(self.pending.iter()) {
             let n = pending.take();
             if let (Some(id), true) = (id, n > 0) {
-                let _ = hostcalls::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+                host.add(*id, n);
             }
         }
     }

@@ -1,0 +1,103 @@
+//! The host, as the core sees it: a few small traits. `crate::host` implements them over
+//! proxy-wasm; the unit tests implement them with a fake that records every call.
+
+use std::fmt;
+use std::time::Duration;
+
+/// A host call the host refused, with the status it gave (`proxy_wasm::types::Status` rendered).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostError(pub String);
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a shared-data write did not happen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreError {
+    /// Another VM wrote the key since we read it.
+    CasMismatch,
+    Host(HostError),
+}
+
+/// Shared data: one map per `vm_id`, seen by every worker of the Envoy. Values carry a CAS that
+/// a conditional write must name.
+pub trait Store {
+    fn get(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
+}
+
+/// Wall-clock milliseconds since the epoch (0 if the host cannot tell).
+pub trait Clock {
+    fn now_ms(&self) -> u64;
+}
+
+/// A gRPC call to make: `upstream` is what the host needs to reach the cluster (for proxy-wasm,
+/// an encoded `GrpcService`).
+#[derive(Clone, Copy, Debug)]
+pub struct GrpcCall<'a> {
+    pub upstream: &'a str,
+    pub service: &'a str,
+    pub method: &'a str,
+    pub metadata: &'a [(&'a str, &'a [u8])],
+    pub message: &'a [u8],
+    pub timeout: Duration,
+}
+
+/// An HTTP callout through an Envoy cluster.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpCall<'a> {
+    pub cluster: &'a str,
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: Option<&'a [u8]>,
+    pub timeout: Duration,
+}
+
+/// Outgoing calls. Each returns a token; the answer comes back to the same context through the
+/// core's `on_call_result`.
+pub trait Calls {
+    fn grpc_unary(&self, call: GrpcCall<'_>) -> Result<u32, HostError>;
+    fn grpc_stream_open(
+        &self,
+        upstream: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
+    ) -> Result<u32, HostError>;
+    fn grpc_stream_send(&self, token: u32, message: &[u8], end: bool) -> Result<(), HostError>;
+    fn grpc_stream_close(&self, token: u32) -> Result<(), HostError>;
+    fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError>;
+}
+
+/// Envoy stats. The core counts in the VM and hands the sums over on ticks.
+pub trait Metrics {
+    fn define_counter(&self, name: &str) -> Result<u32, HostError>;
+    fn add(&self, id: u32, n: u64);
+}
+
+/// Host properties outside any request (Envoy's node, for its locality).
+pub trait Properties {
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+}
+
+/// Everything per-VM the core needs from its host.
+pub trait Host: Store + Clock + Calls + Metrics + Properties {}
+
+impl<T: Store + Clock + Calls + Metrics + Properties> Host for T {}
+
+/// One HTTP stream as the core sees it.
+pub trait Stream {
+    fn request_header(&mut self, name: &str) -> Option<String>;
+    /// Sets (replacing) a request header.
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
+    /// The downstream peer, `ip:port`.
+    fn source_address(&mut self) -> Option<String>;
+}
+
+pub use crate::polaris::CallError;
+
+/// The answer of an outgoing call: the response bytes, or how it failed.
+pub type CallResult = Result<Vec<u8>, CallError>;

@@ -1,0 +1,27 @@
+//! The filter's core: the request lifecycle and the leader's work, behind small host traits.
+//!
+//! Nothing here calls proxy-wasm. `crate::host` implements [`host::Host`] and [`host::Stream`]
+//! over proxy-wasm and turns [`Verdict`]s into Envoy actions; the unit tests use a fake host that
+//! records every call ([`fake`]).
+//!
+//! - [`Worker`]: one Envoy thread's state; `on_tick` (lease, refresh, resync, metrics) and
+//!   `on_call_result` for the root context's calls.
+//! - [`Exchange`]: one HTTP stream; `on_request`, `on_call_result`, `on_response`.
+
+pub mod facts;
+pub mod host;
+pub mod leader;
+pub mod metrics;
+pub mod request;
+pub mod store;
+pub mod worker;
+
+#[cfg(test)]
+pub mod fake;
+#[cfg(test)]
+mod tests;
+
+pub use host::{CallResult, Host, HostError, Stream};
+pub use metrics::{Counter, Counters};
+pub use request::{Exchange, LocalReply, Ticket, Verdict};
+pub use worker::{Unusable, Worker};

@@ -1,0 +1,382 @@
+//! One request's life in the core: resolve the destination, load it if needed, decide, hand the
+//! instance to Envoy, and add the trace to the response.
+//!
+//! With no rules and no hash key, a request for a service seen before makes two host calls (read
+//! the destination header, write the upstream header) and allocates nothing. Rules read only the
+//! request facts they name.
+
+use super::facts::StreamFacts;
+use super::host::{CallResult, Host, Stream};
+use super::metrics::Counter;
+use super::store;
+use super::worker::Worker;
+use crate::decision::{self, Rejection};
+use crate::routing::{Plan, RequestFacts, Rules};
+use crate::shared::Added;
+use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Kind, Known, ServiceKey};
+
+/// How long a failed first discovery is remembered, so a down Polaris is not asked per request.
+const FAILURE_MEMORY_MS: u64 = 1000;
+/// Request header asking for the decision trace (honoured when `debug_trace` is on).
+pub const DEBUG_HEADER: &str = "x-polaris-debug";
+
+/// What the host does with the request now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The upstream header is written: let the request go (or resume it).
+    Forward,
+    /// Answer the request with this reply.
+    Reply(LocalReply),
+    /// Hold the request: calls are out, and their results decide it.
+    Wait,
+}
+
+/// A reply the filter sends itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u32,
+    /// Sent as `x-polaris-reason`.
+    pub reason: &'static str,
+    pub body: String,
+}
+
+/// Where a forwarded request went: what the response feeds back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    pub service: ServiceKey,
+    /// `ip:port` of the instance.
+    pub upstream: String,
+}
+
+/// A first discovery in progress: every kind the request needs is asked at once.
+struct Loading {
+    key: ServiceKey,
+    tokens: Vec<(u32, Kind)>,
+    answers: Vec<(Kind, CallResult)>,
+}
+
+/// The core's state for one HTTP stream.
+#[derive(Default)]
+pub struct Exchange {
+    loading: Option<Loading>,
+    ticket: Option<Ticket>,
+    /// Response headers for the decision trace, when asked for.
+    trace: Vec<(&'static str, String)>,
+}
+
+/// What the routing step concluded.
+enum Route {
+    Sent,
+    Reject(Rejection),
+    /// The service or its rules are not loaded yet: discover them first.
+    Load(ServiceKey),
+}
+
+impl Exchange {
+    /// The request headers have arrived.
+    pub fn on_request<H: Host, S: Stream + ?Sized>(
+        &mut self,
+        w: &mut Worker<H>,
+        stream: &mut S,
+    ) -> Verdict {
+        match self.route(w, stream) {
+            Route::Sent => Verdict::Forward,
+            Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Load(key) => self.load(w, key),
+        }
+    }
+
+    /// A call this stream made has an answer; `Some` once the request is decided.
+    pub fn on_call_result<H: Host, S: Stream + ?Sized>(
+        &mut self,
+        w: &mut Worker<H>,
+        stream: &mut S,
+        token: u32,
+        result: CallResult,
+    ) -> Option<Verdict> {
+        let loading = self.loading.as_mut()?;
+        let kind = loading
+            .tokens
+            .iter()
+            .find(|(t, _)| *t == token)
+            .map(|(_, k)| *k)?;
+        loading.answers.push((kind, result));
+        if loading.answers.len() < loading.tokens.len() {
+            return None;
+        }
+        let Loading { key, answers, .. } = self.loading.take()?;
+        let route = match install_loaded(w, &key, answers) {
+            Ok(()) => self.route(w, stream),
+            Err(r) => Route::Reject(r),
+        };
+        Some(match route {
+            Route::Sent => Verdict::Forward,
+            Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Load(_) => Verdict::Reply(reply(
+                w,
+                &Rejection::DiscoveryFailed {
+                    service: key,
+                    cause: DiscoveryError::Vanished,
+                },
+            )),
+        })
+    }
+
+    /// The response headers have arrived: add the trace, when it was asked for.
+    pub fn on_response<S: Stream + ?Sized>(&mut self, stream: &mut S) {
+        for (name, value) in self.trace.drain(..) {
+            if let Err(e) = stream.set_response_header(name, &value) {
+                log::warn!("cannot add {name} to the response: {e}");
+            }
+        }
+    }
+
+    /// Where the request was sent, once it was.
+    pub fn ticket(&self) -> Option<&Ticket> {
+        self.ticket.as_ref()
+    }
+
+    /// Whether the response needs the core (the trace, or later the breakers' feedback).
+    pub fn wants_response(&self) -> bool {
+        !self.trace.is_empty()
+    }
+
+    fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {
+        w.settle_location(true);
+        let raw = stream.request_header(w.config.destination.header());
+        let resolved = match raw.as_deref() {
+            Some(raw) => w.destinations.resolve(raw, &w.config.namespace).cloned(),
+            None => None,
+        };
+        let Some(key) = resolved else {
+            return Route::Reject(Rejection::NoDestination {
+                source: w.config.destination.describe(),
+            });
+        };
+        match w.lookup(&key) {
+            None => return Route::Load(key),
+            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(key)),
+            Some(Known::Failed(cause)) => {
+                let cause = cause.clone();
+                return Route::Reject(Rejection::DiscoveryFailed {
+                    service: key,
+                    cause,
+                });
+            }
+            Some(Known::Ready(_)) => {}
+        }
+        if !w.plans.contains_key(&key) && !build_plan(w, &key) {
+            return Route::Load(key);
+        }
+        let Worker {
+            config,
+            cache,
+            plans,
+            rng,
+            counters,
+            ..
+        } = w;
+        let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
+            return Route::Load(key);
+        };
+        let mut facts = StreamFacts::new(stream, &config.caller);
+        let decision =
+            match decision::decide(plan, snapshot, &mut facts, config.balancing(&key).1, rng) {
+                Ok(d) => d,
+                Err(r) => return Route::Reject(r),
+            };
+        let upstream = &decision.instance.upstream;
+        let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
+        drop(facts);
+        // Replaces whatever the client sent: the header is always ours.
+        if let Err(e) = stream.set_request_header(&config.upstream_header, upstream) {
+            return Route::Reject(Rejection::HostRefused {
+                what: format!("cannot set {}: {e}", config.upstream_header),
+            });
+        }
+        counters.inc(Counter::Picks);
+        if decision.recovered_all {
+            counters.inc(Counter::RecoverAll);
+        }
+        if trace {
+            self.trace = vec![
+                ("x-polaris-service", key.to_string()),
+                ("x-polaris-rule", decision.rule.unwrap_or("-").to_string()),
+                ("x-polaris-group", decision.group.unwrap_or("-").to_string()),
+                ("x-polaris-instance", upstream.clone()),
+                ("x-polaris-recover-all", decision.recovered_all.to_string()),
+                (
+                    "x-polaris-nearby",
+                    decision.nearby.map_or("-", |l| l.name()).to_string(),
+                ),
+                (
+                    "x-polaris-metadata",
+                    decision
+                        .metadata
+                        .map_or_else(|| "-".to_string(), |m| m.to_string()),
+                ),
+            ];
+            self.ticket = Some(Ticket {
+                service: key,
+                upstream: upstream.clone(),
+            });
+        }
+        Route::Sent
+    }
+
+    /// Starts the first discovery of a service: every kind it needs at once; the request waits.
+    fn load<H: Host>(&mut self, w: &mut Worker<H>, key: ServiceKey) -> Verdict {
+        let kinds = w.config.first_load_kinds();
+        let mut tokens = Vec::with_capacity(kinds.len());
+        for kind in kinds {
+            match w.dispatch_discover(kind, &key, "", w.config.lazy_load_timeout) {
+                Ok(token) => tokens.push((token, kind)),
+                Err(e) => {
+                    let rejection = Rejection::DiscoveryFailed {
+                        service: key,
+                        cause: DiscoveryError::NotSent {
+                            cluster: e.cluster,
+                            error: e.error.to_string(),
+                        },
+                    };
+                    return Verdict::Reply(reply(w, &rejection));
+                }
+            }
+        }
+        self.loading = Some(Loading {
+            key,
+            tokens,
+            answers: Vec::new(),
+        });
+        Verdict::Wait
+    }
+}
+
+/// Builds the plan of `key` from its snapshot and rules; false when its rules are not loaded.
+fn build_plan<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
+    if w.lookup_rules(key).is_none() {
+        return false;
+    }
+    let caller_key = w.caller_key();
+    if let Some(c) = &caller_key {
+        w.lookup_rules(c);
+    }
+    let Some(Known::Ready(snapshot)) = w.cache.peek(key) else {
+        return false;
+    };
+    let empty = Rules::default();
+    let inbound = &w.rules.get(key).unwrap_or(&empty).inbound;
+    let outbound = &caller_key
+        .as_ref()
+        .and_then(|c| w.rules.get(c))
+        .unwrap_or(&empty)
+        .outbound;
+    let plan = Plan::build(
+        snapshot,
+        inbound,
+        outbound,
+        w.config.balancing(key).0,
+        w.config.failover,
+        Some(&w.config.nearby),
+        Some(&w.config.metadata),
+    );
+    w.plans.insert(key.clone(), plan);
+    true
+}
+
+/// The local reply for a rejection, counted.
+fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
+    w.counters.inc(Counter::LocalReplies);
+    if matches!(rejection, Rejection::NoInstance { .. }) {
+        w.counters.inc(Counter::NoInstance);
+    }
+    LocalReply {
+        status: rejection.status(),
+        reason: rejection.reason(),
+        body: format!("polaris-wasm: {rejection}\n"),
+    }
+}
+
+/// Installs first-discovery answers; the error is the reply to send.
+fn install_loaded<H: Host>(
+    w: &mut Worker<H>,
+    key: &ServiceKey,
+    answers: Vec<(Kind, CallResult)>,
+) -> Result<(), Rejection> {
+    let failed = |cause: DiscoveryError| Rejection::DiscoveryFailed {
+        service: key.clone(),
+        cause,
+    };
+    let mut instances = None;
+    let mut routing = None;
+    for (kind, answer) in answers {
+        match kind {
+            Kind::Instances => instances = Some(answer),
+            Kind::Routing => routing = Some(answer),
+            Kind::RateLimit | Kind::CircuitBreaker | Kind::FaultDetector => {}
+        }
+    }
+    let no_answer = || {
+        Err(crate::polaris::CallError {
+            status: 0,
+            message: Some("no answer".into()),
+        })
+    };
+    let bytes = match instances.unwrap_or_else(no_answer) {
+        Ok(b) => b,
+        Err(e) => {
+            let cause = DiscoveryError::Unreachable(e);
+            let until = w.host.now_ms().saturating_add(FAILURE_MEMORY_MS);
+            w.cache
+                .install_transient(key, Known::Failed(cause.clone()), until);
+            return Err(failed(cause));
+        }
+    };
+    let routing = match routing.unwrap_or_else(no_answer) {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(failed(DiscoveryError::Rules(Box::new(
+                DiscoveryError::Unreachable(e),
+            ))))
+        }
+    };
+    let interval = u64::try_from(w.config.refresh_interval.as_millis()).unwrap_or(0);
+    match decode_instances(key, &bytes) {
+        Ok(Discovered::Changed(snapshot)) => {
+            let limit = w.config.max_services;
+            if store::watch(&w.host, key, limit) == Added::Full {
+                return Err(Rejection::TooManyServices {
+                    service: key.clone(),
+                    limit,
+                });
+            }
+            if !super::worker::install_rules(&mut w.rules, key, &routing, None, &w.config.caller) {
+                return Err(failed(DiscoveryError::Rules(Box::new(
+                    DiscoveryError::Answer(crate::snapshot::DecodeError::Malformed(
+                        "unusable routing answer".into(),
+                    )),
+                ))));
+            }
+            for (kind, answer) in [(Kind::Instances, &bytes), (Kind::Routing, &routing)] {
+                if store::store_answer(&w.host, kind, key, answer) {
+                    w.counters.inc(Counter::SnapshotUpdates);
+                }
+            }
+            w.plans.remove(key);
+            let until = w.host.now_ms().saturating_add(interval);
+            w.cache
+                .install_transient(key, Known::Ready(snapshot), until);
+            Ok(())
+        }
+        Ok(Discovered::NotFound) => {
+            let until = w.host.now_ms().saturating_add(interval);
+            w.cache.install_transient(key, Known::NotFound, until);
+            Err(Rejection::ServiceNotFound(key.clone()))
+        }
+        Ok(Discovered::Unchanged) => Err(failed(DiscoveryError::NoChangeOnFirst)),
+        Err(e) => {
+            log::warn!("first discovery of {key} unusable: {e}");
+            Err(failed(DiscoveryError::Answer(e)))
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Per-VM state: one Envoy thread's configuration, decoded snapshots, compiled rules and plans,
+//! shared by its root context (ticks, the leader's refresh) and its HTTP streams.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::host::{GrpcCall, Host, HostError};
+use super::leader::Leader;
+use super::metrics::{Counter, Counters};
+use super::store;
+use crate::config::Config;
+use crate::destination::DestinationMemo;
+use crate::lb::Rng;
+use crate::polaris::client;
+use crate::routing::{Caller, Plan, RuleCache, Rules};
+use crate::shared;
+use crate::snapshot::{Kind, Known, Location, ServiceCache, ServiceKey};
+
+/// Ticks at most this far apart, so workers pick up a new snapshot quickly.
+pub const MAX_TICK: Duration = Duration::from_millis(500);
+
+/// A configuration the core cannot run with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unusable(pub String);
+
+pub struct Worker<H> {
+    pub(super) host: H,
+    pub(super) config: Config,
+    /// What the host needs to reach the Polaris cluster (an encoded `GrpcService`).
+    grpc_upstream: String,
+    pub(super) cache: ServiceCache,
+    pub(super) rules: RuleCache,
+    /// Routing plans by destination, rebuilt on first use after their instances or rules change.
+    pub(super) plans: HashMap<ServiceKey, Plan>,
+    pub(super) destinations: DestinationMemo,
+    pub(super) rng: Rng,
+    pub(super) counters: Counters,
+    pub(super) leader: Leader,
+    /// How often the host should call `on_tick`.
+    tick: Duration,
+    /// No location was configured: Envoy's node locality is read on first use (the node
+    /// property is not available during `on_configure`).
+    location_pending: bool,
+    seen_generation: u64,
+}
+
+impl<H: Host> Worker<H> {
+    /// A worker for `config`; `seed` makes this VM's random picks its own.
+    pub fn new(host: H, config: Config, seed: u64) -> Result<Worker<H>, Unusable> {
+        let Some(grpc_upstream) = client::envoy_grpc_service(&config.polaris_cluster) else {
+            return Err(Unusable(
+                "invalid plugin configuration: field `polaris_cluster`: cannot be encoded".into(),
+            ));
+        };
+        let tick = (config.refresh_interval / 2).clamp(Duration::from_millis(50), MAX_TICK);
+        let counters = Counters::define(&host);
+        Ok(Worker {
+            leader: Leader::new(&config, tick),
+            location_pending: !config.nearby.has_location(),
+            host,
+            config,
+            grpc_upstream,
+            cache: ServiceCache::default(),
+            rules: RuleCache::default(),
+            plans: HashMap::new(),
+            destinations: DestinationMemo::default(),
+            rng: Rng::new(seed),
+            counters,
+            tick,
+            seen_generation: 0,
+        })
+    }
+
+    pub fn tick_period(&self) -> Duration {
+        self.tick
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn host(&self) -> &H {
+        &self.host
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// The timer: the leader's work when we hold the lease, then resync and metrics.
+    pub fn on_tick(&mut self) {
+        let now = self.host.now_ms();
+        self.settle_location(false);
+        super::leader::tick(self, now);
+        self.resync();
+        self.counters.flush(&self.host);
+    }
+
+    /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
+    /// see the node property yet; a request always does, so a request's attempt is the last.
+    pub(super) fn settle_location(&mut self, from_request: bool) {
+        if !self.location_pending {
+            return;
+        }
+        let Some(here) = node_locality(&self.host) else {
+            self.location_pending = !from_request;
+            return;
+        };
+        self.location_pending = false;
+        if !here.region.is_empty() {
+            log::info!(
+                "location {}/{}/{} from Envoy node locality",
+                here.region,
+                here.zone,
+                here.campus
+            );
+            self.config.nearby.location = here;
+            self.plans.clear();
+        }
+    }
+
+    /// This Envoy's own service, whose outbound rules apply to every destination.
+    pub(super) fn caller_key(&self) -> Option<ServiceKey> {
+        let c = &self.config.caller;
+        (!c.service.is_empty()).then(|| ServiceKey::new(c.namespace.clone(), c.service.clone()))
+    }
+
+    /// Re-decodes every cached service and rule set whose shared entry changed since the last
+    /// sync, and drops the plans built from them.
+    fn resync(&mut self) {
+        let generation = store::generation(&self.host);
+        if generation == self.seen_generation {
+            return;
+        }
+        self.seen_generation = generation;
+        for key in self.cache.keys() {
+            let (bytes, cas) = self.host.get(&shared::resource_key(Kind::Instances, &key));
+            let Some(bytes) = bytes else { continue };
+            if cas.is_some() && cas == self.cache.cas(&key) {
+                continue;
+            }
+            match self.cache.install_shared(&key, &bytes, cas) {
+                Ok(()) => {
+                    self.plans.remove(&key);
+                }
+                Err(e) => log::warn!("stored snapshot of {key} is unusable, keeping the last: {e}"),
+            }
+        }
+        let caller = self.caller_key();
+        let mut keys = self.rules.keys();
+        if let Some(c) = &caller {
+            if !keys.contains(c) {
+                keys.push(c.clone());
+            }
+        }
+        for key in keys {
+            let (bytes, cas) = self.host.get(&shared::resource_key(Kind::Routing, &key));
+            let Some(bytes) = bytes else { continue };
+            if cas.is_some() && cas == self.rules.cas(&key) {
+                continue;
+            }
+            if install_rules(&mut self.rules, &key, &bytes, cas, &self.config.caller) {
+                if Some(&key) == caller.as_ref() {
+                    self.plans.clear();
+                } else {
+                    self.plans.remove(&key);
+                }
+            }
+        }
+    }
+
+    /// Sends `Discover` of `kind` for `key`; the answer arrives in the calling context.
+    pub(super) fn dispatch_discover(
+        &self,
+        kind: Kind,
+        key: &ServiceKey,
+        revision: &str,
+        timeout: Duration,
+    ) -> Result<u32, DispatchError> {
+        let message = client::discover_request(kind, key, revision);
+        let token;
+        let metadata: &[(&str, &[u8])] = match &self.config.token {
+            Some(t) => {
+                token = [(client::TOKEN_METADATA, t.as_bytes())];
+                &token
+            }
+            None => &[],
+        };
+        self.counters.inc(Counter::DiscoverRequests);
+        self.host
+            .grpc_unary(GrpcCall {
+                upstream: &self.grpc_upstream,
+                service: client::GRPC_SERVICE,
+                method: client::DISCOVER_METHOD,
+                metadata,
+                message: &message,
+                timeout,
+            })
+            .map_err(|error| DispatchError {
+                cluster: self.config.polaris_cluster.clone(),
+                error,
+            })
+    }
+
+    /// The cached answer for `key`, filling the cache from shared data on a miss.
+    pub(super) fn lookup(&mut self, key: &ServiceKey) -> Option<&Known> {
+        let host = &self.host;
+        if self.cache.get(key, || host.now_ms()).is_none() {
+            if let (Some(bytes), cas) = host.get(&shared::resource_key(Kind::Instances, key)) {
+                if let Err(e) = self.cache.install_shared(key, &bytes, cas) {
+                    log::warn!("stored snapshot of {key} is unusable: {e}");
+                }
+            }
+        }
+        self.cache.get(key, || host.now_ms())
+    }
+
+    /// The compiled rules of `key`, filling the cache from shared data on a miss.
+    pub(super) fn lookup_rules(&mut self, key: &ServiceKey) -> Option<&Rules> {
+        if self.rules.get(key).is_none() {
+            if let (Some(bytes), cas) = self.host.get(&shared::resource_key(Kind::Routing, key)) {
+                install_rules(&mut self.rules, key, &bytes, cas, &self.config.caller);
+            }
+        }
+        self.rules.get(key)
+    }
+}
+
+/// A call the host would not send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchError {
+    pub cluster: String,
+    pub error: HostError,
+}
+
+impl std::fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot call Polaris through cluster {}: {}",
+            self.cluster, self.error
+        )
+    }
+}
+
+/// Compiles stored rules, logging the ones skipped; false if the answer was unusable.
+pub(super) fn install_rules(
+    rules: &mut RuleCache,
+    key: &ServiceKey,
+    bytes: &[u8],
+    cas: Option<u32>,
+    caller: &Caller,
+) -> bool {
+    match rules.install(key, bytes, cas, caller) {
+        Ok(skipped) => {
+            for e in skipped {
+                log::warn!("routing of {key}: {e}");
+            }
+            true
+        }
+        Err(e) => {
+            log::warn!("stored routing of {key} is unusable, keeping the last: {e}");
+            false
+        }
+    }
+}
+
+/// The part of `envoy.config.core.v3.Node` we read: `locality` (field 4).
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyNode {
+    #[prost(message, optional, tag = "4")]
+    locality: Option<EnvoyLocality>,
+}
+
+/// `envoy.config.core.v3.Locality`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct EnvoyLocality {
+    #[prost(string, tag = "1")]
+    region: String,
+    #[prost(string, tag = "2")]
+    zone: String,
+    #[prost(string, tag = "3")]
+    sub_zone: String,
+}
+
+/// Envoy's node locality, the default location for nearby routing; `None` when the node
+/// property cannot be read. The property is the serialized Node message (Envoy does not walk into
+/// its fields by path): `xds.node` in current Envoy, `node` in older ones.
+fn node_locality<H: Host>(host: &H) -> Option<Location> {
+    use prost::Message;
+    let node = [&["xds", "node"][..], &["node"][..]]
+        .into_iter()
+        .find_map(|path| {
+            host.property(path)
+                .and_then(|bytes| EnvoyNode::decode(bytes.as_slice()).ok())
+        })?;
+    let locality = node.locality.unwrap_or_default();
+    Some(Location {
+        region: locality.region,
+        zone: locality.zone,
+        campus: locality.sub_zone,
+    })
+}
