@@ -265,10 +265,10 @@ fn build_plan<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
         return false;
     };
     let empty = Rules::default();
-    let inbound = &w.rules.get(key).unwrap_or(&empty).inbound;
+    let inbound = &w.rules.peek(key).unwrap_or(&empty).inbound;
     let outbound = &caller_key
         .as_ref()
-        .and_then(|c| w.rules.get(c))
+        .and_then(|c| w.rules.peek(c))
         .unwrap_or(&empty)
         .outbound;
     let plan = Plan::build(
@@ -328,7 +328,7 @@ fn install_loaded<H: Host>(
             let cause = DiscoveryError::Unreachable(e);
             let until = w.host.now_ms().saturating_add(FAILURE_MEMORY_MS);
             w.cache
-                .install_transient(key, Known::Failed(cause.clone()), until);
+                .install_transient(key, Known::Failed(cause.clone()), Some(until));
             return Err(failed(cause));
         }
     };
@@ -350,13 +350,9 @@ fn install_loaded<H: Host>(
                     limit,
                 });
             }
-            if !super::worker::install_rules(&mut w.rules, key, &routing, None, &w.config.caller) {
-                return Err(failed(DiscoveryError::Rules(Box::new(
-                    DiscoveryError::Answer(crate::snapshot::DecodeError::Malformed(
-                        "unusable routing answer".into(),
-                    )),
-                ))));
-            }
+            let rules = Rules::compile(key, &routing, &w.config.caller)
+                .map_err(|e| failed(DiscoveryError::Rules(Box::new(DiscoveryError::Answer(e)))))?;
+            w.rules.install_transient(key, rules, None);
             for (kind, answer) in [(Kind::Instances, &bytes), (Kind::Routing, &routing)] {
                 if store::store_answer(&w.host, kind, key, answer) {
                     w.counters.inc(Counter::SnapshotUpdates);
@@ -365,12 +361,12 @@ fn install_loaded<H: Host>(
             w.plans.remove(key);
             let until = w.host.now_ms().saturating_add(interval);
             w.cache
-                .install_transient(key, Known::Ready(snapshot), until);
+                .install_transient(key, Known::Ready(snapshot), Some(until));
             Ok(())
         }
         Ok(Discovered::NotFound) => {
             let until = w.host.now_ms().saturating_add(interval);
-            w.cache.install_transient(key, Known::NotFound, until);
+            w.cache.install_transient(key, Known::NotFound, Some(until));
             Err(Rejection::ServiceNotFound(key.clone()))
         }
         Ok(Discovered::Unchanged) => Err(failed(DiscoveryError::NoChangeOnFirst)),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::host::{GrpcCall, Host, HostError};
+use super::host::{GrpcCall, Host, HostError, Store};
 use super::leader::Leader;
 use super::metrics::{Counter, Counters};
 use super::store;
@@ -12,9 +12,9 @@ use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
 use crate::polaris::client;
-use crate::routing::{Caller, Plan, RuleCache, Rules};
+use crate::routing::{Plan, Rules};
 use crate::shared;
-use crate::snapshot::{Kind, Known, Location, ServiceCache, ServiceKey};
+use crate::snapshot::{Cache, Kind, Known, Location, ServiceCache, ServiceKey};
 
 /// Ticks at most this far apart, so workers pick up a new snapshot quickly.
 pub const MAX_TICK: Duration = Duration::from_millis(500);
@@ -29,7 +29,7 @@ pub struct Worker<H> {
     /// What the host needs to reach the Polaris cluster (an encoded `GrpcService`).
     grpc_upstream: String,
     pub(super) cache: ServiceCache,
-    pub(super) rules: RuleCache,
+    pub(super) rules: Cache<Rules>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
     pub(super) plans: HashMap<ServiceKey, Plan>,
     pub(super) destinations: DestinationMemo,
@@ -61,7 +61,7 @@ impl<H: Host> Worker<H> {
             config,
             grpc_upstream,
             cache: ServiceCache::default(),
-            rules: RuleCache::default(),
+            rules: Cache::default(),
             plans: HashMap::new(),
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
@@ -134,16 +134,10 @@ impl<H: Host> Worker<H> {
         }
         self.seen_generation = generation;
         for key in self.cache.keys() {
-            let (bytes, cas) = self.host.get(&shared::resource_key(Kind::Instances, &key));
-            let Some(bytes) = bytes else { continue };
-            if cas.is_some() && cas == self.cache.cas(&key) {
-                continue;
-            }
-            match self.cache.install_shared(&key, &bytes, cas) {
-                Ok(()) => {
-                    self.plans.remove(&key);
-                }
-                Err(e) => log::warn!("stored snapshot of {key} is unusable, keeping the last: {e}"),
+            if sync(&self.host, &mut self.cache, Kind::Instances, &key, |b| {
+                Known::from_stored(&key, b)
+            }) {
+                self.plans.remove(&key);
             }
         }
         let caller = self.caller_key();
@@ -154,12 +148,10 @@ impl<H: Host> Worker<H> {
             }
         }
         for key in keys {
-            let (bytes, cas) = self.host.get(&shared::resource_key(Kind::Routing, &key));
-            let Some(bytes) = bytes else { continue };
-            if cas.is_some() && cas == self.rules.cas(&key) {
-                continue;
-            }
-            if install_rules(&mut self.rules, &key, &bytes, cas, &self.config.caller) {
+            let who = &self.config.caller;
+            if sync(&self.host, &mut self.rules, Kind::Routing, &key, |b| {
+                Rules::compile(&key, b, who)
+            }) {
                 if Some(&key) == caller.as_ref() {
                     self.plans.clear();
                 } else {
@@ -206,23 +198,46 @@ impl<H: Host> Worker<H> {
     pub(super) fn lookup(&mut self, key: &ServiceKey) -> Option<&Known> {
         let host = &self.host;
         if self.cache.get(key, || host.now_ms()).is_none() {
-            if let (Some(bytes), cas) = host.get(&shared::resource_key(Kind::Instances, key)) {
-                if let Err(e) = self.cache.install_shared(key, &bytes, cas) {
-                    log::warn!("stored snapshot of {key} is unusable: {e}");
-                }
-            }
+            sync(host, &mut self.cache, Kind::Instances, key, |b| {
+                Known::from_stored(key, b)
+            });
         }
         self.cache.get(key, || host.now_ms())
     }
 
     /// The compiled rules of `key`, filling the cache from shared data on a miss.
     pub(super) fn lookup_rules(&mut self, key: &ServiceKey) -> Option<&Rules> {
-        if self.rules.get(key).is_none() {
-            if let (Some(bytes), cas) = self.host.get(&shared::resource_key(Kind::Routing, key)) {
-                install_rules(&mut self.rules, key, &bytes, cas, &self.config.caller);
-            }
+        if self.rules.peek(key).is_none() {
+            let who = &self.config.caller;
+            sync(&self.host, &mut self.rules, Kind::Routing, key, |b| {
+                Rules::compile(key, b, who)
+            });
         }
-        self.rules.get(key)
+        self.rules.peek(key)
+    }
+}
+
+/// Brings one cached value of `kind` up to date with its shared entry; true when it was replaced.
+/// An unusable entry keeps the last good value.
+fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
+    store: &S,
+    cache: &mut Cache<T>,
+    kind: Kind,
+    key: &ServiceKey,
+    build: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> bool {
+    let (Some(bytes), cas) = store.get(&shared::resource_key(kind, key)) else {
+        return false;
+    };
+    match cache.install_shared(key, &bytes, cas, build) {
+        Ok(replaced) => replaced,
+        Err(e) => {
+            log::warn!(
+                "stored {} of {key} is unusable, keeping the last: {e}",
+                kind.name()
+            );
+            false
+        }
     }
 }
 
@@ -240,28 +255,6 @@ impl std::fmt::Display for DispatchError {
             "cannot call Polaris through cluster {}: {}",
             self.cluster, self.error
         )
-    }
-}
-
-/// Compiles stored rules, logging the ones skipped; false if the answer was unusable.
-pub(super) fn install_rules(
-    rules: &mut RuleCache,
-    key: &ServiceKey,
-    bytes: &[u8],
-    cas: Option<u32>,
-    caller: &Caller,
-) -> bool {
-    match rules.install(key, bytes, cas, caller) {
-        Ok(skipped) => {
-            for e in skipped {
-                log::warn!("routing of {key}: {e}");
-            }
-            true
-        }
-        Err(e) => {
-            log::warn!("stored routing of {key} is unusable, keeping the last: {e}");
-            false
-        }
     }
 }
 

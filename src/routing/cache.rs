@@ -1,7 +1,5 @@
-//! A worker's compiled routing rules per service, re-compiled only when the service's shared
-//! entry changes (its CAS).
-
-use std::collections::HashMap;
+//! A service's compiled routing rules, built once per change of its shared entry (kept in a
+//! `snapshot::Cache<Rules>`).
 
 use super::rule::{compile_routes, Caller, Route};
 use crate::snapshot::{decode_routing, DecodeError, ServiceKey};
@@ -11,51 +9,19 @@ use crate::snapshot::{decode_routing, DecodeError, ServiceKey};
 pub struct Rules {
     pub inbound: Vec<Route>,
     pub outbound: Vec<Route>,
-    cas: Option<u32>,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct RuleCache {
-    entries: HashMap<ServiceKey, Rules>,
-}
-
-impl RuleCache {
-    pub fn get(&self, key: &ServiceKey) -> Option<&Rules> {
-        self.entries.get(key)
-    }
-
-    pub fn cas(&self, key: &ServiceKey) -> Option<u32> {
-        self.entries.get(key).and_then(|r| r.cas)
-    }
-
-    pub fn keys(&self) -> Vec<ServiceKey> {
-        self.entries.keys().cloned().collect()
-    }
-
-    /// Compiles a stored ROUTING answer. Returns the rules that were skipped, for the log; a
-    /// malformed answer leaves the last good rules in place.
-    pub fn install(
-        &mut self,
-        key: &ServiceKey,
-        bytes: &[u8],
-        cas: Option<u32>,
-        caller: &Caller,
-    ) -> Result<Vec<String>, DecodeError> {
-        if cas.is_some() && self.cas(key) == cas {
-            return Ok(Vec::new());
-        }
+impl Rules {
+    /// Compiles a stored ROUTING answer. Rules that cannot be compiled are skipped and logged by
+    /// name; a malformed answer is an error (the caller keeps the last good rules).
+    pub fn compile(key: &ServiceKey, bytes: &[u8], caller: &Caller) -> Result<Rules, DecodeError> {
         let routing = decode_routing(key, bytes)?;
-        let (inbound, mut errors) = compile_routes(&routing.inbounds, caller);
-        let (outbound, outbound_errors) = compile_routes(&routing.outbounds, caller);
-        errors.extend(outbound_errors);
-        self.entries.insert(
-            key.clone(),
-            Rules {
-                inbound,
-                outbound,
-                cas,
-            },
-        );
-        Ok(errors)
+        let (inbound, mut skipped) = compile_routes(&routing.inbounds, caller);
+        let (outbound, outbound_skipped) = compile_routes(&routing.outbounds, caller);
+        skipped.extend(outbound_skipped);
+        for e in skipped {
+            log::warn!("routing of {key}: {e}");
+        }
+        Ok(Rules { inbound, outbound })
     }
 }

@@ -11,7 +11,7 @@ pub mod regex_set;
 pub mod rule;
 
 pub use args::{Arg, RequestFacts, StaticFacts};
-pub use cache::{RuleCache, Rules};
+pub use cache::Rules;
 pub use matcher::Matcher;
 pub use metadata::{MetaFailover, MetadataRouting};
 pub use nearby::{Level, Nearby};

@@ -1,12 +1,13 @@
-//! A worker's decoded services. Each Envoy worker has its own VM, so each keeps its own cache,
-//! filled from shared data and re-decoded only when a service's shared entry changes (its CAS).
+//! A worker's decoded discovery data, one cache per kind. Each Envoy worker has its own VM, so
+//! each keeps its own caches, filled from shared data and decoded (and compiled) only when a
+//! service's shared entry changes (its CAS).
 
 use std::collections::HashMap;
 
 use super::decode::{decode_instances, DecodeError, Discovered, DiscoveryError};
 use super::model::{ServiceKey, ServiceSnapshot};
 
-/// What a worker knows about a service.
+/// What a worker knows about a service's instances.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Known {
     Ready(Box<ServiceSnapshot>),
@@ -15,37 +16,62 @@ pub enum Known {
     Failed(DiscoveryError),
 }
 
+impl Known {
+    /// Decodes a stored INSTANCE answer.
+    pub fn from_stored(key: &ServiceKey, bytes: &[u8]) -> Result<Known, DecodeError> {
+        match decode_instances(key, bytes)? {
+            Discovered::Changed(snapshot) => Ok(Known::Ready(snapshot)),
+            Discovered::NotFound => Ok(Known::NotFound),
+            Discovered::Unchanged => {
+                Err(DecodeError::Mismatch("stored answer says no-change".into()))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
-struct Entry {
-    known: Known,
+struct Entry<T> {
+    value: T,
     /// CAS of the shared entry this came from; `None` for answers not (yet) seen in shared data.
     cas: Option<u32>,
     /// Answers that did not come through shared data expire, so they are looked up again.
     expires_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default)]
-pub struct ServiceCache {
-    entries: HashMap<ServiceKey, Entry>,
+/// Decoded values of one kind by service.
+#[derive(Clone, Debug)]
+pub struct Cache<T> {
+    entries: HashMap<ServiceKey, Entry<T>>,
 }
 
-impl ServiceCache {
-    /// What is known of `key`, unless it was a transient answer that has expired. The clock is
-    /// read only for transient answers, so the common case makes no host call.
-    pub fn get(&self, key: &ServiceKey, now_ms: impl FnOnce() -> u64) -> Option<&Known> {
+impl<T> Default for Cache<T> {
+    fn default() -> Self {
+        Cache {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+/// The instances of every service a worker has asked about.
+pub type ServiceCache = Cache<Known>;
+
+impl<T> Cache<T> {
+    /// The value of `key`, unless it was a transient answer that has expired. The clock is read
+    /// only for transient answers, so the common case makes no host call.
+    pub fn get(&self, key: &ServiceKey, now_ms: impl FnOnce() -> u64) -> Option<&T> {
         let entry = self.entries.get(key)?;
         match entry.expires_ms {
             Some(t) if t <= now_ms() => None,
-            _ => Some(&entry.known),
+            _ => Some(&entry.value),
         }
     }
 
-    /// What is known of `key`, expired or not (for a caller that just checked with `get`).
-    pub fn peek(&self, key: &ServiceKey) -> Option<&Known> {
-        self.entries.get(key).map(|e| &e.known)
+    /// The value of `key`, expired or not (for a caller that just checked with `get`).
+    pub fn peek(&self, key: &ServiceKey) -> Option<&T> {
+        self.entries.get(key).map(|e| &e.value)
     }
 
-    /// The CAS a cached service was decoded from.
+    /// The CAS a cached value was decoded from.
     pub fn cas(&self, key: &ServiceKey) -> Option<u32> {
         self.entries.get(key).and_then(|e| e.cas)
     }
@@ -55,42 +81,39 @@ impl ServiceCache {
         self.entries.keys().cloned().collect()
     }
 
-    /// Decodes a shared entry (a stored `DiscoverResponse`) unless it is the one already held.
-    pub fn install_shared(
+    /// Builds a value from a shared entry unless it is the one already held; true when a new
+    /// value was installed. A failed build keeps the last good value.
+    pub fn install_shared<E>(
         &mut self,
         key: &ServiceKey,
         bytes: &[u8],
         cas: Option<u32>,
-    ) -> Result<(), DecodeError> {
+        build: impl FnOnce(&[u8]) -> Result<T, E>,
+    ) -> Result<bool, E> {
         if cas.is_some() && self.cas(key) == cas {
-            return Ok(());
+            return Ok(false);
         }
-        let known = match decode_instances(key, bytes)? {
-            Discovered::Changed(snapshot) => Known::Ready(snapshot),
-            Discovered::NotFound => Known::NotFound,
-            Discovered::Unchanged => {
-                return Err(DecodeError::Mismatch("stored answer says no-change".into()))
-            }
-        };
+        let value = build(bytes)?;
         self.entries.insert(
             key.clone(),
             Entry {
-                known,
+                value,
                 cas,
                 expires_ms: None,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
-    /// Records an answer that did not come through shared data, valid until `expires_ms`.
-    pub fn install_transient(&mut self, key: &ServiceKey, known: Known, expires_ms: u64) {
+    /// Records a value that did not come through shared data (`expires_ms: None`: until the
+    /// shared entry replaces it).
+    pub fn install_transient(&mut self, key: &ServiceKey, value: T, expires_ms: Option<u64>) {
         self.entries.insert(
             key.clone(),
             Entry {
-                known,
+                value,
                 cas: None,
-                expires_ms: Some(expires_ms),
+                expires_ms,
             },
         );
     }
@@ -131,6 +154,17 @@ mod tests {
         .encode_to_vec()
     }
 
+    fn install(c: &mut ServiceCache, bytes: &[u8], cas: Option<u32>) -> Result<bool, DecodeError> {
+        c.install_shared(&key(), bytes, cas, |b| Known::from_stored(&key(), b))
+    }
+
+    #[test]
+    fn the_same_cas_is_not_decoded_again() {
+        let mut c = ServiceCache::default();
+        assert_eq!(install(&mut c, &stored("1", &[1]), Some(5)), Ok(true));
+        assert_eq!(install(&mut c, b"never decoded", Some(5)), Ok(false));
+    }
+
     fn key() -> ServiceKey {
         ServiceKey::new("default", "echo")
     }
@@ -145,27 +179,24 @@ mod tests {
     #[test]
     fn shared_entry_is_decoded_and_replaced_when_its_cas_changes() {
         let mut c = ServiceCache::default();
-        c.install_shared(&key(), &stored("1", &[1]), Some(5))
-            .unwrap();
+        install(&mut c, &stored("1", &[1]), Some(5)).unwrap();
         assert_eq!(ports(&c), vec![1]);
-        c.install_shared(&key(), &stored("2", &[1, 2]), Some(6))
-            .unwrap();
+        install(&mut c, &stored("2", &[1, 2]), Some(6)).unwrap();
         assert_eq!(ports(&c), vec![1, 2]);
     }
 
     #[test]
     fn malformed_shared_entry_keeps_the_last_good_one() {
         let mut c = ServiceCache::default();
-        c.install_shared(&key(), &stored("1", &[1]), Some(5))
-            .unwrap();
-        assert!(c.install_shared(&key(), b"\xff\xff", Some(6)).is_err());
+        install(&mut c, &stored("1", &[1]), Some(5)).unwrap();
+        assert!(install(&mut c, b"\xff\xff", Some(6)).is_err());
         assert_eq!(ports(&c), vec![1]);
     }
 
     #[test]
     fn transient_answers_expire() {
         let mut c = ServiceCache::default();
-        c.install_transient(&key(), Known::NotFound, 100);
+        c.install_transient(&key(), Known::NotFound, Some(100));
         assert_eq!(c.get(&key(), || 99), Some(&Known::NotFound));
         assert_eq!(c.get(&key(), || 100), None);
     }

@@ -6,7 +6,7 @@ pub mod decode;
 pub mod model;
 pub mod refresh;
 
-pub use cache::{Known, ServiceCache};
+pub use cache::{Cache, Known, ServiceCache};
 pub use decode::{
     classify, classify_instances, decode_instances, decode_routing, Answer, DecodeError,
     Discovered, DiscoveryError, Kind,
