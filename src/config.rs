@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::lb::Policy;
+use crate::polaris::client::MAX_CLUSTER_NAME;
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
 use crate::snapshot::{Kind, Location, ServiceKey};
@@ -174,9 +175,6 @@ const KNOWN_FIELDS: &[&str] = &[
     "nearby",
     "metadata_routing",
 ];
-
-/// The encoded `GrpcService` we hand to Envoy embeds the cluster name behind one-byte lengths.
-const MAX_CLUSTER_NAME: usize = 120;
 
 impl Config {
     /// Parses and validates the plugin JSON.

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::routing::args::strip_port;
 use crate::snapshot::ServiceKey;
 
 /// Longest service or namespace name accepted from a request.
@@ -15,7 +16,12 @@ const MAX_NAME: usize = 128;
 /// Parses a destination (`host[:port]`, `service` or `service.namespace`); `None` when the value
 /// cannot name a Polaris service.
 pub fn parse_destination(value: &str, default_namespace: &str) -> Option<ServiceKey> {
-    let host = strip_port(value.trim());
+    let value = value.trim();
+    if value.starts_with('[') {
+        // An IPv6 literal names no service.
+        return None;
+    }
+    let host = strip_port(value);
     let (name, namespace) = match host.rsplit_once('.') {
         Some((name, namespace)) => (name, namespace),
         None => (host, default_namespace),
@@ -43,13 +49,6 @@ impl DestinationMemo {
                 .insert(raw.to_string(), parse_destination(raw, default_namespace));
         }
         self.parsed.get(raw).and_then(Option::as_ref)
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    match host.rsplit_once(':') {
-        Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => host,
     }
 }
 

@@ -9,6 +9,8 @@ use crate::snapshot::{Kind, ServiceKey};
 pub const GRPC_SERVICE: &str = "v1.PolarisGRPC";
 /// Discover is a bidi stream on the server; one request, half-close, one response works.
 pub const DISCOVER_METHOD: &str = "Discover";
+/// Longest cluster name [`envoy_grpc_service`] encodes (behind one-byte lengths).
+pub const MAX_CLUSTER_NAME: usize = 120;
 /// Metadata key the server reads a client token from.
 pub const TOKEN_METADATA: &str = "x-polaris-token";
 
@@ -35,7 +37,9 @@ pub fn discover_request(kind: Kind, key: &ServiceKey, revision: &str) -> Vec<u8>
 /// Returns `None` for names that do not fit one-byte lengths or are not ASCII; config validation
 /// keeps those out.
 pub fn envoy_grpc_service(cluster: &str) -> Option<String> {
-    let len = u8::try_from(cluster.len()).ok().filter(|&l| l <= 120)?;
+    let len = u8::try_from(cluster.len())
+        .ok()
+        .filter(|&l| usize::from(l) <= MAX_CLUSTER_NAME)?;
     if !cluster.is_ascii() {
         return None;
     }

@@ -95,7 +95,11 @@ pub fn strip_port(address: &str) -> &str {
         return rest.split(']').next().unwrap_or(rest);
     }
     match address.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => {
+        Some((host, port))
+            if !host.contains(':')
+                && !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit()) =>
+        {
             host
         }
         _ => address,
