@@ -6,6 +6,8 @@ within the round, and the median of those is reported:
   baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
   filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
             pick) writing the ORIGINAL_DST header.
+With `--compare OTHER.wasm` a third Envoy runs the shipped config with that module in the same
+rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too.
 Each Envoy runs with --concurrency 1, both pinned to CPU 0 (they split it); nginx (3 upstream
 ports), the two wrk and Polaris share CPU 1. Prints req/s, p50 and p99 per run, Envoy CPU time per request, the medians, and two
 filter/baseline ratios:
@@ -29,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-from harness.envoy import Envoy  # noqa: E402
+from harness.envoy import WASM, Envoy, render  # noqa: E402
 from harness.polaris import Polaris, free_port  # noqa: E402
 
 BASELINE = """
@@ -129,6 +131,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16, help="per wrk, per setup")
+    parser.add_argument("--compare", type=Path, help="another build of the module, run alongside")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -157,12 +160,19 @@ def main() -> None:
         )
         baseline_text = (BASELINE.replace("ADMIN", str(base_admin)).replace("LISTEN", str(base_listen))
                          .replace("ENDPOINTS", endpoints))
+        plugin = {"polaris_cluster": "polaris_grpc"}
+        runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
+            ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+        if args.compare:
+            listen, admin = free_port(), free_port()
+            text = render(plugin, listen, admin, polaris.grpc_port).replace(
+                str(WASM), str(args.compare.resolve()))
+            runs.append(("compare", text, (listen, admin)))
         setups = {}
-        for name, text in (("baseline", baseline_text), ("filter", None)):
-            e = Envoy(work / name, {"polaris_cluster": "polaris_grpc"}, polaris.grpc_port,
-                      concurrency=1, config_text=text)
-            if text is not None:
-                e.listen_port, e.admin_port = base_listen, base_admin
+        for name, text, ports_of in runs:
+            e = Envoy(work / name, plugin, polaris.grpc_port, concurrency=1, config_text=text)
+            if ports_of is not None:
+                e.listen_port, e.admin_port = ports_of
             e.start()
             subprocess.run(["taskset", "-a", "-p", "-c", "0", str(e.proc.pid)], check=True,
                            capture_output=True)
@@ -192,6 +202,13 @@ def main() -> None:
         print(f"\nper-round req/s ratios: {round_ratios}")
         print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
         print(f"median filter / baseline capacity ratio: {capacity:.3f}  (target >= 0.85)")
+        if "compare" in results:
+            cmp_pairs = list(zip(results["compare"], results["filter"]))
+            print("median filter / compare req/s ratio:     "
+                  f"{statistics.median(f['rps'] / c['rps'] for c, f in cmp_pairs):.3f}")
+            print("median filter / compare capacity ratio:  "
+                  f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in cmp_pairs):.3f}"
+                  f"  (compare = {args.compare})")
         errors = sum(r["errors"] for r in results["filter"])
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::host::{CallResult, Host};
-use super::metrics::Counter;
+use super::discover::Link;
+use super::host::{CallResult, Host, Store};
+use super::metrics::{Counter, Counters};
 use super::store::{self, Update};
-use super::worker::Worker;
 use crate::config::Config;
 use crate::shared::{self, lease};
-use crate::snapshot::{Outcome, Refresher, Resource};
+use crate::snapshot::{Kind, Outcome, Refresher, Resource, ServiceKey};
 
 /// A lease outlives this many ticks of its owner.
 const LEASE_TICKS: u32 = 4;
@@ -51,108 +51,118 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Claims or renews the lease, then refreshes what is due while we hold it.
-pub(super) fn tick<H: Host>(w: &mut Worker<H>, now: u64) {
-    let holding = hold_lease(w, now);
-    if holding != w.leader.holding {
-        log::info!(
-            "{} the Polaris refresh lease",
-            if holding { "now holding" } else { "released" }
-        );
-        w.leader.holding = holding;
-    }
-    if holding {
-        refresh(w, now);
-    }
-}
-
-/// True while we hold the lease.
-fn hold_lease<H: Host>(w: &mut Worker<H>, now: u64) -> bool {
-    if w.leader.me.is_none() {
-        w.leader.me = store::increment(&w.host, shared::SEQ_KEY).ok();
-    }
-    let Some(me) = w.leader.me else {
-        return false;
-    };
-    let ttl = w.leader.lease_ttl_ms;
-    let claimed = store::cas_update(&w.host, shared::LEASE_KEY, |current| {
-        if lease::step(current, me, now) == lease::LeaseStep::Follow {
-            return Update::Keep(false);
+impl Leader {
+    /// Claims or renews the lease, then refreshes what is due while we hold it. `caller` is this
+    /// Envoy's own service, whose outbound rules are refreshed too.
+    pub fn tick<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        config: &Config,
+        counters: &Counters,
+        caller: Option<ServiceKey>,
+        now: u64,
+    ) {
+        let holding = self.hold_lease(host, now);
+        if holding != self.holding {
+            log::info!(
+                "{} the Polaris refresh lease",
+                if holding { "now holding" } else { "released" }
+            );
+            self.holding = holding;
         }
-        let value = lease::Lease {
-            owner: me,
-            expires_ms: now.saturating_add(ttl),
-        };
-        Update::Write(value.encode().into_bytes(), true)
-    });
-    // Losing a CAS race means another VM just claimed or renewed: follow until the next tick.
-    claimed.unwrap_or(false)
-}
-
-/// Every watched service's kinds, and the caller's own (outbound) rules.
-fn refresh<H: Host>(w: &mut Worker<H>, now: u64) {
-    let watched = store::watch_list(&w.host);
-    let kinds = w.config.kinds();
-    let mut resources: Vec<Resource> = watched
-        .services()
-        .iter()
-        .flat_map(|s| kinds.iter().map(|k| (*k, s.clone())))
-        .collect();
-    if let Some(caller) = w.caller_key() {
-        let own = (crate::snapshot::Kind::Routing, caller);
-        if !resources.contains(&own) {
-            resources.push(own);
+        if !holding {
+            return;
         }
-    }
-    for (resource, revision) in w.leader.refresher.due(&resources, now) {
-        let (kind, key) = &resource;
-        match w.dispatch_discover(*kind, key, &revision, w.config.discover_timeout) {
-            Ok(token) => {
-                w.leader.pending.insert(token, resource);
-            }
-            Err(cause) => {
-                w.counters.inc(Counter::RefreshErrors);
-                log::warn!("refresh of {} of {key} not sent: {cause}", kind.name());
-                w.leader
-                    .refresher
-                    .on_answer(&resource, Err(cause.to_string()));
+        let watched = store::watch_list(host);
+        let kinds = config.kinds();
+        let mut resources: Vec<Resource> = watched
+            .services()
+            .iter()
+            .flat_map(|s| kinds.iter().map(|k| (*k, s.clone())))
+            .collect();
+        if let Some(caller) = caller {
+            let own = (Kind::Routing, caller);
+            if !resources.contains(&own) {
+                resources.push(own);
             }
         }
-    }
-}
-
-/// An answer to one of the leader's calls; false if the token was not ours.
-pub(super) fn on_call_result<H: Host>(w: &mut Worker<H>, token: u32, result: CallResult) -> bool {
-    let Some(resource) = w.leader.pending.remove(&token) else {
-        return false;
-    };
-    let (kind, key) = &resource;
-    w.counters.inc(Counter::Refreshes);
-    let answer = result.as_deref().map_err(ToString::to_string);
-    match w.leader.refresher.on_answer(&resource, answer) {
-        Outcome::Store => {
-            if let Ok(bytes) = &result {
-                if store::store_answer(&w.host, *kind, key, bytes) {
-                    w.counters.inc(Counter::SnapshotUpdates);
-                    log::info!("{} of {key} updated", kind.name());
+        for (resource, revision) in self.refresher.due(&resources, now) {
+            let (kind, key) = &resource;
+            match link.discover(
+                host,
+                counters,
+                (*kind, key),
+                &revision,
+                config.discover_timeout,
+            ) {
+                Ok(token) => {
+                    self.pending.insert(token, resource);
+                }
+                Err(cause) => {
+                    counters.inc(Counter::RefreshErrors);
+                    log::warn!("refresh of {} of {key} not sent: {cause}", kind.name());
+                    self.refresher.on_answer(&resource, Err(cause.to_string()));
                 }
             }
         }
-        Outcome::Unchanged => w.counters.inc(Counter::RefreshUnchanged),
-        Outcome::Keep(e) => {
-            w.counters.inc(Counter::RefreshErrors);
-            log::warn!(
-                "refresh of {} of {key} failed, keeping the last good snapshot: {e}",
-                kind.name()
-            );
-        }
     }
-    true
-}
 
-impl<H: Host> Worker<H> {
-    /// An answer to a call this VM's root context made.
-    pub fn on_call_result(&mut self, token: u32, result: CallResult) {
-        on_call_result(self, token, result);
+    /// True while we hold the lease.
+    fn hold_lease<S: Store + ?Sized>(&mut self, host: &S, now: u64) -> bool {
+        if self.me.is_none() {
+            self.me = store::increment(host, shared::SEQ_KEY).ok();
+        }
+        let Some(me) = self.me else {
+            return false;
+        };
+        let ttl = self.lease_ttl_ms;
+        let claimed = store::cas_update(host, shared::LEASE_KEY, |current| {
+            if lease::step(current, me, now) == lease::LeaseStep::Follow {
+                return Update::Keep(false);
+            }
+            let value = lease::Lease {
+                owner: me,
+                expires_ms: now.saturating_add(ttl),
+            };
+            Update::Write(value.encode().into_bytes(), true)
+        });
+        // Losing every CAS race means other VMs are claiming: follow until the next tick.
+        claimed.unwrap_or(false)
+    }
+
+    /// An answer to one of the leader's calls; false if the token was not ours.
+    pub fn on_call_result<S: Store + ?Sized>(
+        &mut self,
+        host: &S,
+        counters: &Counters,
+        token: u32,
+        result: CallResult,
+    ) -> bool {
+        let Some(resource) = self.pending.remove(&token) else {
+            return false;
+        };
+        let (kind, key) = &resource;
+        counters.inc(Counter::Refreshes);
+        let answer = result.as_deref().map_err(ToString::to_string);
+        match self.refresher.on_answer(&resource, answer) {
+            Outcome::Store => {
+                if let Ok(bytes) = &result {
+                    if store::store_answer(host, *kind, key, bytes) {
+                        counters.inc(Counter::SnapshotUpdates);
+                        log::info!("{} of {key} updated", kind.name());
+                    }
+                }
+            }
+            Outcome::Unchanged => counters.inc(Counter::RefreshUnchanged),
+            Outcome::Keep(e) => {
+                counters.inc(Counter::RefreshErrors);
+                log::warn!(
+                    "refresh of {} of {key} failed, keeping the last good snapshot: {e}",
+                    kind.name()
+                );
+            }
+        }
+        true
     }
 }

@@ -8,6 +8,7 @@
 //!   `on_call_result` for the root context's calls.
 //! - [`Exchange`]: one HTTP stream; `on_request`, `on_call_result`, `on_response`.
 
+pub mod discover;
 pub mod facts;
 pub mod host;
 pub mod leader;

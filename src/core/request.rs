@@ -229,7 +229,14 @@ impl Exchange {
         let kinds = w.config.first_load_kinds();
         let mut tokens = Vec::with_capacity(kinds.len());
         for kind in kinds {
-            match w.dispatch_discover(kind, &key, "", w.config.lazy_load_timeout) {
+            let sent = w.link.discover(
+                &w.host,
+                &w.counters,
+                (kind, &key),
+                "",
+                w.config.lazy_load_timeout,
+            );
+            match sent {
                 Ok(token) => tokens.push((token, kind)),
                 Err(e) => {
                     let rejection = Rejection::DiscoveryFailed {

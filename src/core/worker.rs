@@ -4,14 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::host::{GrpcCall, Host, HostError, Store};
+use super::discover::Link;
+use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
-use super::metrics::{Counter, Counters};
+use super::metrics::Counters;
 use super::store;
 use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
-use crate::polaris::client;
 use crate::routing::{Plan, Rules};
 use crate::shared;
 use crate::snapshot::{Cache, Kind, Known, Location, ServiceCache, ServiceKey};
@@ -26,8 +26,7 @@ pub struct Unusable(pub String);
 pub struct Worker<H> {
     pub(super) host: H,
     pub(super) config: Config,
-    /// What the host needs to reach the Polaris cluster (an encoded `GrpcService`).
-    grpc_upstream: String,
+    pub(super) link: Link,
     pub(super) cache: ServiceCache,
     pub(super) rules: Cache<Rules>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
@@ -47,7 +46,7 @@ pub struct Worker<H> {
 impl<H: Host> Worker<H> {
     /// A worker for `config`; `seed` makes this VM's random picks its own.
     pub fn new(host: H, config: Config, seed: u64) -> Result<Worker<H>, Unusable> {
-        let Some(grpc_upstream) = client::envoy_grpc_service(&config.polaris_cluster) else {
+        let Some(link) = Link::new(&config) else {
             return Err(Unusable(
                 "invalid plugin configuration: field `polaris_cluster`: cannot be encoded".into(),
             ));
@@ -59,7 +58,7 @@ impl<H: Host> Worker<H> {
             location_pending: !config.nearby.has_location(),
             host,
             config,
-            grpc_upstream,
+            link,
             cache: ServiceCache::default(),
             rules: Cache::default(),
             plans: HashMap::new(),
@@ -91,9 +90,23 @@ impl<H: Host> Worker<H> {
     pub fn on_tick(&mut self) {
         let now = self.host.now_ms();
         self.settle_location(false);
-        super::leader::tick(self, now);
+        let caller = self.caller_key();
+        self.leader.tick(
+            &self.host,
+            &self.link,
+            &self.config,
+            &self.counters,
+            caller,
+            now,
+        );
         self.resync();
         self.counters.flush(&self.host);
+    }
+
+    /// An answer to a call this VM's root context made.
+    pub fn on_call_result(&mut self, token: u32, result: CallResult) {
+        self.leader
+            .on_call_result(&self.host, &self.counters, token, result);
     }
 
     /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
@@ -161,39 +174,6 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// Sends `Discover` of `kind` for `key`; the answer arrives in the calling context.
-    pub(super) fn dispatch_discover(
-        &self,
-        kind: Kind,
-        key: &ServiceKey,
-        revision: &str,
-        timeout: Duration,
-    ) -> Result<u32, DispatchError> {
-        let message = client::discover_request(kind, key, revision);
-        let token;
-        let metadata: &[(&str, &[u8])] = match &self.config.token {
-            Some(t) => {
-                token = [(client::TOKEN_METADATA, t.as_bytes())];
-                &token
-            }
-            None => &[],
-        };
-        self.counters.inc(Counter::DiscoverRequests);
-        self.host
-            .grpc_unary(GrpcCall {
-                upstream: &self.grpc_upstream,
-                service: client::GRPC_SERVICE,
-                method: client::DISCOVER_METHOD,
-                metadata,
-                message: &message,
-                timeout,
-            })
-            .map_err(|error| DispatchError {
-                cluster: self.config.polaris_cluster.clone(),
-                error,
-            })
-    }
-
     /// The cached answer for `key`, filling the cache from shared data on a miss.
     pub(super) fn lookup(&mut self, key: &ServiceKey) -> Option<&Known> {
         let host = &self.host;
@@ -238,23 +218,6 @@ fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
             );
             false
         }
-    }
-}
-
-/// A call the host would not send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DispatchError {
-    pub cluster: String,
-    pub error: HostError,
-}
-
-impl std::fmt::Display for DispatchError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "cannot call Polaris through cluster {}: {}",
-            self.cluster, self.error
-        )
     }
 }
 

@@ -6,7 +6,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use super::abi::{grpc_result, WasmStream};
-use super::root::SharedWorker;
+use super::SharedWorker;
 use crate::core::{Exchange, LocalReply, Verdict};
 
 pub struct Http {

@@ -7,7 +7,15 @@ mod abi;
 mod http;
 mod root;
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
 use proxy_wasm::types::LogLevel;
+
+use crate::core::Worker;
+
+/// The worker shared by a thread's root context and its HTTP contexts.
+type SharedWorker = Rc<RefCell<Worker<abi::Wasm>>>;
 
 /// Registers the root context factory; called from `_initialize`.
 pub fn start() {

@@ -9,12 +9,10 @@ use proxy_wasm::types::{BufferType, ContextType};
 
 use super::abi::{grpc_result, Wasm};
 use super::http::Http;
+use super::SharedWorker;
 use crate::config::Config;
 use crate::core::host::Clock;
 use crate::core::Worker;
-
-/// The worker shared by this thread's root context and its HTTP contexts.
-pub type SharedWorker = Rc<RefCell<Worker<Wasm>>>;
 
 pub struct Root {
     context_id: u32,

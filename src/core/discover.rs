@@ -1,0 +1,78 @@
+//! Sending `Discover` to Polaris: the one place that builds the call.
+
+use std::time::Duration;
+
+use super::host::{Calls, GrpcCall, HostError};
+use super::metrics::{Counter, Counters};
+use crate::config::Config;
+use crate::polaris::client;
+use crate::snapshot::{Kind, ServiceKey};
+
+/// How this VM reaches Polaris.
+pub struct Link {
+    /// What the host needs to reach the cluster (an encoded `GrpcService`).
+    upstream: String,
+    cluster: String,
+    token: Option<String>,
+}
+
+/// A call the host would not send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DispatchError {
+    pub cluster: String,
+    pub error: HostError,
+}
+
+impl std::fmt::Display for DispatchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cannot call Polaris through cluster {}: {}",
+            self.cluster, self.error
+        )
+    }
+}
+
+impl Link {
+    /// `None` when the cluster name cannot be encoded (config validation keeps those out).
+    pub fn new(config: &Config) -> Option<Link> {
+        Some(Link {
+            upstream: client::envoy_grpc_service(&config.polaris_cluster)?,
+            cluster: config.polaris_cluster.clone(),
+            token: config.token.clone(),
+        })
+    }
+
+    /// Sends `Discover` of `kind` for `key`; the answer arrives in the calling context.
+    pub fn discover<C: Calls + ?Sized>(
+        &self,
+        host: &C,
+        counters: &Counters,
+        (kind, key): (Kind, &ServiceKey),
+        revision: &str,
+        timeout: Duration,
+    ) -> Result<u32, DispatchError> {
+        let message = client::discover_request(kind, key, revision);
+        let token;
+        let metadata: &[(&str, &[u8])] = match &self.token {
+            Some(t) => {
+                token = [(client::TOKEN_METADATA, t.as_bytes())];
+                &token
+            }
+            None => &[],
+        };
+        counters.inc(Counter::DiscoverRequests);
+        host.grpc_unary(GrpcCall {
+            upstream: &self.upstream,
+            service: client::GRPC_SERVICE,
+            method: client::DISCOVER_METHOD,
+            metadata,
+            message: &message,
+            timeout,
+        })
+        .map_err(|error| DispatchError {
+            cluster: self.cluster.clone(),
+            error,
+        })
+    }
+}
