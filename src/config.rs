@@ -11,10 +11,10 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::lb::Policy;
+use crate::model::{Kind, Location, ServiceKey};
 use crate::polaris::client::MAX_CLUSTER_NAME;
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
-use crate::snapshot::{Kind, Location, ServiceKey};
 
 /// A validated plugin configuration.
 #[derive(Clone, Debug, PartialEq)]

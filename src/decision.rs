@@ -4,9 +4,10 @@ use std::fmt;
 
 use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
+use crate::model::{Instance, ServiceKey, ServiceSnapshot};
 use crate::routing::metadata::MetaOutcome;
 use crate::routing::{Level, MetadataRouting, Plan, RequestFacts};
-use crate::snapshot::{DiscoveryError, Instance, ServiceKey, ServiceSnapshot};
+use crate::snapshot::DiscoveryError;
 
 /// Where the request goes, and why: what the debug trace reports.
 #[derive(Debug, PartialEq)]
@@ -230,8 +231,8 @@ pub fn decide<'a>(
 mod tests {
     use super::*;
     use crate::lb::Policy;
+    use crate::model::upstream_address;
     use crate::routing::{Failover, StaticFacts};
-    use crate::snapshot::model::upstream_address;
     use std::collections::HashMap;
 
     fn pick<'a>(
@@ -284,10 +285,10 @@ mod tests {
     #[test]
     fn arbitrary_rule_content_never_panics() {
         use crate::config::HashKeySource;
+        use crate::model::Location;
         use crate::polaris::proto;
         use crate::routing::rule::compile_routes;
         use crate::routing::{Caller, MetaFailover, Nearby};
-        use crate::snapshot::Location;
 
         const WORDS: [&str; 18] = [
             "",

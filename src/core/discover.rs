@@ -5,8 +5,8 @@ use std::time::Duration;
 use super::host::{Calls, GrpcCall, HostError};
 use super::metrics::{Counter, Counters};
 use crate::config::Config;
+use crate::model::{Kind, ServiceKey};
 use crate::polaris::client;
-use crate::snapshot::{Kind, ServiceKey};
 
 /// How this VM reaches Polaris.
 pub struct Link {

@@ -10,8 +10,9 @@ use super::host::{CallResult, Host, Store};
 use super::metrics::{Counter, Counters};
 use super::store::{self, Update};
 use crate::config::Config;
+use crate::model::{Kind, ServiceKey};
 use crate::shared::{self, lease};
-use crate::snapshot::{Kind, Outcome, Refresher, Resource, ServiceKey};
+use crate::snapshot::{Outcome, Refresher, Resource};
 
 /// A lease outlives this many ticks of its owner.
 const LEASE_TICKS: u32 = 4;

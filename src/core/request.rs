@@ -11,9 +11,10 @@ use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
 use crate::decision::{self, Rejection};
+use crate::model::{Kind, ServiceKey};
 use crate::routing::{Plan, RequestFacts, Rules};
 use crate::shared::Added;
-use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Kind, Known, ServiceKey};
+use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
 
 /// How long a failed first discovery is remembered, so a down Polaris is not asked per request.
 const FAILURE_MEMORY_MS: u64 = 1000;

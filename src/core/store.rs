@@ -3,8 +3,8 @@
 use std::fmt;
 
 use super::host::{Store, StoreError};
+use crate::model::{Kind, ServiceKey};
 use crate::shared::{self, watch, WatchList};
-use crate::snapshot::{Kind, ServiceKey};
 
 /// Bounded retries for CAS loops: contention is between a handful of VMs.
 pub const CAS_TRIES: usize = 8;

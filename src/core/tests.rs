@@ -7,9 +7,9 @@ use super::host::{Store, StoreError};
 use super::store::{self, CasError, Update, CAS_TRIES};
 use super::{Exchange, Verdict, Worker};
 use crate::config::Config;
+use crate::model::{Kind, ServiceKey};
 use crate::polaris::{proto, CallError};
 use crate::shared;
-use crate::snapshot::{Kind, ServiceKey};
 #[cfg(target_arch = "wasm32")]
 use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -34,7 +34,7 @@ fn worker(host: &FakeHost, extra: &str) -> Worker<FakeHost> {
 fn response(kind: Kind, code: u32, revision: &str) -> proto::DiscoverResponse {
     proto::DiscoverResponse {
         code: Some(code),
-        r#type: kind.request_type() as i32,
+        r#type: crate::polaris::client::request_type(kind) as i32,
         service: Some(proto::Service {
             name: Some("echo".into()),
             namespace: Some("default".into()),

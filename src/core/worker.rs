@@ -12,9 +12,10 @@ use super::store;
 use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
+use crate::model::{Kind, Location, ServiceKey};
 use crate::routing::{Plan, Rules};
 use crate::shared;
-use crate::snapshot::{Cache, Kind, Known, Location, ServiceCache, ServiceKey};
+use crate::snapshot::{Cache, Known, ServiceCache};
 
 /// Ticks at most this far apart, so workers pick up a new snapshot quickly.
 pub const MAX_TICK: Duration = Duration::from_millis(500);

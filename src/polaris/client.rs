@@ -3,7 +3,7 @@
 use prost::Message;
 
 use super::proto;
-use crate::snapshot::{Kind, ServiceKey};
+use crate::model::{Kind, ServiceKey};
 
 /// gRPC service of the Polaris client API.
 pub const GRPC_SERVICE: &str = "v1.PolarisGRPC";
@@ -14,11 +14,23 @@ pub const MAX_CLUSTER_NAME: usize = 120;
 /// Metadata key the server reads a client token from.
 pub const TOKEN_METADATA: &str = "x-polaris-token";
 
+/// The `DiscoverRequestType` asking for `kind`.
+pub fn request_type(kind: Kind) -> proto::discover_request::DiscoverRequestType {
+    use proto::discover_request::DiscoverRequestType as T;
+    match kind {
+        Kind::Instances => T::Instance,
+        Kind::Routing => T::Routing,
+        Kind::RateLimit => T::RateLimit,
+        Kind::CircuitBreaker => T::CircuitBreaker,
+        Kind::FaultDetector => T::FaultDetector,
+    }
+}
+
 /// A `Discover` request, carrying the revision we hold so an unchanged resource costs the server
 /// a `DataNoChange` answer and us no decoding.
 pub fn discover_request(kind: Kind, key: &ServiceKey, revision: &str) -> Vec<u8> {
     proto::DiscoverRequest {
-        r#type: kind.request_type() as i32,
+        r#type: request_type(kind) as i32,
         service: Some(proto::Service {
             name: Some(key.name.clone()),
             namespace: Some(key.namespace.clone()),

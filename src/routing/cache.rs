@@ -2,7 +2,8 @@
 //! `snapshot::Cache<Rules>`).
 
 use super::rule::{compile_routes, Caller, Route};
-use crate::snapshot::{decode_routing, DecodeError, ServiceKey};
+use crate::model::ServiceKey;
+use crate::snapshot::{decode_routing, DecodeError};
 
 /// The compiled rules of one service.
 #[derive(Clone, Debug, Default)]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::snapshot::Location;
+use crate::model::Location;
 
 /// Service metadata key that turns nearby routing on (`pkg/model/cluster.go`).
 pub const ENABLE_KEY: &str = "internal-enable-nearby";

@@ -12,7 +12,7 @@ use super::nearby::{Level, Nearby};
 use super::regex_set::{RegexEval, RegexSets};
 use super::rule::{Direction, Parameter, Route};
 use crate::lb::{Balancer, Member, Policy, Rng};
-use crate::snapshot::{Instance, ServiceSnapshot};
+use crate::model::{Instance, ServiceSnapshot};
 
 /// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
 /// healthy part and over all of it (recover-all), each built on first use.
@@ -600,11 +600,11 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::upstream_address;
+    use crate::model::{Location, ServiceKey};
     use crate::polaris::proto;
     use crate::routing::metadata::tuple_key;
     use crate::routing::StaticFacts;
-    use crate::snapshot::model::upstream_address;
-    use crate::snapshot::{Location, ServiceKey};
     use std::collections::HashMap;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -14,7 +14,7 @@ pub mod watch;
 
 pub use watch::{Added, WatchList};
 
-use crate::snapshot::{Kind, ServiceKey};
+use crate::model::{Kind, ServiceKey};
 
 pub const LEASE_KEY: &str = "polaris-wasm/lease";
 pub const SEQ_KEY: &str = "polaris-wasm/seq";

@@ -1,7 +1,7 @@
 //! The watch list: services the leader keeps refreshed. Workers add a service the first time a
 //! request for it is answered by Polaris; the list is bounded by `max_services`.
 
-use crate::snapshot::ServiceKey;
+use crate::model::ServiceKey;
 
 /// Services as `namespace/name` lines (names never contain `/` or newlines; see `destination`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

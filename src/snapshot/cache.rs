@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use super::decode::{decode_instances, DecodeError, Discovered, DiscoveryError};
-use super::model::{ServiceKey, ServiceSnapshot};
+use crate::model::{ServiceKey, ServiceSnapshot};
 
 /// What a worker knows about a service's instances.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,7 +7,7 @@ use std::fmt;
 
 use prost::Message;
 
-use super::model::{upstream_address, Instance, Location, ServiceKey, ServiceSnapshot};
+use crate::model::{upstream_address, Instance, Kind, Location, ServiceKey, ServiceSnapshot};
 use crate::polaris::code;
 use crate::polaris::proto;
 
@@ -80,60 +80,16 @@ impl fmt::Display for DiscoveryError {
     }
 }
 
-/// The resource types the filter discovers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Kind {
-    Instances,
-    Routing,
-    RateLimit,
-    CircuitBreaker,
-    FaultDetector,
-}
-
-impl Kind {
-    /// Every kind the OSS server's Discover serves for a service.
-    pub const ALL: [Kind; 5] = [
-        Kind::Instances,
-        Kind::Routing,
-        Kind::RateLimit,
-        Kind::CircuitBreaker,
-        Kind::FaultDetector,
-    ];
-
-    pub fn request_type(self) -> proto::discover_request::DiscoverRequestType {
-        match self {
-            Kind::Instances => proto::discover_request::DiscoverRequestType::Instance,
-            Kind::Routing => proto::discover_request::DiscoverRequestType::Routing,
-            Kind::RateLimit => proto::discover_request::DiscoverRequestType::RateLimit,
-            Kind::CircuitBreaker => proto::discover_request::DiscoverRequestType::CircuitBreaker,
-            Kind::FaultDetector => proto::discover_request::DiscoverRequestType::FaultDetector,
-        }
-    }
-
-    fn response_type(self) -> i32 {
-        match self {
-            Kind::Instances => proto::discover_response::DiscoverResponseType::Instance as i32,
-            Kind::Routing => proto::discover_response::DiscoverResponseType::Routing as i32,
-            Kind::RateLimit => proto::discover_response::DiscoverResponseType::RateLimit as i32,
-            Kind::CircuitBreaker => {
-                proto::discover_response::DiscoverResponseType::CircuitBreaker as i32
-            }
-            Kind::FaultDetector => {
-                proto::discover_response::DiscoverResponseType::FaultDetector as i32
-            }
-        }
-    }
-
-    /// Short name for shared-data keys and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Instances => "instances",
-            Kind::Routing => "routing",
-            Kind::RateLimit => "ratelimit",
-            Kind::CircuitBreaker => "circuitbreaker",
-            Kind::FaultDetector => "faultdetector",
-        }
-    }
+/// The `DiscoverResponseType` of an answer about `kind`.
+fn response_type(kind: Kind) -> i32 {
+    use proto::discover_response::DiscoverResponseType as T;
+    (match kind {
+        Kind::Instances => T::Instance,
+        Kind::Routing => T::Routing,
+        Kind::RateLimit => T::RateLimit,
+        Kind::CircuitBreaker => T::CircuitBreaker,
+        Kind::FaultDetector => T::FaultDetector,
+    }) as i32
 }
 
 /// What any Discover answer says, without building anything from it.
@@ -170,7 +126,7 @@ fn check(
             })
         }
     }
-    if response.r#type != kind.response_type() {
+    if response.r#type != response_type(kind) {
         return Err(DecodeError::Mismatch(format!(
             "type {} where {} was asked",
             response.r#type,

@@ -3,8 +3,9 @@
 
 use std::collections::HashMap;
 
-use super::decode::{classify, Answer, DecodeError, Kind};
-use super::model::ServiceKey;
+use super::decode::{classify, Answer, DecodeError};
+use crate::model::Kind;
+use crate::model::ServiceKey;
 
 /// One discovered resource: a kind of data about a service.
 pub type Resource = (Kind, ServiceKey);

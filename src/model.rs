@@ -1,4 +1,5 @@
-//! The discovery snapshot of one service, in the shape the request path wants it.
+//! The shared model: service identities, the kinds of discovered data, and the discovery snapshot
+//! of one service in the shape the request path wants it.
 //!
 //! What a request needs that does not depend on the request (the `ip:port` string, selectability)
 //! is computed here, once per snapshot change; instance pools and balancers are built from it by
@@ -6,6 +7,37 @@
 
 use std::collections::HashMap;
 use std::fmt;
+
+/// The kinds of data the OSS server's Discover serves about a service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Instances,
+    Routing,
+    RateLimit,
+    CircuitBreaker,
+    FaultDetector,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::Instances,
+        Kind::Routing,
+        Kind::RateLimit,
+        Kind::CircuitBreaker,
+        Kind::FaultDetector,
+    ];
+
+    /// Short name for shared-data keys and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Instances => "instances",
+            Kind::Routing => "routing",
+            Kind::RateLimit => "ratelimit",
+            Kind::CircuitBreaker => "circuitbreaker",
+            Kind::FaultDetector => "faultdetector",
+        }
+    }
+}
 
 /// A Polaris service identity.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
