@@ -2,6 +2,13 @@
 //!
 //! A [`Balancer`] is built once per instance set with one of polaris-go's policies and then picks
 //! without allocating. The hash policies take the request's key already hashed by [`hash_key`].
+//!
+//! Every balancer is a function of the instance *set*: members are sorted by instance id before a
+//! balancer is built, as polaris-go sorts a service's instances by id when it decodes them
+//! (`pkg/model/pb/service.go`) and builds every balancer in that order. Polaris answers Discover
+//! in no stable order, so without it two Envoys (or one Envoy after a refresh) would map a key
+//! differently: the `hash` balancer's cumulative weights and Maglev's contested slots depend on
+//! the order members are visited in.
 
 pub mod hash;
 pub mod maglev;
@@ -137,7 +144,12 @@ impl Balancer {
         Balancer::build_with(policy, members, Options::default())
     }
 
+    /// Builds over `members` in instance-id order, whatever order they come in (see the module
+    /// doc). Members sharing an id (which Polaris never serves) keep their given order.
     pub fn build_with(policy: Policy, members: &[Member<'_>], options: Options) -> Balancer {
+        let mut sorted = members.to_vec();
+        sorted.sort_by(|a, b| a.id.cmp(b.id));
+        let members = sorted.as_slice();
         let weights = || members.iter().map(|m| (m.index, m.weight));
         match policy {
             Policy::WeightedRandom => Balancer::WeightedRandom(WeightTable::new(weights())),
@@ -351,6 +363,80 @@ mod tests {
             // Ring hash is the coarsest (320 + 160 points): allow ±0.05 everywhere.
             assert!((share - 2.0 / 3.0).abs() < 0.05, "{policy}: {share}");
         }
+    }
+
+    /// The weights of polaris-go's recordings (`test_support::golden_ids`).
+    const MIXED: [u32; 10] = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+
+    #[test]
+    fn hash_balancer_ignores_the_order_polaris_answered_in() {
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        let sorted = Balancer::build(Policy::Hash, &answered);
+        let mut rng = Rng::new(10);
+        for seed in 1..=8 {
+            let reordered = super::test_support::shuffled(&answered, seed);
+            let balancer = Balancer::build(Policy::Hash, &reordered);
+            for k in 0..2000 {
+                let key = Some(hash_key(format!("user-{k}").as_bytes()));
+                assert_eq!(
+                    balancer.pick(key, &mut rng),
+                    sorted.pick(key, &mut rng),
+                    "order #{seed}, user-{k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_balancer_is_a_function_of_the_instance_set() {
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        for policy in Policy::ALL {
+            let reference = Balancer::build(policy, &answered);
+            for seed in 1..=5 {
+                let balancer =
+                    Balancer::build(policy, &super::test_support::shuffled(&answered, seed));
+                // Weighted random too: the same draws pick the same instances.
+                let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+                for k in 0..1000 {
+                    let key = Some(hash_key(format!("user-{k}").as_bytes()));
+                    assert_eq!(
+                        balancer.pick(key, &mut a),
+                        reference.pick(key, &mut b),
+                        "{policy}, order #{seed}, user-{k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn balancers_build_in_instance_id_order_like_polaris_go() {
+        // `b` before `a` in the answer: polaris-go's sorted order puts `a` first, so with weights
+        // 1 and 1 the `hash` point 0 belongs to `a`.
+        let names = ["b".to_string(), "a".to_string()];
+        let set = members(&names, &[1, 1]);
+        let balancer = Balancer::build(Policy::Hash, &set);
+        let mut rng = Rng::new(11);
+        assert_eq!(balancer.pick(Some(0), &mut rng), Some(101));
+        assert_eq!(balancer.pick(Some(1), &mut rng), Some(100));
+    }
+
+    #[test]
+    fn a_maglev_table_alone_depends_on_the_order_members_come_in() {
+        // Why the balancer sorts: contested slots go to whoever is visited first.
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        let reordered = super::test_support::shuffled(&answered, 3);
+        let (a, b) = (
+            maglev::Table::build(&answered),
+            maglev::Table::build(&reordered),
+        );
+        let differ = (0..maglev::TABLE_SIZE)
+            .filter(|&h| a.pick(h) != b.pick(h))
+            .count();
+        assert!(differ > 0);
     }
 
     /// Native cost: `cargo test --release --lib lb::tests::timing -- --ignored --nocapture`.
