@@ -110,9 +110,26 @@ pub struct Member<'a> {
 /// Tuning of the balancers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// Ring points of the heaviest instance (polaris-go `ringHash.vnodeCount`). Set it to
-    /// [`ring_hash::POLARIS_VNODE_COUNT`] to pick exactly as a default polaris-go client.
+    /// Ring points of the heaviest instance (polaris-go `ringHash.vnodeCount`, default 10). A key
+    /// lands on the same instance for an Envoy and a polaris-go caller only when both use the
+    /// same count.
     pub vnode_count: usize,
+}
+
+/// A policy with its tuning: what the balancers of one service are built with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub policy: Policy,
+    pub options: Options,
+}
+
+impl From<Policy> for Spec {
+    fn from(policy: Policy) -> Spec {
+        Spec {
+            policy,
+            options: Options::default(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -351,8 +368,11 @@ mod tests {
         let set = members(&names, &[200, 100]);
         let mut rng = Rng::new(7);
         let picks = 12_000;
+        // Ring hash at 160 points per heaviest instance (320 + 160 points); polaris-go's default
+        // of 10 is much coarser (see `ring_hash::DEFAULT_VNODE_COUNT`).
+        let fine = Options { vnode_count: 160 };
         for policy in Policy::ALL {
-            let balancer = Balancer::build(policy, &set);
+            let balancer = Balancer::build_with(policy, &set, fine);
             let heavy = (0..picks)
                 .filter(|k| {
                     let key = Some(hash_key(format!("req-{k}").as_bytes()));
@@ -360,9 +380,25 @@ mod tests {
                 })
                 .count();
             let share = heavy as f64 / f64::from(picks);
-            // Ring hash is the coarsest (320 + 160 points): allow ±0.05 everywhere.
+            // Ring hash is the coarsest: allow ±0.05 everywhere.
             assert!((share - 2.0 / 3.0).abs() < 0.05, "{policy}: {share}");
         }
+    }
+
+    #[test]
+    fn ring_hash_defaults_to_polaris_gos_ten_points_per_instance() {
+        let names = ids(3);
+        let set = members(&names, &[100, 100, 50]);
+        let Balancer::RingHash(ring) = Balancer::build(Policy::RingHash, &set) else {
+            unreachable!()
+        };
+        assert_eq!(ring.len(), 10 + 10 + 5);
+        let Balancer::RingHash(ring) =
+            Balancer::build_with(Policy::RingHash, &set, Options { vnode_count: 500 })
+        else {
+            unreachable!()
+        };
+        assert_eq!(ring.len(), 500 + 500 + 250);
     }
 
     /// The weights of polaris-go's recordings (`test_support::golden_ids`).

@@ -11,7 +11,7 @@ use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
 use super::regex_set::{RegexEval, RegexSets};
 use super::rule::{Direction, Parameter, Route};
-use crate::lb::{Balancer, Member, Policy, Rng};
+use crate::lb::{Balancer, Member, Rng, Spec};
 use crate::snapshot::{Instance, ServiceSnapshot};
 
 /// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
@@ -170,7 +170,7 @@ impl Pool {
     pub fn pick(
         &self,
         snapshot: &ServiceSnapshot,
-        policy: Policy,
+        balancer: Spec,
         key: Option<u64>,
         rng: &mut Rng,
     ) -> Option<Picked> {
@@ -191,7 +191,7 @@ impl Pool {
                     })
                 })
                 .collect();
-            Balancer::build(policy, &members)
+            Balancer::build_with(balancer.policy, &members, balancer.options)
         });
         balancer.pick(key, rng).map(|index| Picked {
             index,
@@ -359,7 +359,8 @@ pub struct Plan {
     /// The rules' regex source tests, one set per argument.
     regexes: RegexSets,
     all: Pool,
-    pub policy: Policy,
+    /// The balancer policy and its tuning.
+    pub balancer: Spec,
     pub failover: Failover,
     /// Nearby routing, when the service enables it and this Envoy has a location.
     nearby: Option<Nearby>,
@@ -381,7 +382,7 @@ impl Plan {
         snapshot: &ServiceSnapshot,
         inbounds: &[Route],
         outbounds: &[Route],
-        policy: Policy,
+        balancer: impl Into<Spec>,
         failover: Failover,
         nearby: Option<&Nearby>,
         metadata: Option<&MetadataRouting>,
@@ -457,7 +458,7 @@ impl Plan {
             all: Pool::new(snapshot, |_| true)
                 .with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby),
-            policy,
+            balancer: balancer.into(),
             failover,
             nearby: nearby.cloned(),
             metadata: metadata.filter(|m| !m.labels.is_empty()).cloned(),
@@ -600,6 +601,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Policy;
     use crate::polaris::proto;
     use crate::routing::metadata::tuple_key;
     use crate::routing::StaticFacts;
@@ -658,7 +660,7 @@ mod tests {
             .filter_map(|_| {
                 let routed = plan.route(&mut StaticFacts::default(), &mut rng)?;
                 let (pool, _) = plan.narrow(routed.pool)?;
-                let p = pool.pick(s, plan.policy, None, &mut rng)?;
+                let p = pool.pick(s, plan.balancer, None, &mut rng)?;
                 s.instance(p.index).map(|i| i.port)
             })
             .collect();
