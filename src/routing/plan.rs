@@ -884,6 +884,93 @@ mod tests {
         );
     }
 
+    fn text(t: proto::match_string::MatchStringType, v: &str) -> proto::MatchString {
+        proto::MatchString {
+            r#type: t as i32,
+            value: Some(v.into()),
+            value_type: 0,
+        }
+    }
+
+    #[test]
+    fn a_look_ahead_destination_label_selects_its_instances() {
+        use proto::match_string::MatchStringType as T;
+        let rules = version_rule(text(T::Regex, "^(?!v1$)v"));
+        assert_eq!(
+            rule_ports(&rules, &[]),
+            (Some("by-version".to_string()), vec![2])
+        );
+    }
+
+    #[test]
+    fn an_absent_argument_fails_negative_sources_through_the_index_and_regex_sets() {
+        use proto::match_string::MatchStringType as T;
+        let source = |name: &str, kind: T, value: &str| {
+            let mut r = proto::Route {
+                sources: vec![proto::Source {
+                    service: Some("*".into()),
+                    namespace: Some("*".into()),
+                    metadata: [("$header.x-env".to_string(), text(kind, value))].into(),
+                }],
+                ..Default::default()
+            };
+            r.destinations = vec![proto::Destination {
+                service: Some("echo".into()),
+                namespace: Some("default".into()),
+                weight: Some(100),
+                name: Some(format!("{name}.s0.g0")),
+                ..Default::default()
+            }];
+            r
+        };
+        let routes = [
+            source("exact-a", T::Exact, "a"),
+            source("exact-b", T::Exact, "b"),
+            source("regex-any", T::Regex, ".*"),
+            source("not-prod", T::NotEquals, "prod"),
+            source("not-in", T::NotIn, "prod,stage"),
+            proto::Route {
+                destinations: vec![proto::Destination {
+                    service: Some("echo".into()),
+                    namespace: Some("default".into()),
+                    weight: Some(100),
+                    name: Some("catch-all.s0.g0".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        let (rules, errors) =
+            crate::routing::rule::compile_routes(&routes, &crate::routing::Caller::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = snapshot(vec![instance(1, "z1", true)], false);
+        let plan = Plan::build(
+            &s,
+            &rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        );
+        assert!(!plan.regexes.is_empty());
+        let rule = |headers: &[(&str, &str)]| {
+            let mut facts = StaticFacts {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..StaticFacts::default()
+            };
+            plan.route(&mut facts, &mut Rng::new(1))
+                .and_then(|r| r.rule)
+                .map(str::to_string)
+        };
+        assert_eq!(rule(&[]), Some("catch-all".to_string()));
+        assert_eq!(rule(&[("x-env", "a")]), Some("exact-a".to_string()));
+        assert_eq!(rule(&[("x-env", "gray")]), Some("regex-any".to_string()));
+    }
+
     #[test]
     fn fixed_labels_other_than_star_exclude_instances_without_the_key() {
         use proto::match_string::MatchStringType as T;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use super::args::{Arg, RequestFacts};
-use super::matcher::{MatchKind, Matcher, ValueSource};
+use super::matcher::{LimitHit, MatchKind, Matcher, ValueSource, BACKTRACK_LIMIT};
 use super::regex_set::{RegexEval, RegexSets};
 use crate::polaris::proto;
 
@@ -69,20 +69,28 @@ fn name_matches(rule: &str, actual: &str) -> bool {
 }
 
 impl Source {
+    /// Every argument must be present and match (polaris-go `matchSourceMetadata`: a key the
+    /// request lacks fails the source, whatever the match type, PARAMETER included).
     fn matches(
         &self,
         direction: Direction,
         facts: &mut dyn RequestFacts,
         regexes: &mut RegexEval<'_>,
-    ) -> bool {
+    ) -> Result<bool, LimitHit> {
         if direction == Direction::Inbound && !self.names_caller {
-            return false;
+            return Ok(false);
         }
-        self.args.iter().all(|(arg, matcher)| match matcher.source {
-            // polaris-go: a PARAMETER source argument matches anything.
-            ValueSource::Parameter => true,
-            _ => regexes.matches(arg, matcher, facts),
-        })
+        for (arg, matcher) in &self.args {
+            let matched = match matcher.source {
+                // polaris-go: a PARAMETER source argument matches any value the request has.
+                ValueSource::Parameter => facts.arg(arg).is_some(),
+                _ => regexes.check(arg, matcher, facts)?,
+            };
+            if !matched {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -107,14 +115,29 @@ impl Destination {
     }
 
     /// Whether an instance with this metadata carries the destination's fixed labels. As in
-    /// polaris-go, only `*` admits an instance that lacks the key, whatever the match type.
+    /// polaris-go (`matchDstMetadata`), only `*` admits an instance that lacks the key, whatever
+    /// the match type, and a REGEX needs a non-empty leftmost match.
     pub fn admits(&self, metadata: &HashMap<String, String>) -> bool {
         self.labels.iter().all(|(key, m)| {
             m.is_any()
-                || metadata
-                    .get(key)
-                    .is_some_and(|v| m.matches(Some(v.as_str())))
+                || metadata.get(key).is_some_and(|v| {
+                    m.check_label(v).unwrap_or_else(|hit| {
+                        log_limit_hit(hit, &self.name);
+                        false
+                    })
+                })
         })
+    }
+}
+
+/// Logs a REGEX that ran out of backtracking steps, once per counter period (the metric counts
+/// every hit), so a stream of hostile values cannot flood the log.
+fn log_limit_hit(hit: LimitHit, rule: &str) {
+    if hit.first {
+        log::warn!(
+            "rule {rule}: a REGEX ran out of its {BACKTRACK_LIMIT} backtracking steps and was \
+             counted as no match (metric regex_backtrack_limit)"
+        );
     }
 }
 
@@ -127,10 +150,12 @@ impl Route {
         regexes: &mut RegexEval<'_>,
     ) -> bool {
         self.sources.is_empty()
-            || self
-                .sources
-                .iter()
-                .any(|s| s.matches(direction, facts, regexes))
+            || self.sources.iter().any(|s| {
+                s.matches(direction, facts, regexes).unwrap_or_else(|hit| {
+                    log_limit_hit(hit, &self.rule);
+                    false
+                })
+            })
     }
 
     /// Gives each text REGEX source test a slot in `sets`, so a plan runs each argument's
@@ -218,6 +243,8 @@ pub fn compile_route(route: &proto::Route, caller: &Caller) -> Result<Route, Str
     for s in &route.sources {
         let args = compile_map(&s.metadata, caller)?
             .into_iter()
+            // polaris-go skips a source key `*`.
+            .filter(|(k, _)| k != "*")
             .map(|(k, m)| (Arg::parse(&k), m))
             .collect();
         sources.push(Source {
@@ -397,11 +424,64 @@ mod tests {
     }
 
     #[test]
-    fn parameter_source_matches_anything() {
+    fn parameter_source_matches_any_present_value_but_not_an_absent_one() {
         let mut m = ms(T::Exact, "whatever");
         m.value_type = proto::match_string::ValueType::Parameter as i32;
         let r = compile_route(&route(&[("$header.x-env", m)]), &Caller::default()).unwrap();
+        assert!(matches(
+            &r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "anything")])
+        ));
+        assert!(!matches(&r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    #[test]
+    fn not_equals_and_not_in_sources_fail_when_the_request_lacks_the_key() {
+        for m in [
+            ms(T::NotEquals, "prod"),
+            ms(T::NotIn, "prod,stage"),
+            ms(T::Exact, "*"),
+        ] {
+            let r =
+                compile_route(&route(&[("$header.x-env", m.clone())]), &Caller::default()).unwrap();
+            assert!(
+                matches(&r, Direction::Inbound, &mut facts(&[("x-env", "gray")])),
+                "{m:?}"
+            );
+            assert!(!matches(&r, Direction::Inbound, &mut facts(&[])), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_key_star_is_ignored_as_in_polaris_go() {
+        let r = compile_route(
+            &route(&[("*", ms(T::Exact, "x")), ("$method", ms(T::Exact, "GET"))]),
+            &Caller::default(),
+        )
+        .unwrap();
         assert!(matches(&r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    #[test]
+    fn a_look_ahead_source_regex_is_kept_and_matches_as_in_polaris_go() {
+        let (routes, errors) = compile_routes(
+            &[route(&[("$header.x-env", ms(T::Regex, "^(?!prod).*$"))])],
+            &Caller::default(),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let r = &routes[0];
+        assert!(matches(
+            r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "gray")])
+        ));
+        assert!(!matches(
+            r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "prod-2")])
+        ));
+        assert!(!matches(r, Direction::Inbound, &mut facts(&[])));
     }
 
     fn with_destination_labels(labels: &[(&str, proto::MatchString)]) -> proto::Route {
@@ -412,6 +492,18 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         r
+    }
+
+    #[test]
+    fn a_destination_regex_with_look_ahead_selects_instances() {
+        let r = compile_route(
+            &with_destination_labels(&[("version", ms(T::Regex, "^(?!v1)v"))]),
+            &Caller::default(),
+        )
+        .unwrap();
+        let meta = |v: &str| HashMap::from([("version".to_string(), v.to_string())]);
+        assert!(!r.destinations[0].admits(&meta("v1")));
+        assert!(r.destinations[0].admits(&meta("v2")));
     }
 
     fn param(kind: T, key: &str) -> proto::MatchString {

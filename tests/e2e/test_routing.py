@@ -124,6 +124,35 @@ def test_each_argument_and_match_type_routes(polaris, service, upstreams, routed
         assert client.counts(service, 20, **miss) == {"v1": 20}
 
 
+@pytest.mark.parametrize("match", ["NOT_EQUALS", "NOT_IN"])
+def test_negative_sources_fail_a_request_without_the_header(polaris, service, upstreams, routed, match):
+    """polaris-go's `matchSourceMetadata` fails a source whose key the request lacks."""
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("not-prod", service, [arg("HEADER", "prod", match, key="x-env")], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 20, headers={"x-env": "dev"}) == {"v2": 20}
+    assert client.counts(service, 20) == {"v1": 20}
+
+
+def test_look_ahead_regex_routes_as_polaris_go_regexp2_does(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("lookahead", service, [arg("HEADER", "^(?!prod).*$", "REGEX", key="x-env")], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 20, headers={"x-env": "dev"}) == {"v2": 20}
+    assert client.counts(service, 20, headers={"x-env": "prod-1"}) == {"v1": 20}
+    assert "rule lookahead" not in routed.log_text()
+
+
 def test_groups_split_80_20_by_weight(polaris, service, upstreams, routed):
     versioned(polaris, service, upstreams, ["v1", "v2"])
     with_rules(polaris, service, rule("split", service, [], [("g80", "v2", 0, 80), ("g20", "v1", 0, 20)]))
