@@ -1,12 +1,13 @@
 //! Rule routing rules (v1 `Route`s, as the server serves v2 RulePolicy rules), compiled once per
 //! snapshot change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::args::{Arg, RequestFacts};
 use super::matcher::{LimitHit, MatchKind, Matcher, ValueSource, BACKTRACK_LIMIT};
 use super::regex_set::{RegexEval, RegexSets};
 use crate::polaris::proto;
+use crate::snapshot::Instance;
 
 /// Who is calling: this Envoy's own service (plugin `caller`), possibly anonymous.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -114,19 +115,66 @@ impl Destination {
         name_matches(&self.namespace, namespace) && name_matches(&self.service, service)
     }
 
-    /// Whether an instance with this metadata carries the destination's fixed labels. As in
-    /// polaris-go (`matchDstMetadata`), only `*` admits an instance that lacks the key, whatever
-    /// the match type, and a REGEX needs a non-empty leftmost match.
+    /// The destination's fixed labels settled against one instance set (see [`Admission`]).
+    pub fn admission<'a>(&'a self, instances: &'a [Instance]) -> Admission<'a> {
+        let not_equals = self
+            .labels
+            .iter()
+            .map(|(key, m)| {
+                if m.kind() != MatchKind::NotEquals || m.is_any() {
+                    return HashSet::new();
+                }
+                instances
+                    .iter()
+                    .filter(|i| i.is_selectable() && i.healthy)
+                    .filter_map(|i| i.metadata.get(key).map(String::as_str))
+                    .filter(|v| m.matches(Some(v)))
+                    .collect()
+            })
+            .collect();
+        Admission {
+            destination: self,
+            not_equals,
+        }
+    }
+}
+
+/// Which instances a destination's fixed labels let in, as polaris-go's `matchDstMetadata`:
+/// - only `*` admits an instance that lacks the key, whatever the match type;
+/// - a NOT_EQUALS label admits the values, other than its own, that some *healthy* instance (not
+///   isolated, weight > 0) of the service carries (`GetInstancesWithMetaValuesNotEqual`; every
+///   other match type looks at healthy and unhealthy values alike, `GetInstanceMetaValues`). An
+///   unhealthy instance whose value no healthy one shares is left out, so when only unhealthy
+///   instances differ the group is empty and the next group or rule decides, instead of
+///   recover-all inside the group;
+/// - a REGEX needs a non-empty leftmost match.
+pub struct Admission<'a> {
+    destination: &'a Destination,
+    /// Per label, in label order: the values a NOT_EQUALS label admits (empty for the others).
+    not_equals: Vec<HashSet<&'a str>>,
+}
+
+impl Admission<'_> {
     pub fn admits(&self, metadata: &HashMap<String, String>) -> bool {
-        self.labels.iter().all(|(key, m)| {
-            m.is_any()
-                || metadata.get(key).is_some_and(|v| {
-                    m.check_label(v).unwrap_or_else(|hit| {
-                        log_limit_hit(hit, &self.name);
-                        false
-                    })
+        let d = self.destination;
+        d.labels
+            .iter()
+            .zip(&self.not_equals)
+            .all(|((key, m), allowed)| {
+                if m.is_any() {
+                    return true;
+                }
+                let Some(value) = metadata.get(key) else {
+                    return false;
+                };
+                if m.kind() == MatchKind::NotEquals {
+                    return allowed.contains(value.as_str());
+                }
+                m.check_label(value).unwrap_or_else(|hit| {
+                    log_limit_hit(hit, &d.name);
+                    false
                 })
-        })
+            })
     }
 }
 
@@ -484,14 +532,40 @@ mod tests {
         assert!(!matches(r, Direction::Inbound, &mut facts(&[])));
     }
 
-    fn with_destination_labels(labels: &[(&str, proto::MatchString)]) -> proto::Route {
-        let mut r = route(&[]);
-        r.destinations[0].metadata = labels
+    fn instance(version: &str, healthy: bool) -> Instance {
+        Instance {
+            id: version.into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            weight: 100,
+            healthy,
+            isolated: false,
+            metadata: [("version".to_string(), version.to_string())].into(),
+            location: Default::default(),
+            upstream: String::new(),
+        }
+    }
+
+    #[test]
+    fn not_equals_labels_admit_only_values_a_healthy_instance_carries() {
+        let r = compile_route(
+            &with_destination_labels(&[("version", ms(T::NotEquals, "v1"))]),
+            &Caller::default(),
+        )
+        .unwrap();
+        let instances = vec![
+            instance("v1", true),
+            instance("v2", false),
+            instance("v2", true),
+            instance("v3", false),
+        ];
+        let admission = r.destinations[0].admission(&instances);
+        let admitted: Vec<bool> = instances
             .iter()
-            .cloned()
-            .map(|(k, v)| (k.to_string(), v))
+            .map(|i| admission.admits(&i.metadata))
             .collect();
-        r
+        // v2 has a healthy carrier, so its unhealthy one stays; v3 has none.
+        assert_eq!(admitted, [false, true, true, false]);
     }
 
     #[test]
@@ -501,9 +575,20 @@ mod tests {
             &Caller::default(),
         )
         .unwrap();
-        let meta = |v: &str| HashMap::from([("version".to_string(), v.to_string())]);
-        assert!(!r.destinations[0].admits(&meta("v1")));
-        assert!(r.destinations[0].admits(&meta("v2")));
+        let instances = vec![instance("v1", true), instance("v2", true)];
+        let admission = r.destinations[0].admission(&instances);
+        assert!(!admission.admits(&instances[0].metadata));
+        assert!(admission.admits(&instances[1].metadata));
+    }
+
+    fn with_destination_labels(labels: &[(&str, proto::MatchString)]) -> proto::Route {
+        let mut r = route(&[]);
+        r.destinations[0].metadata = labels
+            .iter()
+            .cloned()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        r
     }
 
     fn param(kind: T, key: &str) -> proto::MatchString {

@@ -153,6 +153,27 @@ def test_look_ahead_regex_routes_as_polaris_go_regexp2_does(polaris, service, up
     assert "rule lookahead" not in routed.log_text()
 
 
+def test_not_equals_group_of_only_unhealthy_instances_yields_to_the_next_group(polaris, service, upstreams, routed):
+    """polaris-go offers NOT_EQUALS only the values healthy instances carry."""
+    ids = versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("avoid-v1", service, [], [
+            ("others", {"type": "NOT_EQUALS", "value": "v1"}, 0, 100),
+            ("v1", "v1", 1, 100),
+        ]),
+    )
+    client = routed.client()
+    assert client.counts(service, 20) == {"v2": 20}
+
+    polaris.update_instance(ids[1], healthy=False)
+    polaris.wait_for(
+        lambda r: any(i.get("healthy") is False for i in r.get("instances") or []), service=service
+    )
+    # Before: recover-all inside the NOT_EQUALS group kept sending to the unhealthy v2.
+    traffic_until(client, service, lambda c: c == {"v1": 20}, timeout=2 * REFRESH + 0.5)
+
+
 def test_groups_split_80_20_by_weight(polaris, service, upstreams, routed):
     versioned(polaris, service, upstreams, ["v1", "v2"])
     with_rules(polaris, service, rule("split", service, [], [("g80", "v2", 0, 80), ("g20", "v1", 0, 20)]))
