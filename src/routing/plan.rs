@@ -1278,6 +1278,28 @@ mod tests {
     }
 
     #[test]
+    fn an_instance_without_a_location_counts_at_the_zone_level() {
+        let mut unlocated = instance(2, "", true);
+        unlocated.location = Location::default();
+        let s = snapshot(vec![instance(1, "z2", true), unlocated], true);
+        let plan = near_plan(&s, &here("z1"));
+        let routed = routed_pool(&plan);
+        assert_eq!(plan.narrow(routed.pool).unwrap().1, Some(Level::Zone));
+        assert_eq!(ports(&plan, &s, 100), [2]);
+    }
+
+    #[test]
+    fn an_envoy_without_a_region_still_routes_by_zone() {
+        let mut elsewhere = instance(2, "z1", true);
+        elsewhere.location.region = "r2".into();
+        let s = snapshot(vec![instance(1, "z2", true), elsewhere], true);
+        let mut nearby = here("z1");
+        nearby.location.region.clear();
+        let plan = near_plan(&s, &nearby);
+        assert_eq!(ports(&plan, &s, 100), [2]);
+    }
+
+    #[test]
     fn nearby_is_off_unless_the_service_enables_it() {
         let s = snapshot(
             vec![instance(1, "z1", true), instance(2, "z2", true)],
