@@ -98,7 +98,7 @@ CASES = [
     ("QUERY", "uid", "EXACT", "42", {"path": "/?uid=42"}, {"path": "/?uid=7"}),
     ("COOKIE", "session", "REGEX", "^beta", {"headers": {"cookie": "a=1; session=beta9"}}, {"headers": {"cookie": "session=alpha"}}),
     ("METHOD", None, "EXACT", "POST", {"method": "POST"}, {"method": "GET"}),
-    # The server sends `$path` (polaris-go's own constant is `$Path`, which never matches).
+    # The server sends `$path`, the key polaris-go (v1.6.1, v1.7.0) reads too.
     ("PATH", None, "EXACT", "/gray", {"path": "/gray"}, {"path": "/other"}),
     ("CALLER_IP", None, "IN", "127.0.0.1,::1", {}, None),
     ("CALLER_IP", None, "NOT_IN", "127.0.0.1", None, {}),
