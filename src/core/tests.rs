@@ -106,6 +106,12 @@ fn writes(calls: &[Call]) -> Vec<String> {
         .collect()
 }
 
+/// The tokens of the last two calls (the fake hands them out in order).
+fn last_two_tokens(host: &FakeHost) -> (u32, u32) {
+    let next = host.0.borrow().next_token;
+    (next - 1, next)
+}
+
 fn request(w: &mut Worker<FakeHost>, headers: &[(&str, &str)]) -> (Verdict, FakeStream) {
     let mut stream = FakeStream::with(headers);
     let verdict = Exchange::default().on_request(w, &mut stream);
@@ -187,8 +193,7 @@ fn a_first_request_waits_for_instances_and_rules_then_is_forwarded() {
         ],
         "INSTANCE and ROUTING at once, no revision"
     );
-    // Tokens are handed out in order by the fake: 10 metrics were defined first.
-    let (instances_token, routing_token) = (10, 11);
+    let (instances_token, routing_token) = last_two_tokens(&host);
     assert_eq!(
         exchange.on_call_result(&mut w, &mut stream, routing_token, Ok(no_rules())),
         None,
@@ -227,8 +232,10 @@ fn an_unreachable_polaris_is_answered_503_naming_the_cause_and_remembered_for_a_
             message: Some("no healthy upstream".into()),
         })
     };
-    exchange.on_call_result(&mut w, &mut stream, 11, down());
-    let Some(Verdict::Reply(reply)) = exchange.on_call_result(&mut w, &mut stream, 10, down())
+    let (instances_token, routing_token) = last_two_tokens(&host);
+    exchange.on_call_result(&mut w, &mut stream, routing_token, down());
+    let Some(Verdict::Reply(reply)) =
+        exchange.on_call_result(&mut w, &mut stream, instances_token, down())
     else {
         panic!("no reply")
     };

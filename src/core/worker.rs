@@ -121,7 +121,7 @@ impl<H: Host> Worker<H> {
             return;
         };
         self.location_pending = false;
-        if !here.region.is_empty() {
+        if !here.is_empty() {
             log::info!(
                 "location {}/{}/{} from Envoy node locality",
                 here.region,
