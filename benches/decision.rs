@@ -9,11 +9,12 @@ use std::time::Instant;
 use polaris_wasm::config::HashKeySource;
 use polaris_wasm::decision::decide;
 use polaris_wasm::lb::{Policy, Rng};
+use polaris_wasm::matching::StaticFacts;
 use polaris_wasm::model::upstream_address;
 use polaris_wasm::model::{Instance, Location, ServiceKey, ServiceSnapshot};
 use polaris_wasm::polaris::proto;
 use polaris_wasm::routing::rule::compile_routes;
-use polaris_wasm::routing::{Caller, Failover, Nearby, Plan, StaticFacts};
+use polaris_wasm::routing::{Caller, Failover, Nearby, Plan};
 
 const INSTANCES: usize = 1000;
 const RULES: usize = 20;

@@ -4,9 +4,10 @@ use std::fmt;
 
 use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
+use crate::matching::RequestFacts;
 use crate::model::{Instance, ServiceKey, ServiceSnapshot};
 use crate::routing::metadata::MetaOutcome;
-use crate::routing::{Level, MetadataRouting, Plan, RequestFacts};
+use crate::routing::{Level, MetadataRouting, Plan};
 use crate::snapshot::DiscoveryError;
 
 /// Where the request goes, and why: what the debug trace reports.
@@ -231,8 +232,9 @@ pub fn decide<'a>(
 mod tests {
     use super::*;
     use crate::lb::Policy;
+    use crate::matching::StaticFacts;
     use crate::model::upstream_address;
-    use crate::routing::{Failover, StaticFacts};
+    use crate::routing::Failover;
     use std::collections::HashMap;
 
     fn pick<'a>(

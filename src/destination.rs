@@ -7,8 +7,8 @@
 
 use std::collections::HashMap;
 
+use crate::matching::strip_port;
 use crate::model::ServiceKey;
-use crate::routing::args::strip_port;
 
 /// Longest service or namespace name accepted from a request.
 const MAX_NAME: usize = 128;

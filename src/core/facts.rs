@@ -1,8 +1,8 @@
 //! Request facts read from the stream on demand, each at most once per request.
 
 use super::host::Stream;
-use crate::routing::args::{cookie_value, path_only, query_param, strip_port};
-use crate::routing::{Caller, RequestFacts};
+use crate::matching::{cookie_value, path_only, query_param, strip_port, RequestFacts};
+use crate::routing::Caller;
 
 /// Lazily read request headers and the peer address of one stream.
 pub struct StreamFacts<'a, S: ?Sized> {

@@ -88,7 +88,7 @@ impl Counters {
         // Counted where the regex runs, which knows no host.
         self.add(
             Counter::RegexBacktrackLimit,
-            crate::routing::matcher::take_backtrack_limit_hits(),
+            crate::matching::take_backtrack_limit_hits(),
         );
         for (id, pending) in self.ids.iter().zip(self.pending.iter()) {
             let n = pending.take();

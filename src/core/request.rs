@@ -11,8 +11,9 @@ use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
 use crate::decision::{self, Rejection};
+use crate::matching::RequestFacts;
 use crate::model::{Kind, ServiceKey};
-use crate::routing::{Plan, RequestFacts, Rules};
+use crate::routing::{Plan, Rules};
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
 

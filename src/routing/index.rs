@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use super::args::{Arg, RequestFacts};
 use super::rule::Route;
+use crate::matching::{Arg, RequestFacts};
 
 #[derive(Debug, Default)]
 pub struct RuleIndex {

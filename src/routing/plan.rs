@@ -5,13 +5,12 @@
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 
-use super::args::RequestFacts;
 use super::index::RuleIndex;
 use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
-use super::regex_set::{RegexEval, RegexSets};
 use super::rule::{Direction, Parameter, Route};
 use crate::lb::{Balancer, Member, Rng, Spec};
+use crate::matching::{RegexEval, RegexSets, RequestFacts};
 use crate::model::{Instance, ServiceSnapshot};
 
 /// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
@@ -624,11 +623,11 @@ impl Plan {
 mod tests {
     use super::*;
     use crate::lb::Policy;
+    use crate::matching::StaticFacts;
     use crate::model::upstream_address;
     use crate::model::{Location, ServiceKey};
     use crate::polaris::proto;
     use crate::routing::metadata::tuple_key;
-    use crate::routing::StaticFacts;
     use std::collections::HashMap;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -1127,7 +1126,7 @@ mod tests {
         let mut route = version_rule(parameter(T::Exact, "$header.x-version"));
         let lane = Parameter {
             key: "lane".into(),
-            arg: crate::routing::Arg::Header("x-lane".into()),
+            arg: crate::matching::Arg::Header("x-lane".into()),
             negate: false,
         };
         for r in &mut route {

@@ -3,9 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::args::{Arg, RequestFacts};
-use super::matcher::{LimitHit, MatchKind, Matcher, ValueSource, BACKTRACK_LIMIT};
-use super::regex_set::{RegexEval, RegexSets};
+use crate::matching::{
+    Arg, LimitHit, MatchKind, Matcher, RegexEval, RegexSets, RequestFacts, Slot, ValueSource,
+    BACKTRACK_LIMIT,
+};
 use crate::model::Instance;
 use crate::polaris::proto;
 
@@ -30,7 +31,8 @@ pub struct Source {
     /// Whether the source's namespace and service name this Envoy's caller: fixed by the plugin
     /// configuration, so settled when the rule is compiled.
     names_caller: bool,
-    args: Vec<(Arg, Matcher)>,
+    /// Each argument's test, and where a plan's regex set answers it (see `RegexSets`).
+    args: Vec<(Arg, Matcher, Option<Slot>)>,
 }
 
 #[derive(Clone, Debug)]
@@ -81,11 +83,11 @@ impl Source {
         if direction == Direction::Inbound && !self.names_caller {
             return Ok(false);
         }
-        for (arg, matcher) in &self.args {
+        for (arg, matcher, slot) in &self.args {
             let matched = match matcher.source {
                 // polaris-go: a PARAMETER source argument matches any value the request has.
                 ValueSource::Parameter => facts.arg(arg).is_some(),
-                _ => regexes.check(arg, matcher, facts)?,
+                _ => regexes.check(arg, matcher, *slot, facts)?,
             };
             if !matched {
                 return Ok(false);
@@ -100,12 +102,12 @@ impl Source {
     pub fn exact(&self, arg: &Arg) -> Option<&str> {
         self.args
             .iter()
-            .find(|(a, _)| a == arg)
-            .and_then(|(_, m)| m.exact_value())
+            .find(|(a, _, _)| a == arg)
+            .and_then(|(_, m, _)| m.exact_value())
     }
 
     pub fn args(&self) -> impl Iterator<Item = &Arg> {
-        self.args.iter().map(|(a, _)| a)
+        self.args.iter().map(|(a, _, _)| a)
     }
 }
 
@@ -210,8 +212,8 @@ impl Route {
     /// regexes as one set.
     pub fn file_regexes(&mut self, sets: &mut RegexSets) {
         for source in &mut self.sources {
-            for (arg, matcher) in &mut source.args {
-                matcher.slot = sets.file(arg, matcher);
+            for (arg, matcher, slot) in &mut source.args {
+                *slot = sets.file(arg, matcher);
             }
         }
     }
@@ -293,7 +295,7 @@ pub fn compile_route(route: &proto::Route, caller: &Caller) -> Result<Route, Str
             .into_iter()
             // polaris-go skips a source key `*`.
             .filter(|(k, _)| k != "*")
-            .map(|(k, m)| (Arg::parse(&k), m))
+            .map(|(k, m)| (Arg::parse(&k), m, None))
             .collect();
         sources.push(Source {
             names_caller: name_matches(&text(&s.namespace), &caller.namespace)
@@ -336,7 +338,7 @@ pub fn compile_routes(routes: &[proto::Route], caller: &Caller) -> (Vec<Route>, 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routing::args::StaticFacts;
+    use crate::matching::StaticFacts;
     use proto::match_string::MatchStringType as T;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;

@@ -13,7 +13,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use super::args::{Arg, RequestFacts};
-use super::matcher::{LimitHit, Matcher, REGEX_SIZE_LIMIT};
+use super::string::{LimitHit, Matcher, REGEX_SIZE_LIMIT};
 
 /// Sets per plan and patterns per set the memo has room for; tests beyond them keep their own
 /// compiled regex, which is correct, only slower.
@@ -117,23 +117,30 @@ impl<'p> RegexEval<'p> {
         }
     }
 
-    /// Whether `matcher` accepts the request's value of `arg`, answered from its set when it has
-    /// a slot; `Err` when a backtracking REGEX ran out of steps (no match).
+    /// Whether `matcher` accepts the request's value of `arg`, answered from its set when it was
+    /// given a `slot`; `Err` when a backtracking REGEX ran out of steps (no match).
     pub fn check(
         &mut self,
         arg: &Arg,
         matcher: &Matcher,
+        slot: Option<Slot>,
         facts: &mut dyn RequestFacts,
     ) -> Result<bool, LimitHit> {
-        match matcher.slot.and_then(|slot| self.answer(slot, facts)) {
+        match slot.and_then(|slot| self.answer(slot, facts)) {
             Some(hit) => Ok(hit),
             None => matcher.check(facts.arg(arg)),
         }
     }
 
     /// [`RegexEval::check`] with a REGEX out of steps as no match.
-    pub fn matches(&mut self, arg: &Arg, matcher: &Matcher, facts: &mut dyn RequestFacts) -> bool {
-        self.check(arg, matcher, facts).unwrap_or(false)
+    pub fn matches(
+        &mut self,
+        arg: &Arg,
+        matcher: &Matcher,
+        slot: Option<Slot>,
+        facts: &mut dyn RequestFacts,
+    ) -> bool {
+        self.check(arg, matcher, slot, facts).unwrap_or(false)
     }
 
     fn answer(&mut self, slot: Slot, facts: &mut dyn RequestFacts) -> Option<bool> {
@@ -165,8 +172,8 @@ impl<'p> RegexEval<'p> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::matching::StaticFacts;
     use crate::polaris::proto;
-    use crate::routing::StaticFacts;
     use proto::match_string::MatchStringType as T;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -192,20 +199,25 @@ mod tests {
         let arg = Arg::Header("x-env".into());
         let patterns = ["^env-1$", "^env-1", "env-\\d+", "^gray", "[", "(?i)^ENV"];
         let mut sets = RegexSets::default();
-        let mut matchers: Vec<Matcher> = patterns
+        let matchers: Vec<(Matcher, Option<Slot>)> = patterns
             .iter()
             .filter_map(|p| Matcher::compile(&regex_ms(p)).ok())
+            .map(|m| {
+                let slot = sets.file(&arg, &m);
+                assert!(slot.is_some());
+                (m, slot)
+            })
             .collect();
-        for m in &mut matchers {
-            m.slot = sets.file(&arg, m);
-            assert!(m.slot.is_some());
-        }
         sets.compile();
         for value in ["env-1", "env-12", "gray-env-1", "", "ENV-3"] {
             let mut eval = RegexEval::new(&sets);
-            for m in &matchers {
+            for (m, slot) in &matchers {
                 let alone = m.matches(Some(value));
-                assert_eq!(eval.matches(&arg, m, &mut env(value)), alone, "{value}");
+                assert_eq!(
+                    eval.matches(&arg, m, *slot, &mut env(value)),
+                    alone,
+                    "{value}"
+                );
             }
         }
     }
@@ -233,11 +245,11 @@ mod tests {
     fn an_absent_argument_fails_every_regex() {
         let arg = Arg::Header("x-env".into());
         let mut sets = RegexSets::default();
-        let mut m = regex(".*");
-        m.slot = sets.file(&arg, &m);
+        let m = regex(".*");
+        let slot = sets.file(&arg, &m);
         sets.compile();
         let mut eval = RegexEval::new(&sets);
-        assert!(!eval.matches(&arg, &m, &mut StaticFacts::default()));
+        assert!(!eval.matches(&arg, &m, slot, &mut StaticFacts::default()));
     }
 
     #[test]
@@ -247,11 +259,11 @@ mod tests {
         for n in 0..MAX_PATTERNS {
             assert!(sets.file(&arg, &regex(&format!("^p{n}$"))).is_some());
         }
-        let mut extra = regex("^extra$");
-        extra.slot = sets.file(&arg, &extra);
-        assert!(extra.slot.is_none());
+        let extra = regex("^extra$");
+        let slot = sets.file(&arg, &extra);
+        assert!(slot.is_none());
         sets.compile();
         let mut eval = RegexEval::new(&sets);
-        assert!(eval.matches(&arg, &extra, &mut env("extra")));
+        assert!(eval.matches(&arg, &extra, slot, &mut env("extra")));
     }
 }

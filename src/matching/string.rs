@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use fancy_regex::BytesMode;
 use regex::bytes::Regex;
 
-use super::regex_set::Slot;
 use crate::polaris::proto;
 
 /// A `MatchString` type.
@@ -59,8 +58,6 @@ pub struct Matcher {
     pub source: ValueSource,
     /// The rule's raw value (for PARAMETER/VARIABLE: the key to look up).
     pub raw: String,
-    /// Where a plan's regex set answers this test (see `regex_set`).
-    pub slot: Option<Slot>,
 }
 
 /// Why a `MatchString` cannot be used.
@@ -166,7 +163,6 @@ impl Matcher {
             kind: MatchKind::Exact,
             source: ValueSource::Text,
             raw: String::new(),
-            slot: None,
         }
     }
 
@@ -193,7 +189,6 @@ impl Matcher {
             kind,
             source,
             raw,
-            slot: None,
         })
     }
 
@@ -204,7 +199,6 @@ impl Matcher {
             kind: self.kind,
             source: ValueSource::Text,
             raw: value.to_string(),
-            slot: None,
         })
     }
 
@@ -389,7 +383,7 @@ mod tests {
     }
 
     /// What a test that runs out of steps costs, natively:
-    /// `cargo test --release --lib routing::matcher::tests::timing -- --ignored --nocapture`.
+    /// `cargo test --release --lib matching::tests::timing -- --ignored --nocapture`.
     #[test]
     #[ignore]
     fn timing() {
