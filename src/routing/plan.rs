@@ -2,354 +2,15 @@
 //! pool precomputed, built once per change of instances or rules. A request walks the rules,
 //! picks a group and then an instance from the group's pool, allocating nothing.
 
-use std::cell::OnceCell;
-use std::collections::{HashMap, HashSet};
-
+use super::group::Group;
 use super::index::RuleIndex;
-use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
+use super::metadata::{MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
-use super::rule::{Direction, Parameter, Route};
-use crate::lb::{Balancer, Member, Rng, Spec};
+use super::pool::Pool;
+use super::rule::{Direction, Route};
+use crate::lb::{Rng, Spec};
 use crate::matching::{RegexEval, RegexSets, RequestFacts};
-use crate::model::{Instance, ServiceSnapshot};
-
-/// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
-/// healthy part and over all of it (recover-all), each built on first use.
-#[derive(Debug)]
-pub struct Pool {
-    members: Vec<usize>,
-    healthy: Vec<usize>,
-    balancers: [OnceCell<Balancer>; 2],
-    /// With nearby routing: the members at each level nearer than `all`, nearest first.
-    near: Vec<(Level, Pool)>,
-    /// With metadata routing: the sub-pools a request's wanted labels select.
-    meta: Option<Box<MetaIndex>>,
-}
-
-/// Metadata-routing sub-pools of a pool, prebuilt per snapshot change.
-#[derive(Debug, Default)]
-struct MetaIndex {
-    /// Wanted-label tuple (`metadata::tuple_key`) -> (members carrying it, the other members).
-    by_tuple: HashMap<String, (Pool, Pool)>,
-    /// Key subset (bit mask) -> members carrying none of those keys.
-    lacking: Vec<(u8, Pool)>,
-}
-
-/// The instance a pool gave.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Picked {
-    pub index: usize,
-    /// No healthy member was left, so all were used (polaris-go recover-all).
-    pub recovered_all: bool,
-}
-
-impl Pool {
-    pub fn new(snapshot: &ServiceSnapshot, keep: impl Fn(&Instance) -> bool) -> Pool {
-        let members: Vec<usize> = snapshot
-            .instances
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.is_selectable() && keep(i))
-            .map(|(n, _)| n)
-            .collect();
-        let healthy = members
-            .iter()
-            .copied()
-            .filter(|&n| snapshot.instances.get(n).is_some_and(|i| i.healthy))
-            .collect();
-        Pool {
-            members,
-            healthy,
-            ..Pool::default()
-        }
-    }
-
-    /// The members (and healthy members) whose instance passes `keep`.
-    fn sub(&self, snapshot: &ServiceSnapshot, keep: impl Fn(&Instance) -> bool) -> Pool {
-        self.sub_at(|n| snapshot.instances.get(n).is_some_and(&keep))
-    }
-
-    /// The members (and healthy members) whose instance index passes `keep`.
-    fn sub_at(&self, keep: impl Fn(usize) -> bool) -> Pool {
-        Pool {
-            members: self.members.iter().copied().filter(|n| keep(*n)).collect(),
-            healthy: self.healthy.iter().copied().filter(|n| keep(*n)).collect(),
-            ..Pool::default()
-        }
-    }
-
-    /// Adds the sub-pools metadata routing chooses between, each with its nearby levels.
-    fn with_metadata(
-        mut self,
-        snapshot: &ServiceSnapshot,
-        metadata: Option<&MetadataRouting>,
-        nearby: Option<&Nearby>,
-    ) -> Pool {
-        let Some(metadata) = metadata.filter(|m| !m.labels.is_empty()) else {
-            return self;
-        };
-        let keys: Vec<&str> = metadata.labels.iter().map(|(_, k)| k.as_str()).collect();
-        let mut index = MetaIndex::default();
-        for mask in 1..(1u8 << keys.len()) {
-            let in_mask = |i: usize| mask & (1 << i) != 0;
-            let tuple = |inst: &Instance| -> Option<String> {
-                let values: Option<Vec<&str>> = keys
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| in_mask(*i))
-                    .map(|(_, k)| inst.metadata.get(*k).map(String::as_str))
-                    .collect();
-                values.map(|v| tuple_key(mask, &v))
-            };
-            let mut tuples: Vec<String> = self
-                .members
-                .iter()
-                .filter_map(|n| snapshot.instances.get(*n).and_then(&tuple))
-                .collect();
-            tuples.sort_unstable();
-            tuples.dedup();
-            for t in tuples {
-                let matched = self
-                    .sub(snapshot, |i| tuple(i).as_ref() == Some(&t))
-                    .with_levels(snapshot, nearby);
-                let others = self
-                    .sub(snapshot, |i| tuple(i).as_ref() != Some(&t))
-                    .with_levels(snapshot, nearby);
-                index.by_tuple.insert(t, (matched, others));
-            }
-            let lacking = self
-                .sub(snapshot, |i| {
-                    keys.iter()
-                        .enumerate()
-                        .filter(|(n, _)| in_mask(*n))
-                        .all(|(_, k)| !i.metadata.contains_key(*k))
-                })
-                .with_levels(snapshot, nearby);
-            index.lacking.push((mask, lacking));
-        }
-        self.meta = Some(Box::new(index));
-        self
-    }
-
-    /// Adds the per-level sub-pools nearby routing chooses between.
-    fn with_levels(mut self, snapshot: &ServiceSnapshot, nearby: Option<&Nearby>) -> Pool {
-        let Some(nearby) = nearby else {
-            return self;
-        };
-        self.near = nearby
-            .levels()
-            .filter(|l| *l != Level::All)
-            .map(|level| {
-                let here = &nearby.location;
-                (
-                    level,
-                    self.sub(snapshot, |i| level.holds(here, &i.location)),
-                )
-            })
-            .collect();
-        self
-    }
-
-    fn at(&self, level: Level) -> Option<&Pool> {
-        if level == Level::All {
-            return Some(self);
-        }
-        self.near.iter().find(|(l, _)| *l == level).map(|(_, p)| p)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.members.is_empty()
-    }
-
-    pub fn len(&self) -> usize {
-        self.members.len()
-    }
-
-    /// Health filter, recover-all, then the balancer.
-    pub fn pick(
-        &self,
-        snapshot: &ServiceSnapshot,
-        balancer: Spec,
-        key: Option<u64>,
-        rng: &mut Rng,
-    ) -> Option<Picked> {
-        let recovered_all = self.healthy.is_empty();
-        let (slot, list) = if recovered_all {
-            (1, &self.members)
-        } else {
-            (0, &self.healthy)
-        };
-        let balancer = self.balancers.get(slot)?.get_or_init(|| {
-            let members: Vec<Member<'_>> = list
-                .iter()
-                .filter_map(|&n| {
-                    snapshot.instances.get(n).map(|i| Member {
-                        index: n,
-                        weight: i.weight,
-                        id: &i.id,
-                    })
-                })
-                .collect();
-            Balancer::build_with(balancer.policy, &members, balancer.options)
-        });
-        balancer.pick(key, rng).map(|index| Picked {
-            index,
-            recovered_all,
-        })
-    }
-}
-
-impl Default for Pool {
-    fn default() -> Pool {
-        Pool {
-            members: Vec::new(),
-            healthy: Vec::new(),
-            balancers: [OnceCell::new(), OnceCell::new()],
-            near: Vec::new(),
-            meta: None,
-        }
-    }
-}
-
-/// A destination group of a route.
-#[derive(Debug)]
-pub struct Group {
-    pub name: String,
-    pub priority: u32,
-    pub weight: u32,
-    pool: GroupPool,
-}
-
-/// A group's instances: fixed by its labels, or chosen per request by its PARAMETER labels among
-/// pools prebuilt for every value the instances carry.
-#[derive(Debug)]
-enum GroupPool {
-    Fixed(Pool),
-    ByParameter(Box<ParamPools>),
-}
-
-/// Separates the values of several PARAMETER keys in a `ParamPools` key.
-const TUPLE_SEP: char = '\u{1f}';
-
-#[derive(Debug)]
-struct ParamPools {
-    parameters: Vec<Parameter>,
-    /// The parameter keys' values, joined by `TUPLE_SEP` -> the members carrying exactly them or,
-    /// with a NOT_EQUALS parameter, the members carrying another value that a healthy instance
-    /// carries (see `rule::Admission`).
-    by_value: HashMap<String, Pool>,
-    /// With a NOT_EQUALS parameter, for a value no member carries: the members carrying a value
-    /// that a healthy instance carries.
-    carriers: Pool,
-}
-
-impl Group {
-    /// The group's pool for this request; `None` when a PARAMETER label finds no value.
-    fn pool(&self, facts: &mut dyn RequestFacts) -> Option<&Pool> {
-        match &self.pool {
-            GroupPool::Fixed(pool) => Some(pool),
-            GroupPool::ByParameter(p) => p.resolve(facts),
-        }
-    }
-
-    fn is_fixed(&self) -> bool {
-        matches!(self.pool, GroupPool::Fixed(_))
-    }
-}
-
-impl ParamPools {
-    fn build(
-        base: &Pool,
-        snapshot: &ServiceSnapshot,
-        parameters: &[Parameter],
-        nearby: Option<&Nearby>,
-        metadata: Option<&MetadataRouting>,
-    ) -> ParamPools {
-        // Each instance's tuple of values, computed once: `None` when it lacks a key.
-        let tuples: Vec<Option<String>> = snapshot
-            .instances
-            .iter()
-            .map(|i| {
-                let mut key = String::new();
-                for (n, p) in parameters.iter().enumerate() {
-                    if n > 0 {
-                        key.push(TUPLE_SEP);
-                    }
-                    key.push_str(i.metadata.get(&p.key)?);
-                }
-                Some(key)
-            })
-            .collect();
-        let tuple = |n: usize| tuples.get(n).and_then(Option::as_deref);
-        let negate = parameters.iter().any(|p| p.negate);
-        let finish = |pool: Pool| {
-            pool.with_levels(snapshot, nearby)
-                .with_metadata(snapshot, metadata, nearby)
-        };
-        // NOT_EQUALS (polaris-go `GetInstancesWithMetaValuesNotEqual`): only values some healthy
-        // instance of the service carries are candidates. polaris-go caches that value set by key
-        // alone, so a long-lived process keeps answering for the first request's value; we answer
-        // as a fresh polaris-go process does, for each request's own value.
-        let healthy_values: HashSet<&str> = snapshot
-            .instances
-            .iter()
-            .enumerate()
-            .filter(|(_, i)| i.is_selectable() && i.healthy)
-            .filter_map(|(n, _)| tuple(n))
-            .collect();
-        let mut values: Vec<&str> = base.members.iter().filter_map(|n| tuple(*n)).collect();
-        values.sort_unstable();
-        values.dedup();
-        let by_value = values
-            .into_iter()
-            .map(|t| {
-                let pool = base.sub_at(|n| {
-                    tuple(n).is_some_and(|mine| {
-                        if negate {
-                            mine != t && healthy_values.contains(mine)
-                        } else {
-                            mine == t
-                        }
-                    })
-                });
-                (t.to_string(), finish(pool))
-            })
-            .collect();
-        let carriers = if negate {
-            finish(base.sub_at(|n| tuple(n).is_some_and(|v| healthy_values.contains(v))))
-        } else {
-            Pool::default()
-        };
-        ParamPools {
-            parameters: parameters.to_vec(),
-            by_value,
-            carriers,
-        }
-    }
-
-    fn resolve(&self, facts: &mut dyn RequestFacts) -> Option<&Pool> {
-        match self.parameters.as_slice() {
-            [one] => {
-                let value = facts.arg(&one.arg)?;
-                match self.by_value.get(value) {
-                    Some(pool) => Some(pool),
-                    None if one.negate => Some(&self.carriers),
-                    None => None,
-                }
-            }
-            many => {
-                let mut key = String::new();
-                for (n, p) in many.iter().enumerate() {
-                    if n > 0 {
-                        key.push(TUPLE_SEP);
-                    }
-                    key.push_str(facts.arg(&p.arg)?);
-                }
-                self.by_value.get(&key)
-            }
-        }
-    }
-}
+use crate::model::ServiceSnapshot;
 
 #[derive(Debug)]
 struct PlannedRoute {
@@ -425,34 +86,11 @@ impl Plan {
                     .destinations
                     .iter()
                     .filter(|d| d.weight > 0 && d.targets(&key.namespace, &key.name))
-                    .map(|d| {
-                        let admission = d.admission(&snapshot.instances);
-                        let base = Pool::new(snapshot, |i| admission.admits(&i.metadata));
-                        let pool = if d.parameters.is_empty() {
-                            GroupPool::Fixed(
-                                base.with_levels(snapshot, nearby)
-                                    .with_metadata(snapshot, metadata, nearby),
-                            )
-                        } else {
-                            GroupPool::ByParameter(Box::new(ParamPools::build(
-                                &base,
-                                snapshot,
-                                &d.parameters,
-                                nearby,
-                                metadata,
-                            )))
-                        };
-                        Group {
-                            name: d.name.clone(),
-                            priority: d.priority,
-                            weight: d.weight,
-                            pool,
-                        }
-                    })
+                    .map(|d| Group::build(d, snapshot, nearby, metadata))
                     .collect();
                 let best = groups
                     .iter()
-                    .filter(|g| matches!(&g.pool, GroupPool::Fixed(p) if !p.is_empty()))
+                    .filter(|g| g.fixed_pool().is_some_and(|p| !p.is_empty()))
                     .map(|g| g.priority)
                     .min();
                 // An outbound rule that never names this service is not about it.
@@ -500,48 +138,19 @@ impl Plan {
         pool: &'p Pool,
         wanted: Option<(u8, &str)>,
     ) -> Option<(&'p Pool, Option<MetaOutcome>)> {
-        let (Some(config), Some((mask, key)), Some(index)) = (&self.metadata, wanted, &pool.meta)
-        else {
-            return Some((pool, None));
-        };
-        let entry = index.by_tuple.get(key);
-        let matched = entry.map(|(m, _)| m).filter(|m| !m.is_empty());
-        if let Some(m) = matched.filter(|m| !m.healthy.is_empty()) {
-            return Some((m, Some(MetaOutcome::Matched)));
-        }
-        let failover = match config.failover {
-            MetaFailover::None => None,
-            MetaFailover::All => Some(pool),
-            MetaFailover::Others => Some(entry.map_or(pool, |(_, others)| others)),
-            MetaFailover::NotContainKey => index
-                .lacking
-                .iter()
-                .find(|(m, _)| *m == mask)
-                .map(|(_, p)| p),
-        };
-        match failover.filter(|p| !p.is_empty()) {
-            Some(p) => Some((p, Some(MetaOutcome::Failover(config.failover)))),
-            None => matched.map(|m| (m, Some(MetaOutcome::UnhealthyCarriers))),
+        match (&self.metadata, wanted) {
+            (Some(config), Some(wanted)) => pool.by_metadata(config, wanted),
+            _ => Some((pool, None)),
         }
     }
 
     /// Nearby routing over a routed pool: the nearest level whose unhealthy share is under the
     /// threshold, else the nearest non-empty level in range. `None` when nothing is in range.
     pub fn narrow<'p>(&self, pool: &'p Pool) -> Option<(&'p Pool, Option<Level>)> {
-        let Some(nearby) = &self.nearby else {
-            return Some((pool, None));
-        };
-        let mut first_non_empty = None;
-        for level in nearby.levels() {
-            let Some(p) = pool.at(level) else { continue };
-            if nearby.satisfied(p.members.len(), p.healthy.len()) {
-                return Some((p, Some(level)));
-            }
-            if first_non_empty.is_none() && !p.is_empty() {
-                first_non_empty = Some((p, Some(level)));
-            }
+        match &self.nearby {
+            Some(nearby) => pool.narrow(nearby),
+            None => Some((pool, None)),
         }
-        first_non_empty
     }
 
     /// The widest level nearby routing may use, for the 503 body.
@@ -625,9 +234,10 @@ mod tests {
     use crate::lb::Policy;
     use crate::matching::StaticFacts;
     use crate::model::upstream_address;
-    use crate::model::{Location, ServiceKey};
+    use crate::model::{Instance, Location, ServiceKey};
     use crate::polaris::proto;
-    use crate::routing::metadata::tuple_key;
+    use crate::routing::metadata::{tuple_key, MetaFailover};
+    use crate::routing::rule::Parameter;
     use std::collections::HashMap;
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
@@ -799,7 +409,7 @@ mod tests {
         let key = tuple_key(1, &[wanted]);
         let (pool, _) = plan.by_metadata(routed.pool, Some((1, &key)))?;
         let mut ports: Vec<u32> = pool
-            .members
+            .members()
             .iter()
             .filter_map(|n| s.instance(*n).map(|i| i.port))
             .collect();
@@ -873,7 +483,7 @@ mod tests {
         let routed = plan.route(&mut facts, &mut Rng::new(1)).unwrap();
         let mut ports: Vec<u32> = routed
             .pool
-            .members
+            .members()
             .iter()
             .filter_map(|n| s.instance(*n).map(|i| i.port))
             .collect();
@@ -960,7 +570,7 @@ mod tests {
         let routed = routed_pool(&plan);
         let mut ports: Vec<u32> = routed
             .pool
-            .members
+            .members()
             .iter()
             .filter_map(|n| s.instance(*n).map(|i| i.port))
             .collect();
@@ -1150,7 +760,7 @@ mod tests {
         let routed = plan
             .route(&mut facts("v2", "green"), &mut Rng::new(1))
             .unwrap();
-        assert_eq!(routed.pool.members.len(), 1);
+        assert_eq!(routed.pool.members().len(), 1);
         assert!(plan
             .route(&mut facts("v2", "blue"), &mut Rng::new(1))
             .is_none());
