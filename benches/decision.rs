@@ -6,10 +6,9 @@ use std::collections::HashMap;
 use std::hint::black_box;
 use std::time::Instant;
 
-use polaris_wasm::config::HashKeySource;
 use polaris_wasm::decision::decide;
 use polaris_wasm::lb::{Policy, Rng};
-use polaris_wasm::matching::StaticFacts;
+use polaris_wasm::matching::{Arg, StaticFacts};
 use polaris_wasm::model::upstream_address;
 use polaris_wasm::model::{Instance, Location, ServiceKey, ServiceSnapshot};
 use polaris_wasm::polaris::proto;
@@ -135,7 +134,7 @@ fn run(title: &str, indexable: bool) {
         caller_ip: "10.1.1.1".into(),
         custom: Vec::new(),
     };
-    let hash = HashKeySource::Header("x-user".into());
+    let hash = Arg::Header("x-user".into());
     println!(
         "decision, {title}: {INSTANCES} instances, {RULES} rules (last one matches), nearby on, {BATCHES} x {BATCH} decisions: fastest batch / median batch"
     );
@@ -146,7 +145,7 @@ fn run(title: &str, indexable: bool) {
         Policy::Hash,
     ] {
         let built = Instant::now();
-        let plan = Plan::build(
+        let mut plan = Plan::build(
             &snapshot,
             &routes,
             &[],
@@ -157,18 +156,18 @@ fn run(title: &str, indexable: bool) {
         );
         let build = built.elapsed();
         let mut rng = Rng::new(7);
-        let key = policy.uses_key().then_some(&hash);
+        plan.hash_key = policy.uses_key().then(|| hash.clone());
         // Warm-up: builds the lazily-made balancers once, as the first request after a change does.
         for _ in 0..1000 {
             let mut f = facts.clone();
-            black_box(decide(&plan, &snapshot, &mut f, key, &mut rng).ok());
+            black_box(decide(&plan, &snapshot, &mut f, &mut rng).ok());
         }
         let mut f = facts.clone();
         let mut per: Vec<u128> = (0..BATCHES)
             .map(|_| {
                 let start = Instant::now();
                 for _ in 0..BATCH {
-                    let d = decide(&plan, &snapshot, black_box(&mut f), key, &mut rng);
+                    let d = decide(&plan, &snapshot, black_box(&mut f), &mut rng);
                     black_box(d.map(|d| d.instance.port).ok());
                 }
                 (start.elapsed() / BATCH).as_nanos()

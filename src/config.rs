@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::lb::{ring_hash, Options, Policy, Spec};
+use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
 use crate::polaris::client::MAX_CLUSTER_NAME;
 use crate::routing::metadata::MAX_KEYS;
@@ -59,7 +60,9 @@ pub struct Config {
 pub struct LoadBalancing {
     /// The policy and its tuning (`policy`, `ring_hash.vnodes`).
     pub balancer: Spec,
-    pub hash_key: Option<HashKeySource>,
+    /// Where a hash balancer's key comes from: a request argument (header, cookie, query or
+    /// caller IP).
+    pub hash_key: Option<Arg>,
     /// `load_balancer.services`: per-service choices, inheriting the default key and tuning.
     pub services: Vec<ServiceBalancing>,
 }
@@ -70,7 +73,7 @@ pub struct ServiceBalancing {
     /// An empty namespace stands for the configured default namespace.
     pub service: ServiceKey,
     pub balancer: Spec,
-    pub hash_key: Option<HashKeySource>,
+    pub hash_key: Option<Arg>,
 }
 
 impl Config {
@@ -89,7 +92,7 @@ impl Config {
 
 impl Config {
     /// The balancer of `service` and, for hash policies, where its key comes from.
-    pub fn balancing(&self, service: &ServiceKey) -> (Spec, Option<&HashKeySource>) {
+    pub fn balancing(&self, service: &ServiceKey) -> (Spec, Option<&Arg>) {
         let lb = &self.load_balancing;
         lb.services
             .iter()
@@ -102,15 +105,6 @@ impl Config {
                 (s.balancer, s.hash_key.as_ref())
             })
     }
-}
-
-/// Where a hash balancer's key comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HashKeySource {
-    Header(String),
-    Cookie(String),
-    Query(String),
-    CallerIp,
 }
 
 /// Where the destination service of a request comes from.
@@ -552,7 +546,7 @@ fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError>
 /// The balancer fields of one object: `load_balancer` or a per-service entry.
 struct BalancerFields {
     policy: Option<Policy>,
-    hash_key: Option<HashKeySource>,
+    hash_key: Option<Arg>,
     /// `ring_hash`.
     options: Option<Options>,
 }
@@ -578,10 +572,10 @@ fn balancer_fields(obj: &Map<String, Value>, path: &str) -> Result<BalancerField
                     .ok_or_else(|| err(&format!("{parent}.name"), "is required for this source"))
             };
             Some(match from.as_deref() {
-                Some("header") => HashKeySource::Header(need_name(name)?.to_ascii_lowercase()),
-                Some("cookie") => HashKeySource::Cookie(need_name(name)?),
-                Some("query") => HashKeySource::Query(need_name(name)?),
-                Some("caller_ip") => HashKeySource::CallerIp,
+                Some("header") => Arg::Header(need_name(name)?.to_ascii_lowercase()),
+                Some("cookie") => Arg::Cookie(need_name(name)?),
+                Some("query") => Arg::Query(need_name(name)?),
+                Some("caller_ip") => Arg::CallerIp,
                 other => {
                     return Err(err(
                         &format!("{parent}.from"),
@@ -817,7 +811,7 @@ mod tests {
         assert_eq!(c.load_balancing.balancer.policy, Policy::RingHash);
         assert_eq!(
             c.load_balancing.hash_key,
-            Some(HashKeySource::Header("x-user".into()))
+            Some(Arg::Header("x-user".into()))
         );
         assert!(c.debug_trace);
     }
@@ -852,14 +846,14 @@ mod tests {
                                "hash_key":{"from":"caller_ip"}}]}}"#,
         )
         .unwrap();
-        let user = HashKeySource::Header("x-user".into());
+        let user = Arg::Header("x-user".into());
         assert_eq!(
             c.balancing(&ServiceKey::new("prod", "cart")),
             (Spec::from(Policy::Maglev), Some(&user))
         );
         assert_eq!(
             c.balancing(&ServiceKey::new("fin", "pay")),
-            (Spec::from(Policy::Hash), Some(&HashKeySource::CallerIp))
+            (Spec::from(Policy::Hash), Some(&Arg::CallerIp))
         );
         // `cart` without a namespace means the default namespace only.
         assert_eq!(

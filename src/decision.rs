@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use crate::config::HashKeySource;
 use crate::lb::{self, Rng};
-use crate::matching::RequestFacts;
+use crate::matching::{Arg, RequestFacts};
 use crate::model::{Instance, ServiceKey, ServiceSnapshot};
 use crate::routing::metadata::MetaOutcome;
 use crate::routing::{Level, MetadataRouting, Plan};
@@ -127,13 +126,8 @@ impl fmt::Display for Rejection {
 }
 
 /// The hash balancers' key, from where the configuration says.
-pub fn hash_key(source: Option<&HashKeySource>, facts: &mut dyn RequestFacts) -> Option<u64> {
-    let value = match source? {
-        HashKeySource::Header(h) => facts.header(h),
-        HashKeySource::Cookie(c) => facts.cookie(c),
-        HashKeySource::Query(q) => facts.query(q),
-        HashKeySource::CallerIp => facts.caller_ip(),
-    }?;
+pub fn hash_key(source: Option<&Arg>, facts: &mut dyn RequestFacts) -> Option<u64> {
+    let value = facts.arg(source?)?;
     Some(lb::hash_key(value.as_bytes()))
 }
 
@@ -174,7 +168,6 @@ pub fn decide<'a>(
     plan: &'a Plan,
     snapshot: &'a ServiceSnapshot,
     facts: &mut dyn RequestFacts,
-    hash: Option<&HashKeySource>,
     rng: &mut Rng,
 ) -> Result<Decision<'a>, Rejection> {
     let routed = plan
@@ -202,7 +195,7 @@ pub fn decide<'a>(
             widest: plan.nearby_limit().unwrap_or(Level::All),
         })?;
     let key = if plan.balancer.policy.uses_key() {
-        hash_key(hash, facts)
+        hash_key(plan.hash_key.as_ref(), facts)
     } else {
         None
     };
@@ -242,7 +235,7 @@ mod tests {
         s: &'a ServiceSnapshot,
         rng: &mut Rng,
     ) -> Result<Decision<'a>, Rejection> {
-        decide(plan, s, &mut StaticFacts::default(), None, rng)
+        decide(plan, s, &mut StaticFacts::default(), rng)
     }
 
     fn plan(s: &ServiceSnapshot) -> Plan {
@@ -286,7 +279,6 @@ mod tests {
     /// keys and values must give a decision or a rejection, never a panic.
     #[test]
     fn arbitrary_rule_content_never_panics() {
-        use crate::config::HashKeySource;
         use crate::model::Location;
         use crate::polaris::proto;
         use crate::routing::rule::compile_routes;
@@ -414,7 +406,7 @@ mod tests {
                 } else {
                     Failover::None
                 };
-                let plan = Plan::build(
+                let mut plan = Plan::build(
                     &s,
                     &compiled,
                     &compiled,
@@ -423,6 +415,7 @@ mod tests {
                     Some(&nearby),
                     Some(&metadata),
                 );
+                plan.hash_key = Some(Arg::Header("x-v".into()));
                 for _ in 0..5 {
                     let mut facts = StaticFacts {
                         headers: vec![("x-v".into(), one(&mut rng, &WORDS).into())],
@@ -431,8 +424,7 @@ mod tests {
                         caller_ip: "127.0.0.1".into(),
                         custom: vec![("team".into(), "blue".into())],
                     };
-                    let key = HashKeySource::Header("x-v".into());
-                    if decide(&plan, &s, &mut facts, Some(&key), &mut rng).is_ok() {
+                    if decide(&plan, &s, &mut facts, &mut rng).is_ok() {
                         decided += 1;
                     }
                 }

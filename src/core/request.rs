@@ -182,11 +182,10 @@ impl Exchange {
             return Route::Load(key);
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
-        let decision =
-            match decision::decide(plan, snapshot, &mut facts, config.balancing(&key).1, rng) {
-                Ok(d) => d,
-                Err(r) => return Route::Reject(r),
-            };
+        let decision = match decision::decide(plan, snapshot, &mut facts, rng) {
+            Ok(d) => d,
+            Err(r) => return Route::Reject(r),
+        };
         let upstream = &decision.instance.upstream;
         let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
         drop(facts);
@@ -280,15 +279,17 @@ fn build_plan<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
         .and_then(|c| w.rules.peek(c))
         .unwrap_or(&empty)
         .outbound;
-    let plan = Plan::build(
+    let (balancer, hash_key) = w.config.balancing(key);
+    let mut plan = Plan::build(
         snapshot,
         inbound,
         outbound,
-        w.config.balancing(key).0,
+        balancer,
         w.config.failover,
         Some(&w.config.nearby),
         Some(&w.config.metadata),
     );
+    plan.hash_key = hash_key.cloned();
     w.plans.insert(key.clone(), plan);
     true
 }

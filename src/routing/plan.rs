@@ -9,7 +9,7 @@ use super::nearby::{Level, Nearby};
 use super::pool::Pool;
 use super::rule::{Direction, Route};
 use crate::lb::{Rng, Spec};
-use crate::matching::{RegexEval, RegexSets, RequestFacts};
+use crate::matching::{Arg, RegexEval, RegexSets, RequestFacts};
 use crate::model::ServiceSnapshot;
 
 #[derive(Debug)]
@@ -42,6 +42,8 @@ pub struct Plan {
     all: Pool,
     /// The balancer policy and its tuning.
     pub balancer: Spec,
+    /// Where a hash balancer's key comes from (set by the builder's caller from configuration).
+    pub hash_key: Option<Arg>,
     pub failover: Failover,
     /// Nearby routing, when the service enables it and this Envoy has a location.
     nearby: Option<Nearby>,
@@ -118,6 +120,7 @@ impl Plan {
                 .with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby),
             balancer: balancer.into(),
+            hash_key: None,
             failover,
             nearby: nearby.cloned(),
             metadata: metadata.filter(|m| !m.labels.is_empty()).cloned(),
