@@ -65,6 +65,7 @@ lint: rust-targets
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --no-default-features --lib -- -D warnings
+	python3 scripts/module_cycles.py
 
 test: lint test-native test-wasm test-e2e
 

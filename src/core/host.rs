@@ -4,7 +4,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// A host call the host refused, with the status it gave (`proxy_wasm::types::Status` rendered).
+/// A host call the host refused, with the status it gave (the proxy-wasm status, rendered).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostError(pub String);
 
