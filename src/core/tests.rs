@@ -316,13 +316,19 @@ fn the_leaders_tick_for_an_unchanged_service_sends_its_revision_and_writes_nothi
     );
 }
 
-#[test]
-fn a_followers_tick_sends_nothing() {
+/// Two VMs of one Envoy watching echo: (host, worker) of each, sharing one store.
+fn two_vms() -> (FakeHost, Worker<FakeHost>, FakeHost, Worker<FakeHost>) {
     let leader_host = FakeHost::new(START);
     leader_host.put(shared::WATCH_KEY, b"default/echo\n");
     let follower_host = leader_host.sibling();
-    let mut leader = worker(&leader_host, "");
-    let mut follower = worker(&follower_host, "");
+    let leader = worker(&leader_host, "");
+    let follower = worker(&follower_host, "");
+    (leader_host, leader, follower_host, follower)
+}
+
+#[test]
+fn a_followers_tick_sends_nothing() {
+    let (_, mut leader, follower_host, mut follower) = two_vms();
     leader.on_tick();
     follower_host.set_now(START + 100);
     follower.on_tick();
@@ -332,11 +338,7 @@ fn a_followers_tick_sends_nothing() {
 
 #[test]
 fn a_lost_lease_is_taken_over_after_it_expires() {
-    let leader_host = FakeHost::new(START);
-    leader_host.put(shared::WATCH_KEY, b"default/echo\n");
-    let follower_host = leader_host.sibling();
-    let mut leader = worker(&leader_host, "");
-    let mut follower = worker(&follower_host, "");
+    let (leader_host, mut leader, follower_host, mut follower) = two_vms();
     leader.on_tick();
     // The leader stalls. Its lease lives 4 ticks (4 × 500 ms at a 1 s interval).
     follower_host.set_now(START + 1999);

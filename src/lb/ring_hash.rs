@@ -196,7 +196,7 @@ impl Hasher for Prehashed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::lb::test_support::{golden_ids, ids, key_hash, members};
+    use crate::lb::test_support::{golden_ids, ids, key_hash, members, parse, GOLDEN_WEIGHTS};
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
@@ -216,18 +216,10 @@ mod tests {
         "0,0,0,0,0,0,0,0,0,1,0,0,0,0,0,0,0,0,0,0,0,0,0,1,0,0,1,0,0,1,1,1,0,0,0,1,1,0,0,0";
     const POLARIS_DUP: &str = "2,1,1,1,0,0,0,0,1,2,0,0,0,0,2,2,2,0,1,2,0,1,1,2,2,0,0,1,0,2,0,0,1,0,0,0,2,0,2,0,1,1,0,1,1,1,1,0,1,2,1,1,2,0,1,0,0,0,2,0,";
 
-    fn parse(golden: &str) -> Vec<usize> {
-        golden
-            .split(',')
-            .filter(|s| !s.is_empty())
-            .map(|s| s.parse().unwrap())
-            .collect()
-    }
-
     #[test]
     fn picks_exactly_as_polaris_go_at_its_default_vnode_count() {
         let mixed = golden_ids();
-        let weights = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+        let weights = GOLDEN_WEIGHTS;
         let ring = Ring::build(&members(&mixed, &weights), DEFAULT_VNODE_COUNT);
         assert_eq!(picks(&ring, 200), parse(POLARIS_MIXED));
 
@@ -246,22 +238,14 @@ mod tests {
 
     #[test]
     fn picks_as_polaris_go_whatever_order_polaris_answered_in() {
-        use crate::lb::{Balancer, Options, Policy, Rng};
-        let mixed = golden_ids();
-        let weights = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
-        let set = members(&mixed, &weights);
-        let options = Options {
-            vnode_count: DEFAULT_VNODE_COUNT,
-        };
-        for seed in 1..=4 {
-            let reordered = crate::lb::test_support::shuffled(&set, seed);
-            let balancer = Balancer::build_with(Policy::RingHash, &reordered, options);
-            let mut rng = Rng::new(seed);
-            let picks: Vec<usize> = (0..200)
-                .map(|k| balancer.pick(Some(key_hash(k)), &mut rng).unwrap())
-                .collect();
-            assert_eq!(picks, parse(POLARIS_MIXED), "order #{seed}");
-        }
+        use crate::lb::{Options, Policy};
+        crate::lb::test_support::assert_picks_in_any_order(
+            Policy::RingHash,
+            Options {
+                vnode_count: DEFAULT_VNODE_COUNT,
+            },
+            POLARIS_MIXED,
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Helpers shared by the hash balancers' tests.
 
 use super::murmur3::murmur3_64;
-use super::Member;
+use super::{Balancer, Member, Options, Policy, Rng};
 
 /// Fixed-width ids, like Polaris' 40-hex-digit ones (see the ring-hash module doc on point keys).
 pub fn ids(n: usize) -> Vec<String> {
@@ -34,4 +34,32 @@ pub fn shuffled<'a>(set: &[Member<'a>], seed: u64) -> Vec<Member<'a>> {
         out.swap(i, j);
     }
     out
+}
+
+/// A recorded list of picks, `"0,3,3,…"`.
+pub fn parse(golden: &str) -> Vec<usize> {
+    golden
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+/// The weights of the mixed polaris-go recording over `golden_ids()`.
+pub const GOLDEN_WEIGHTS: [u32; 10] = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+
+/// Asserts that `policy` over the mixed golden set picks `golden` for keys `key-0..` whatever
+/// order the instances come in.
+pub fn assert_picks_in_any_order(policy: Policy, options: Options, golden: &str) {
+    let mixed = golden_ids();
+    let set = members(&mixed, &GOLDEN_WEIGHTS);
+    for seed in 1..=4 {
+        let reordered = shuffled(&set, seed);
+        let balancer = Balancer::build_with(policy, &reordered, options);
+        let mut rng = Rng::new(seed);
+        let picks: Vec<usize> = (0..200)
+            .map(|k| balancer.pick(Some(key_hash(k)), &mut rng).unwrap())
+            .collect();
+        assert_eq!(picks, parse(golden), "order #{seed}");
+    }
 }

@@ -467,15 +467,7 @@ mod tests {
         headers: &[(&str, &str)],
     ) -> (Option<String>, Vec<u32>) {
         let s = snapshot(instances, false);
-        let plan = Plan::build(
-            &s,
-            rules,
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            None,
-            None,
-        );
+        let plan = plain_plan(&s, rules);
         let mut facts = StaticFacts {
             headers: headers
                 .iter()
@@ -484,14 +476,32 @@ mod tests {
             ..StaticFacts::default()
         };
         let routed = plan.route(&mut facts, &mut Rng::new(1)).unwrap();
-        let mut ports: Vec<u32> = routed
-            .pool
+        let ports = sorted_ports(routed.pool, &s);
+        (routed.rule.map(str::to_string), ports)
+    }
+
+    /// A weighted-random plan of `rules` without nearby or metadata routing.
+    fn plain_plan(s: &ServiceSnapshot, rules: &[Route]) -> Plan {
+        Plan::build(
+            s,
+            rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        )
+    }
+
+    /// The ports of a pool's members, sorted.
+    fn sorted_ports(pool: &Pool, s: &ServiceSnapshot) -> Vec<u32> {
+        let mut ports: Vec<u32> = pool
             .members()
             .iter()
             .filter_map(|n| s.instance(*n).map(|i| i.port))
             .collect();
         ports.sort_unstable();
-        (routed.rule.map(str::to_string), ports)
+        ports
     }
 
     #[test]
@@ -561,23 +571,9 @@ mod tests {
     /// The group a plain request is routed to, and its pool's ports.
     fn group_ports(instances: Vec<Instance>, rules: &[Route]) -> (Option<String>, Vec<u32>) {
         let s = snapshot(instances, false);
-        let plan = Plan::build(
-            &s,
-            rules,
-            &[],
-            Policy::WeightedRandom,
-            Failover::All,
-            None,
-            None,
-        );
+        let plan = plain_plan(&s, rules);
         let routed = routed_pool(&plan);
-        let mut ports: Vec<u32> = routed
-            .pool
-            .members()
-            .iter()
-            .filter_map(|n| s.instance(*n).map(|i| i.port))
-            .collect();
-        ports.sort_unstable();
+        let ports = sorted_ports(routed.pool, &s);
         (routed.group.map(str::to_string), ports)
     }
 
