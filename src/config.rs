@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-use crate::lb::Policy;
+use crate::lb::{ring_hash, Options, Policy, Spec};
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
 use crate::snapshot::{Location, ServiceKey};
@@ -56,26 +56,35 @@ pub struct Config {
 /// Which balancer a service uses: `load_balancer` in the plugin configuration.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LoadBalancing {
-    pub policy: Policy,
+    /// The policy and its tuning (`policy`, `ring_hash.vnodes`).
+    pub balancer: Spec,
     pub hash_key: Option<HashKeySource>,
-    /// `load_balancer.services`: per-service policy and key (inheriting the default key). An
-    /// empty namespace stands for the configured default namespace.
-    pub services: Vec<(ServiceKey, Policy, Option<HashKeySource>)>,
+    /// `load_balancer.services`: per-service choices, inheriting the default key and tuning.
+    pub services: Vec<ServiceBalancing>,
+}
+
+/// One entry of `load_balancer.services`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServiceBalancing {
+    /// An empty namespace stands for the configured default namespace.
+    pub service: ServiceKey,
+    pub balancer: Spec,
+    pub hash_key: Option<HashKeySource>,
 }
 
 impl Config {
     /// The balancer of `service` and, for hash policies, where its key comes from.
-    pub fn balancing(&self, service: &ServiceKey) -> (Policy, Option<&HashKeySource>) {
+    pub fn balancing(&self, service: &ServiceKey) -> (Spec, Option<&HashKeySource>) {
         let lb = &self.load_balancing;
         lb.services
             .iter()
-            .find(|(key, _, _)| {
-                key.name == service.name
-                    && (key.namespace == service.namespace
-                        || (key.namespace.is_empty() && service.namespace == self.namespace))
+            .find(|s| {
+                s.service.name == service.name
+                    && (s.service.namespace == service.namespace
+                        || (s.service.namespace.is_empty() && service.namespace == self.namespace))
             })
-            .map_or((lb.policy, lb.hash_key.as_ref()), |(_, policy, hash)| {
-                (*policy, hash.as_ref())
+            .map_or((lb.balancer, lb.hash_key.as_ref()), |s| {
+                (s.balancer, s.hash_key.as_ref())
             })
     }
 }
@@ -453,12 +462,25 @@ fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {
 }
 
 fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError> {
-    let Some(obj) = object(map, "load_balancer", &["policy", "hash_key", "services"])? else {
+    let Some(obj) = object(
+        map,
+        "load_balancer",
+        &["policy", "hash_key", "ring_hash", "services"],
+    )?
+    else {
         return Ok(LoadBalancing::default());
     };
-    let (policy, hash_key) = balancer_fields(obj, "load_balancer")?;
-    let policy = policy.unwrap_or(Policy::WeightedRandom);
-    let mut services: Vec<(ServiceKey, Policy, Option<HashKeySource>)> = Vec::new();
+    let BalancerFields {
+        policy,
+        hash_key,
+        options,
+    } = balancer_fields(obj, "load_balancer")?;
+    let options = options.unwrap_or_default();
+    let balancer = Spec {
+        policy: policy.unwrap_or(Policy::WeightedRandom),
+        options,
+    };
+    let mut services = Vec::new();
     match obj.get("services") {
         None | Some(Value::Null) => {}
         Some(Value::Array(entries)) => {
@@ -473,25 +495,32 @@ fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError>
                 reject_unknown(
                     entry,
                     &path,
-                    &["service", "namespace", "policy", "hash_key"],
+                    &["service", "namespace", "policy", "hash_key", "ring_hash"],
                 )?;
                 let service = nested_string(entry, &path, "service")?
                     .filter(|s| !s.is_empty())
                     .ok_or_else(|| err(&format!("{path}.service"), "is required"))?;
                 let namespace = nested_string(entry, &path, "namespace")?;
-                let (own_policy, own_key) = balancer_fields(entry, &path)?;
+                let BalancerFields {
+                    policy: own_policy,
+                    hash_key: own_key,
+                    options: own_options,
+                } = balancer_fields(entry, &path)?;
                 let own_policy = own_policy.ok_or_else(|| {
                     err(
                         &format!("{path}.policy"),
                         "is required in a per-service entry",
                     )
                 })?;
-                services.push((
+                services.push(ServiceBalancing {
                     // The namespace is settled against the default one in `Config::balancing`.
-                    ServiceKey::new(namespace.unwrap_or_default(), service),
-                    own_policy,
-                    own_key.or_else(|| hash_key.clone()),
-                ));
+                    service: ServiceKey::new(namespace.unwrap_or_default(), service),
+                    balancer: Spec {
+                        policy: own_policy,
+                        options: own_options.unwrap_or(options),
+                    },
+                    hash_key: own_key.or_else(|| hash_key.clone()),
+                });
             }
         }
         Some(other) => {
@@ -502,17 +531,22 @@ fn load_balancer(map: &Map<String, Value>) -> Result<LoadBalancing, ConfigError>
         }
     }
     Ok(LoadBalancing {
-        policy,
+        balancer,
         hash_key,
         services,
     })
 }
 
-/// `policy` and `hash_key` of `obj`, the object at `path`.
-fn balancer_fields(
-    obj: &Map<String, Value>,
-    path: &str,
-) -> Result<(Option<Policy>, Option<HashKeySource>), ConfigError> {
+/// The balancer fields of one object: `load_balancer` or a per-service entry.
+struct BalancerFields {
+    policy: Option<Policy>,
+    hash_key: Option<HashKeySource>,
+    /// `ring_hash`.
+    options: Option<Options>,
+}
+
+/// `policy`, `hash_key` and `ring_hash` of `obj`, the object at `path`.
+fn balancer_fields(obj: &Map<String, Value>, path: &str) -> Result<BalancerFields, ConfigError> {
     let policy = nested_string(obj, path, "policy")?
         .map(|p| {
             p.parse::<Policy>()
@@ -548,7 +582,38 @@ fn balancer_fields(
             })
         }
     };
-    Ok((policy, hash_key))
+    let options = match object(obj, "ring_hash", &["vnodes"])
+        .map_err(|e| err(&format!("{path}.{}", e.field), e.reason))?
+    {
+        None => None,
+        Some(ring) => {
+            let field = format!("{path}.ring_hash.vnodes");
+            let max = ring_hash::MAX_VNODE_COUNT;
+            let vnode_count = match ring.get("vnodes") {
+                None | Some(Value::Null) => ring_hash::DEFAULT_VNODE_COUNT,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| {
+                        err(
+                            &field,
+                            format!(
+                                "must be an integer from 1 to {max} (polaris-go's \
+                                 ringHash.vnodeCount, default {})",
+                                ring_hash::DEFAULT_VNODE_COUNT
+                            ),
+                        )
+                    })?,
+            };
+            Some(Options { vnode_count })
+        }
+    };
+    Ok(BalancerFields {
+        policy,
+        hash_key,
+        options,
+    })
 }
 
 fn string(map: &Map<String, Value>, field: &str) -> Result<Option<String>, ConfigError> {
@@ -737,7 +802,7 @@ mod tests {
             Some("gray")
         );
         assert_eq!(c.failover, Failover::None);
-        assert_eq!(c.load_balancing.policy, Policy::RingHash);
+        assert_eq!(c.load_balancing.balancer.policy, Policy::RingHash);
         assert_eq!(
             c.load_balancing.hash_key,
             Some(HashKeySource::Header("x-user".into()))
@@ -778,21 +843,69 @@ mod tests {
         let user = HashKeySource::Header("x-user".into());
         assert_eq!(
             c.balancing(&ServiceKey::new("prod", "cart")),
-            (Policy::Maglev, Some(&user))
+            (Spec::from(Policy::Maglev), Some(&user))
         );
         assert_eq!(
             c.balancing(&ServiceKey::new("fin", "pay")),
-            (Policy::Hash, Some(&HashKeySource::CallerIp))
+            (Spec::from(Policy::Hash), Some(&HashKeySource::CallerIp))
         );
         // `cart` without a namespace means the default namespace only.
         assert_eq!(
             c.balancing(&ServiceKey::new("other", "cart")),
-            (Policy::WeightedRandom, Some(&user))
+            (Spec::from(Policy::WeightedRandom), Some(&user))
         );
         assert_eq!(
             c.balancing(&ServiceKey::new("prod", "pay")),
-            (Policy::WeightedRandom, Some(&user))
+            (Spec::from(Policy::WeightedRandom), Some(&user))
         );
+    }
+
+    #[test]
+    fn ring_hash_vnodes_default_to_polaris_gos_ten_and_are_inherited_per_service() {
+        let c = parse(r#"{"polaris_cluster":"p","load_balancer":{"policy":"ringHash"}}"#).unwrap();
+        assert_eq!(c.load_balancing.balancer.options.vnode_count, 10);
+        let c = parse(
+            r#"{"polaris_cluster":"p",
+                "load_balancer":{"policy":"ringHash","ring_hash":{"vnodes":500},
+                  "services":[{"service":"cart","policy":"ringHash"},
+                              {"service":"pay","policy":"ringHash","ring_hash":{"vnodes":160}}]}}"#,
+        )
+        .unwrap();
+        let vnodes = |name: &str| {
+            c.balancing(&ServiceKey::new("default", name))
+                .0
+                .options
+                .vnode_count
+        };
+        assert_eq!(vnodes("other"), 500);
+        assert_eq!(vnodes("cart"), 500);
+        assert_eq!(vnodes("pay"), 160);
+    }
+
+    #[test]
+    fn ring_hash_vnodes_out_of_range_are_refused_by_field() {
+        for (ring, field) in [
+            (r#"{"vnodes":0}"#, "load_balancer.ring_hash.vnodes"),
+            (r#"{"vnodes":1001}"#, "load_balancer.ring_hash.vnodes"),
+            (r#"{"vnodes":-3}"#, "load_balancer.ring_hash.vnodes"),
+            (r#"{"vnodes":2.5}"#, "load_balancer.ring_hash.vnodes"),
+            (r#"{"vnodes":"10"}"#, "load_balancer.ring_hash.vnodes"),
+            (r#"{"points":10}"#, "load_balancer.ring_hash.points"),
+            (r#"10"#, "load_balancer.ring_hash"),
+        ] {
+            let e = parse(&format!(
+                r#"{{"polaris_cluster":"p","load_balancer":{{"policy":"ringHash","ring_hash":{ring}}}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field, "{ring}");
+        }
+        let e = parse(
+            r#"{"polaris_cluster":"p","load_balancer":{"services":[
+                {"service":"a","policy":"ringHash","ring_hash":{"vnodes":0}}]}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "load_balancer.services[0].ring_hash.vnodes");
+        assert!(e.reason.contains("1 to 1000"), "{}", e.reason);
     }
 
     #[test]

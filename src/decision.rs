@@ -192,17 +192,17 @@ pub fn decide<'a>(
             service: snapshot.key.clone(),
             widest: plan.nearby_limit().unwrap_or(Level::All),
         })?;
-    let key = if plan.policy.uses_key() {
+    let key = if plan.balancer.policy.uses_key() {
         hash_key(hash, facts)
     } else {
         None
     };
-    let picked =
-        pool.pick(snapshot, plan.policy, key, rng)
-            .ok_or_else(|| Rejection::NoInstance {
-                service: snapshot.key.clone(),
-                total: snapshot.instances.len(),
-            })?;
+    let picked = pool
+        .pick(snapshot, plan.balancer, key, rng)
+        .ok_or_else(|| Rejection::NoInstance {
+            service: snapshot.key.clone(),
+            total: snapshot.instances.len(),
+        })?;
     let instance = snapshot
         .instance(picked.index)
         .ok_or_else(|| Rejection::NoInstance {

@@ -29,9 +29,11 @@ pub enum Counter {
     NoInstance,
     /// Every local reply (any reason).
     LocalReplies,
+    /// REGEX tests that ran out of backtracking steps and counted as no match.
+    RegexBacktrackLimit,
 }
 
-const ALL: [(Counter, &str); 9] = [
+const ALL: [(Counter, &str); 10] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -41,6 +43,10 @@ const ALL: [(Counter, &str); 9] = [
     (Counter::RecoverAll, "polaris_wasm.recover_all"),
     (Counter::NoInstance, "polaris_wasm.no_instance"),
     (Counter::LocalReplies, "polaris_wasm.local_replies"),
+    (
+        Counter::RegexBacktrackLimit,
+        "polaris_wasm.regex_backtrack_limit",
+    ),
 ];
 
 /// Metric ids of this VM; a metric the host refused to define is skipped, never fatal.
@@ -68,8 +74,19 @@ impl Metrics {
         }
     }
 
+    pub fn add(&self, counter: Counter, n: u64) {
+        if let Some(pending) = self.pending.get(counter as usize) {
+            pending.set(pending.get().wrapping_add(n));
+        }
+    }
+
     /// Hands the counted increments to Envoy.
     pub fn flush(&self) {
+        // Counted where the regex runs, which knows no host.
+        self.add(
+            Counter::RegexBacktrackLimit,
+            crate::routing::matcher::take_backtrack_limit_hits(),
+        );
         for (id, pending) in self.ids.iter().zip(self.pending.iter()) {
             let n = pending.take();
             if let (Some(id), true) = (id, n > 0) {

@@ -67,7 +67,7 @@ impl Worker {
             return;
         };
         self.location_pending = false;
-        if !here.region.is_empty() {
+        if !here.is_empty() {
             log::info!(
                 "location {}/{}/{} from Envoy node locality",
                 here.region,

@@ -11,7 +11,10 @@
 //! - A key hash picks slot `hash % M`.
 //!
 //! Members are visited in the given order, which decides who wins a contested slot: the same order
-//! gives the same table as polaris-go (checked against its output in the tests).
+//! gives the same table as polaris-go (checked against its output in the tests). polaris-go visits
+//! them in instance-id order, and so does [`Balancer`](super::Balancer), which sorts the members
+//! before building: the table is then a function of the instance set, not of the order Polaris
+//! answered in.
 
 use super::murmur3::murmur3_64;
 use super::Member;
@@ -162,6 +165,43 @@ mod tests {
         let dup = ["dup".to_string(), "dup".to_string(), "x".to_string()];
         let table = Table::build(&members(&dup, &[100, 100, 100]));
         assert_eq!(picks(&table, 60), parse(POLARIS_DUP));
+    }
+
+    #[test]
+    fn picks_as_polaris_go_whatever_order_polaris_answered_in() {
+        use crate::lb::{Balancer, Policy, Rng};
+        let mixed = golden_ids();
+        let weights = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+        let set = members(&mixed, &weights);
+        for seed in 1..=4 {
+            let reordered = crate::lb::test_support::shuffled(&set, seed);
+            let balancer = Balancer::build(Policy::Maglev, &reordered);
+            let mut rng = Rng::new(seed);
+            let picks: Vec<usize> = (0..200)
+                .map(|k| balancer.pick(Some(key_hash(k)), &mut rng).unwrap())
+                .collect();
+            assert_eq!(picks, parse(POLARIS_MIXED), "order #{seed}");
+        }
+    }
+
+    #[test]
+    fn every_slot_of_the_maglev_balancer_ignores_the_order_polaris_answered_in() {
+        use crate::lb::{Balancer, Policy, Rng};
+        // Contested slots are few (200 keys may miss them all): compare the whole table.
+        let names = ids(10);
+        let set = members(&names, &[100, 100, 50, 200, 100, 30, 100, 100, 1, 100]);
+        let sorted = Balancer::build(Policy::Maglev, &set);
+        let mut rng = Rng::new(1);
+        for seed in 1..=3 {
+            let reordered = Balancer::build(
+                Policy::Maglev,
+                &crate::lb::test_support::shuffled(&set, seed),
+            );
+            let differ = (0..TABLE_SIZE)
+                .filter(|&h| reordered.pick(Some(h), &mut rng) != sorted.pick(Some(h), &mut rng))
+                .count();
+            assert_eq!(differ, 0, "order #{seed}");
+        }
     }
 
     #[test]

@@ -2,6 +2,13 @@
 //!
 //! A [`Balancer`] is built once per instance set with one of polaris-go's policies and then picks
 //! without allocating. The hash policies take the request's key already hashed by [`hash_key`].
+//!
+//! Every balancer is a function of the instance *set*: members are sorted by instance id before a
+//! balancer is built, as polaris-go sorts a service's instances by id when it decodes them
+//! (`pkg/model/pb/service.go`) and builds every balancer in that order. Polaris answers Discover
+//! in no stable order, so without it two Envoys (or one Envoy after a refresh) would map a key
+//! differently: the `hash` balancer's cumulative weights and Maglev's contested slots depend on
+//! the order members are visited in.
 
 pub mod hash;
 pub mod maglev;
@@ -103,9 +110,26 @@ pub struct Member<'a> {
 /// Tuning of the balancers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Options {
-    /// Ring points of the heaviest instance (polaris-go `ringHash.vnodeCount`). Set it to
-    /// [`ring_hash::POLARIS_VNODE_COUNT`] to pick exactly as a default polaris-go client.
+    /// Ring points of the heaviest instance (polaris-go `ringHash.vnodeCount`, default 10). A key
+    /// lands on the same instance for an Envoy and a polaris-go caller only when both use the
+    /// same count.
     pub vnode_count: usize,
+}
+
+/// A policy with its tuning: what the balancers of one service are built with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Spec {
+    pub policy: Policy,
+    pub options: Options,
+}
+
+impl From<Policy> for Spec {
+    fn from(policy: Policy) -> Spec {
+        Spec {
+            policy,
+            options: Options::default(),
+        }
+    }
 }
 
 impl Default for Options {
@@ -137,7 +161,12 @@ impl Balancer {
         Balancer::build_with(policy, members, Options::default())
     }
 
+    /// Builds over `members` in instance-id order, whatever order they come in (see the module
+    /// doc). Members sharing an id (which Polaris never serves) keep their given order.
     pub fn build_with(policy: Policy, members: &[Member<'_>], options: Options) -> Balancer {
+        let mut sorted = members.to_vec();
+        sorted.sort_by(|a, b| a.id.cmp(b.id));
+        let members = sorted.as_slice();
         let weights = || members.iter().map(|m| (m.index, m.weight));
         match policy {
             Policy::WeightedRandom => Balancer::WeightedRandom(WeightTable::new(weights())),
@@ -339,8 +368,11 @@ mod tests {
         let set = members(&names, &[200, 100]);
         let mut rng = Rng::new(7);
         let picks = 12_000;
+        // Ring hash at 160 points per heaviest instance (320 + 160 points); polaris-go's default
+        // of 10 is much coarser (see `ring_hash::DEFAULT_VNODE_COUNT`).
+        let fine = Options { vnode_count: 160 };
         for policy in Policy::ALL {
-            let balancer = Balancer::build(policy, &set);
+            let balancer = Balancer::build_with(policy, &set, fine);
             let heavy = (0..picks)
                 .filter(|k| {
                     let key = Some(hash_key(format!("req-{k}").as_bytes()));
@@ -348,9 +380,99 @@ mod tests {
                 })
                 .count();
             let share = heavy as f64 / f64::from(picks);
-            // Ring hash is the coarsest (320 + 160 points): allow ±0.05 everywhere.
+            // Ring hash is the coarsest: allow ±0.05 everywhere.
             assert!((share - 2.0 / 3.0).abs() < 0.05, "{policy}: {share}");
         }
+    }
+
+    #[test]
+    fn ring_hash_defaults_to_polaris_gos_ten_points_per_instance() {
+        let names = ids(3);
+        let set = members(&names, &[100, 100, 50]);
+        let Balancer::RingHash(ring) = Balancer::build(Policy::RingHash, &set) else {
+            unreachable!()
+        };
+        assert_eq!(ring.len(), 10 + 10 + 5);
+        let Balancer::RingHash(ring) =
+            Balancer::build_with(Policy::RingHash, &set, Options { vnode_count: 500 })
+        else {
+            unreachable!()
+        };
+        assert_eq!(ring.len(), 500 + 500 + 250);
+    }
+
+    /// The weights of polaris-go's recordings (`test_support::golden_ids`).
+    const MIXED: [u32; 10] = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+
+    #[test]
+    fn hash_balancer_ignores_the_order_polaris_answered_in() {
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        let sorted = Balancer::build(Policy::Hash, &answered);
+        let mut rng = Rng::new(10);
+        for seed in 1..=8 {
+            let reordered = super::test_support::shuffled(&answered, seed);
+            let balancer = Balancer::build(Policy::Hash, &reordered);
+            for k in 0..2000 {
+                let key = Some(hash_key(format!("user-{k}").as_bytes()));
+                assert_eq!(
+                    balancer.pick(key, &mut rng),
+                    sorted.pick(key, &mut rng),
+                    "order #{seed}, user-{k}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_balancer_is_a_function_of_the_instance_set() {
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        for policy in Policy::ALL {
+            let reference = Balancer::build(policy, &answered);
+            for seed in 1..=5 {
+                let balancer =
+                    Balancer::build(policy, &super::test_support::shuffled(&answered, seed));
+                // Weighted random too: the same draws pick the same instances.
+                let (mut a, mut b) = (Rng::new(seed), Rng::new(seed));
+                for k in 0..1000 {
+                    let key = Some(hash_key(format!("user-{k}").as_bytes()));
+                    assert_eq!(
+                        balancer.pick(key, &mut a),
+                        reference.pick(key, &mut b),
+                        "{policy}, order #{seed}, user-{k}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn balancers_build_in_instance_id_order_like_polaris_go() {
+        // `b` before `a` in the answer: polaris-go's sorted order puts `a` first, so with weights
+        // 1 and 1 the `hash` point 0 belongs to `a`.
+        let names = ["b".to_string(), "a".to_string()];
+        let set = members(&names, &[1, 1]);
+        let balancer = Balancer::build(Policy::Hash, &set);
+        let mut rng = Rng::new(11);
+        assert_eq!(balancer.pick(Some(0), &mut rng), Some(101));
+        assert_eq!(balancer.pick(Some(1), &mut rng), Some(100));
+    }
+
+    #[test]
+    fn a_maglev_table_alone_depends_on_the_order_members_come_in() {
+        // Why the balancer sorts: contested slots go to whoever is visited first.
+        let names = ids(10);
+        let answered = members(&names, &MIXED);
+        let reordered = super::test_support::shuffled(&answered, 3);
+        let (a, b) = (
+            maglev::Table::build(&answered),
+            maglev::Table::build(&reordered),
+        );
+        let differ = (0..maglev::TABLE_SIZE)
+            .filter(|&h| a.pick(h) != b.pick(h))
+            .count();
+        assert!(differ > 0);
     }
 
     /// Native cost: `cargo test --release --lib lb::tests::timing -- --ignored --nocapture`.

@@ -12,10 +12,11 @@
 //!   original hash, so duplicate ids all get points.
 //! - A key hash goes to the first point whose hash is `>=` it, wrapping to the first point.
 //!
-//! With polaris-go's vnode count ([`POLARIS_VNODE_COUNT`]) the picks are identical to polaris-go's
-//! (checked against its output in the tests). Its default of 10 points per instance balances
-//! poorly, though: of 100 equal instances, the busiest measured 2.25× its fair share and the
-//! idlest 0.46×; see [`DEFAULT_VNODE_COUNT`].
+//! The picks are identical to polaris-go's at the same vnode count (checked against its output in
+//! the tests). The default is polaris-go's ([`DEFAULT_VNODE_COUNT`] = 10), so that a mixed fleet
+//! (SDK callers and Envoys) sends a key to the same instance. Ten points per instance balance
+//! poorly, though (see the table at [`DEFAULT_VNODE_COUNT`]); raise `ringHash.vnodeCount` in
+//! polaris-go and `load_balancer.ring_hash.vnodes` here together.
 
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,12 +24,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::murmur3::murmur3_64;
 use super::Member;
 
-/// polaris-go's `ringhash.DefaultVnodeCount`. Use it to pick exactly as a polaris-go client with
-/// default settings does.
-pub const POLARIS_VNODE_COUNT: usize = 10;
-
-/// Our default: 160 points per (heaviest) instance, libketama's classic count. Measured shares of
-/// equal instances (200,000 keys), as multiples of the fair share:
+/// polaris-go's `ringhash.DefaultVnodeCount`, and ours. Measured shares of equal instances
+/// (200,000 keys), as multiples of the fair share:
 ///
 /// | points | 10 instances | 100 instances |
 /// |-------:|-------------:|--------------:|
@@ -37,10 +34,15 @@ pub const POLARIS_VNODE_COUNT: usize = 10;
 /// |    160 |  0.83 – 1.15 |   0.81 – 1.21 |
 /// |    320 |  0.94 – 1.09 |   0.87 – 1.13 |
 ///
-/// 160 also honours weights in steps of 1/160 of the heaviest instead of 1/10 (at 10, an instance
-/// under a tenth of the heaviest gets no traffic at all). The cost: 1,000 instances make 160,000
-/// points (12 bytes each on wasm32, ~1.9 MB), a build of ~9 ms native and a pick of ~90 ns.
-pub const DEFAULT_VNODE_COUNT: usize = 160;
+/// At 10 an instance under a tenth of the heaviest gets no point, so no traffic; weights are
+/// honoured in steps of 1/count of the heaviest. The cost of a higher count: 1,000 instances at
+/// 160 make 160,000 points (12 bytes each on wasm32, ~1.9 MB), a build of ~9 ms native and a pick
+/// of ~90 ns.
+pub const DEFAULT_VNODE_COUNT: usize = 10;
+
+/// The largest count the configuration accepts: 1,000 instances then make a million points
+/// (~12 MB on wasm32) per instance pool.
+pub const MAX_VNODE_COUNT: usize = 1000;
 
 /// polaris-go's `maxRehashIteration`.
 const MAX_REHASH: usize = 5;
@@ -198,6 +200,9 @@ mod tests {
     #[cfg(target_arch = "wasm32")]
     use wasm_bindgen_test::wasm_bindgen_test as test;
 
+    /// The count the balance and remap bounds below were measured at (libketama's classic 160).
+    const FINE: usize = 160;
+
     fn picks(ring: &Ring, keys: usize) -> Vec<usize> {
         (0..keys).map(|k| ring.pick(key_hash(k)).unwrap()).collect()
     }
@@ -220,23 +225,43 @@ mod tests {
     }
 
     #[test]
-    fn picks_exactly_as_polaris_go_with_its_vnode_count() {
+    fn picks_exactly_as_polaris_go_at_its_default_vnode_count() {
         let mixed = golden_ids();
         let weights = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
-        let ring = Ring::build(&members(&mixed, &weights), POLARIS_VNODE_COUNT);
+        let ring = Ring::build(&members(&mixed, &weights), DEFAULT_VNODE_COUNT);
         assert_eq!(picks(&ring, 200), parse(POLARIS_MIXED));
 
         let ab = ["a".to_string(), "b".to_string()];
-        let ring = Ring::build(&members(&ab, &[1, 1]), POLARIS_VNODE_COUNT);
+        let ring = Ring::build(&members(&ab, &[1, 1]), DEFAULT_VNODE_COUNT);
         assert_eq!(picks(&ring, 40), parse(POLARIS_W11));
-        let ring = Ring::build(&members(&ab, &[2, 1]), POLARIS_VNODE_COUNT);
+        let ring = Ring::build(&members(&ab, &[2, 1]), DEFAULT_VNODE_COUNT);
         assert_eq!(picks(&ring, 40), parse(POLARIS_W21));
 
         // Duplicate ids: the second "dup" only gets points through rehashing.
         let dup = ["dup".to_string(), "dup".to_string(), "x".to_string()];
-        let ring = Ring::build(&members(&dup, &[100, 100, 100]), POLARIS_VNODE_COUNT);
+        let ring = Ring::build(&members(&dup, &[100, 100, 100]), DEFAULT_VNODE_COUNT);
         assert_eq!(ring.len(), 30);
         assert_eq!(picks(&ring, 60), parse(POLARIS_DUP));
+    }
+
+    #[test]
+    fn picks_as_polaris_go_whatever_order_polaris_answered_in() {
+        use crate::lb::{Balancer, Options, Policy, Rng};
+        let mixed = golden_ids();
+        let weights = [100, 100, 50, 200, 100, 30, 100, 100, 1, 100];
+        let set = members(&mixed, &weights);
+        let options = Options {
+            vnode_count: DEFAULT_VNODE_COUNT,
+        };
+        for seed in 1..=4 {
+            let reordered = crate::lb::test_support::shuffled(&set, seed);
+            let balancer = Balancer::build_with(Policy::RingHash, &reordered, options);
+            let mut rng = Rng::new(seed);
+            let picks: Vec<usize> = (0..200)
+                .map(|k| balancer.pick(Some(key_hash(k)), &mut rng).unwrap())
+                .collect();
+            assert_eq!(picks, parse(POLARIS_MIXED), "order #{seed}");
+        }
     }
 
     #[test]
@@ -267,14 +292,14 @@ mod tests {
     fn worst_remap(n: usize, step: usize, keys: usize) -> f64 {
         let names = ids(n);
         let all = members(&names, &vec![100; n]);
-        let full = Ring::build(&all, DEFAULT_VNODE_COUNT);
+        let full = Ring::build(&all, FINE);
         let hashes: Vec<u64> = (0..keys).map(key_hash).collect();
         let before: Vec<usize> = hashes.iter().map(|&h| full.pick(h).unwrap()).collect();
         let mut worst = 0.0f64;
         for removed in (0..n).step_by(step) {
             let rest: Vec<Member<'_>> =
                 all.iter().copied().filter(|m| m.index != removed).collect();
-            let ring = Ring::build(&rest, DEFAULT_VNODE_COUNT);
+            let ring = Ring::build(&rest, FINE);
             let mut moved = 0;
             for (k, (&hash, &was)) in hashes.iter().zip(&before).enumerate() {
                 let now = ring.pick(hash).unwrap();
@@ -309,7 +334,7 @@ mod tests {
     #[test]
     fn weights_two_to_one_give_two_to_one_shares() {
         let names = ids(2);
-        let ring = Ring::build(&members(&names, &[200, 100]), DEFAULT_VNODE_COUNT);
+        let ring = Ring::build(&members(&names, &[200, 100]), FINE);
         let keys = 20_000;
         let heavy = picks(&ring, keys).iter().filter(|&&i| i == 0).count();
         let share = heavy as f64 / keys as f64;

@@ -24,3 +24,14 @@ pub fn members<'a>(ids: &'a [String], weights: &[u32]) -> Vec<Member<'a>> {
 pub fn key_hash(k: usize) -> u64 {
     murmur3_64(format!("key-{k}").as_bytes(), 0)
 }
+
+/// `set` in the order of a seeded Fisher-Yates shuffle: the order Polaris might answer in.
+pub fn shuffled<'a>(set: &[Member<'a>], seed: u64) -> Vec<Member<'a>> {
+    let mut out = set.to_vec();
+    let mut rng = super::Rng::new(seed);
+    for i in (1..out.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        out.swap(i, j);
+    }
+    out
+}

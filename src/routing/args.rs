@@ -2,8 +2,8 @@
 //!
 //! The server turns v2 rule arguments into v1 metadata keys (`common/model/routing.go:
 //! RoutingArguments2Labels`): `$header.<k>`, `$query.<k>`, `$cookie.<k>`, `$method`, `$path`,
-//! `$caller_ip`, and bare keys for CUSTOM. We follow what the server serves: `$path` in lower case
-//! (polaris-go's own constant is `$Path`, which never matches what the server sends).
+//! `$caller_ip`, and bare keys for CUSTOM. `$path` is lower case, as the server sends it and
+//! polaris-go (v1.6.1, v1.7.0: `model.LabelKeyPath`) reads it.
 
 /// One argument a rule reads.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -165,7 +165,7 @@ mod tests {
     }
 
     #[test]
-    fn polaris_go_capital_path_is_a_custom_key_because_the_server_never_sends_it() {
+    fn a_capital_path_key_is_a_custom_key_because_neither_the_server_nor_polaris_go_use_it() {
         assert_eq!(Arg::parse("$Path"), Arg::Custom("$Path".into()));
     }
 

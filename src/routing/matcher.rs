@@ -1,13 +1,24 @@
 //! Polaris `MatchString`, compiled once per snapshot: one matcher serves rule sources, rule
 //! destinations (instance labels) and, later, rate-limit and circuit-breaker rules.
 //!
-//! Semantics follow polaris-go `pkg/algorithm/match`: an empty value or `*` matches anything; IN
-//! and NOT_IN split on `,` without trimming; RANGE is `a~b`, inclusive, over i64. Regexes are
-//! compiled here, never per request; a pattern that does not compile is an error, so the rule
-//! holding it is skipped and logged, and the rules beside it still apply.
+//! Semantics follow polaris-go `pkg/algorithm/match`: an empty value or `*` matches any present
+//! value; IN and NOT_IN split on `,` without trimming; RANGE is `a~b`, inclusive, over i64, with
+//! no spaces allowed around the numbers (Go's `strconv.ParseInt`). An
+//! absent value matches nothing (polaris-go `matchSourceMetadata` fails a source whose key the
+//! request lacks, whatever the match type). Regexes are compiled here, never per request; a
+//! pattern that does not compile is an error, so the rule holding it is skipped and logged, and
+//! the rules beside it still apply.
+//!
+//! REGEX: polaris-go compiles with regexp2 (a backtracking engine, `RE2` option). Every pattern
+//! the linear-time engine (`regex`) accepts runs there; a pattern only a backtracking engine
+//! accepts (look-around, backreferences, atomic groups) is compiled with `fancy-regex` and stopped
+//! after [`BACKTRACK_LIMIT`] backtracking steps. A test that hits the limit counts as no match;
+//! hits are counted ([`take_backtrack_limit_hits`]) and the caller logs the rule.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
+use fancy_regex::BytesMode;
 use regex::bytes::Regex;
 
 use super::regex_set::Slot;
@@ -32,7 +43,7 @@ pub enum ValueSource {
 enum Test {
     Any,
     Exact(String),
-    Regex(Regex),
+    Regex(Pattern),
     NotEquals(String),
     In(Vec<String>),
     NotIn(Vec<String>),
@@ -64,6 +75,89 @@ impl fmt::Display for MatchError {
 
 /// Regex size limit: rules come from the network, and a huge compiled program costs every request.
 pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 16;
+
+/// Backtracks one test of a backtracking-only REGEX may make. Measured natively (`tests::timing`):
+/// `^(?!prod).*$` on a 60,000-byte value needs few and answers in ~0.2 ms, while a pattern that
+/// backtracks catastrophically is stopped after ~0.7 ms.
+pub const BACKTRACK_LIMIT: usize = 10_000;
+
+/// A compiled REGEX.
+#[derive(Clone, Debug)]
+pub enum Pattern {
+    /// The linear-time engine, for every pattern it accepts.
+    Linear(Regex),
+    /// A backtracking engine, for what only backtracking accepts, with [`BACKTRACK_LIMIT`].
+    Backtracking(fancy_regex::Regex),
+}
+
+/// A REGEX test that ran out of backtracking steps: it counts as no match.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitHit {
+    /// The first hit since [`take_backtrack_limit_hits`] last ran: the one to log.
+    pub first: bool,
+}
+
+/// Backtrack-limit hits in this VM since the metric last took them.
+static BACKTRACK_LIMIT_HITS: AtomicU64 = AtomicU64::new(0);
+
+/// The backtrack-limit hits since the last call (the host adds them to its counter each tick).
+pub fn take_backtrack_limit_hits() -> u64 {
+    BACKTRACK_LIMIT_HITS.swap(0, Ordering::Relaxed)
+}
+
+fn limit_hit() -> LimitHit {
+    LimitHit {
+        first: BACKTRACK_LIMIT_HITS.fetch_add(1, Ordering::Relaxed) == 0,
+    }
+}
+
+impl Pattern {
+    /// The linear-time engine if it accepts `raw`, else the backtracking one. ASCII classes in
+    /// both, as regexp2's RE2 option (`\d` is `[0-9]`): no Unicode tables in the binary.
+    pub fn compile(raw: &str) -> Result<Pattern, MatchError> {
+        let linear = regex::bytes::RegexBuilder::new(raw)
+            .unicode(false)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build();
+        if let Ok(regex) = linear {
+            return Ok(Pattern::Linear(regex));
+        }
+        fancy_regex::RegexBuilder::new(raw)
+            .bytes_mode(BytesMode::Ascii)
+            .backtrack_limit(BACKTRACK_LIMIT)
+            .delegate_size_limit(REGEX_SIZE_LIMIT)
+            .build()
+            .map(Pattern::Backtracking)
+            .map_err(|e| MatchError(format!("bad regex `{raw}`: {e}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Pattern::Linear(r) => r.as_str(),
+            Pattern::Backtracking(r) => r.as_str(),
+        }
+    }
+
+    /// Whether the pattern matches anywhere in `value` (polaris-go's source test).
+    pub fn is_match(&self, value: &str) -> Result<bool, LimitHit> {
+        match self {
+            Pattern::Linear(r) => Ok(r.is_match(value.as_bytes())),
+            Pattern::Backtracking(r) => r.is_match(value.as_bytes()).map_err(|_| limit_hit()),
+        }
+    }
+
+    /// Whether the leftmost match in `value` is non-empty: polaris-go's destination test
+    /// (`matchDstMetadata` takes an empty first match as no match).
+    pub fn finds_non_empty(&self, value: &str) -> Result<bool, LimitHit> {
+        match self {
+            Pattern::Linear(r) => Ok(r.find(value.as_bytes()).is_some_and(|m| !m.is_empty())),
+            Pattern::Backtracking(r) => r
+                .find(value.as_bytes())
+                .map(|m| m.is_some_and(|m| m.end() > m.start()))
+                .map_err(|_| limit_hit()),
+        }
+    }
+}
 
 impl Matcher {
     pub fn any() -> Matcher {
@@ -121,14 +215,7 @@ impl Matcher {
         }
         Ok(match kind {
             T::Exact => Test::Exact(raw.to_string()),
-            T::Regex => Test::Regex(
-                regex::bytes::RegexBuilder::new(raw)
-                    // ASCII classes, as Go's RE2 (`\d` is [0-9]); no Unicode tables in the binary.
-                    .unicode(false)
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| MatchError(format!("bad regex `{raw}`: {e}")))?,
-            ),
+            T::Regex => Test::Regex(Pattern::compile(raw)?),
             T::NotEquals => Test::NotEquals(raw.to_string()),
             T::In => Test::In(raw.split(',').map(str::to_string).collect()),
             T::NotIn => Test::NotIn(raw.split(',').map(str::to_string).collect()),
@@ -136,7 +223,8 @@ impl Matcher {
                 let (lo, hi) = raw
                     .split_once('~')
                     .and_then(|(a, b)| {
-                        Some((a.trim().parse::<i64>().ok()?, b.trim().parse::<i64>().ok()?))
+                        // No trimming: polaris-go's `strconv.ParseInt` takes no spaces.
+                        Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?))
                     })
                     .ok_or_else(|| {
                         MatchError(format!("bad RANGE `{raw}`: expected `low~high` integers"))
@@ -162,10 +250,11 @@ impl Matcher {
         self.kind
     }
 
-    /// The pattern of a text REGEX test, which a plan's regex set can answer.
+    /// The pattern of a text REGEX test the linear engine runs, which a plan's regex set can
+    /// answer (a backtracking pattern keeps its own engine and limit).
     pub fn regex_pattern(&self) -> Option<&str> {
         match (&self.test, &self.source) {
-            (Test::Regex(r), ValueSource::Text) => Some(r.as_str()),
+            (Test::Regex(Pattern::Linear(r)), ValueSource::Text) => Some(r.as_str()),
             _ => None,
         }
     }
@@ -175,21 +264,34 @@ impl Matcher {
         matches!(self.test, Test::Any)
     }
 
-    /// Matches a value; `None` (the key is absent) matches only negative tests and `*`.
+    /// Matches a value; `None` (the key is absent) matches nothing, not even `*` (polaris-go
+    /// `matchSourceMetadata`). A REGEX out of backtracking steps is `Err`: no match, to be logged.
+    pub fn check(&self, value: Option<&str>) -> Result<bool, LimitHit> {
+        let Some(x) = value else {
+            return Ok(false);
+        };
+        Ok(match &self.test {
+            Test::Any => true,
+            Test::Exact(v) => v == x,
+            Test::Regex(r) => return r.is_match(x),
+            Test::NotEquals(v) => v != x,
+            Test::In(vs) => vs.iter().any(|v| v == x),
+            Test::NotIn(vs) => !vs.iter().any(|v| v == x),
+            Test::Range(lo, hi) => x.parse::<i64>().is_ok_and(|n| (*lo..=*hi).contains(&n)),
+        })
+    }
+
+    /// [`Matcher::check`], with a REGEX out of backtracking steps as no match.
     pub fn matches(&self, value: Option<&str>) -> bool {
-        match (&self.test, value) {
-            (Test::Any, _) => true,
-            (Test::NotEquals(_) | Test::NotIn(_), None) => true,
-            (_, None) => false,
-            (Test::Exact(v), Some(x)) => v == x,
-            (Test::Regex(r), Some(x)) => r.is_match(x.as_bytes()),
-            (Test::NotEquals(v), Some(x)) => v != x,
-            (Test::In(vs), Some(x)) => vs.iter().any(|v| v == x),
-            (Test::NotIn(vs), Some(x)) => !vs.iter().any(|v| v == x),
-            (Test::Range(lo, hi), Some(x)) => x
-                .trim()
-                .parse::<i64>()
-                .is_ok_and(|n| (*lo..=*hi).contains(&n)),
+        self.check(value).unwrap_or(false)
+    }
+
+    /// Whether an instance label `value` passes this destination matcher. As [`Matcher::check`],
+    /// except that a REGEX needs a non-empty leftmost match, as in polaris-go.
+    pub fn check_label(&self, value: &str) -> Result<bool, LimitHit> {
+        match &self.test {
+            Test::Regex(r) => r.finds_non_empty(value),
+            _ => self.check(Some(value)),
         }
     }
 }
@@ -218,9 +320,23 @@ mod tests {
     }
 
     #[test]
-    fn empty_and_star_match_anything_even_absent() {
-        assert!(m(T::Exact, "*").matches(None));
+    fn empty_and_star_match_any_present_value() {
+        assert!(m(T::Exact, "*").matches(Some("x")));
         assert!(m(T::Regex, "").matches(Some("x")));
+        assert!(m(T::NotIn, "*").matches(Some("")));
+    }
+
+    #[test]
+    fn an_absent_value_matches_nothing_not_even_star() {
+        for (kind, value) in [
+            (T::Exact, "*"),
+            (T::Exact, ""),
+            (T::NotEquals, "x"),
+            (T::NotIn, "a,b"),
+            (T::Regex, ".*"),
+        ] {
+            assert!(!m(kind, value).matches(None), "{kind:?} {value}");
+        }
     }
 
     #[test]
@@ -231,12 +347,79 @@ mod tests {
     }
 
     #[test]
-    fn not_equals_and_not_in_accept_absent_keys() {
+    fn not_equals_and_not_in_fail_an_absent_key_as_polaris_go_does() {
         assert!(m(T::NotEquals, "DELETE").matches(Some("GET")));
         assert!(!m(T::NotEquals, "DELETE").matches(Some("DELETE")));
-        assert!(m(T::NotEquals, "x").matches(None));
+        assert!(!m(T::NotEquals, "x").matches(None));
         assert!(m(T::NotIn, "a,b").matches(Some("c")));
         assert!(!m(T::NotIn, "a,b").matches(Some("b")));
+        assert!(!m(T::NotIn, "a,b").matches(None));
+    }
+
+    #[test]
+    fn patterns_the_linear_engine_accepts_stay_on_it() {
+        for p in ["^v[0-9]+$", "(?i)^gray", "a|b", r"\d{3}", "(?P<x>a)"] {
+            assert!(m(T::Regex, p).regex_pattern().is_some(), "{p}");
+        }
+    }
+
+    #[test]
+    fn look_around_and_backreferences_compile_as_in_polaris_go() {
+        let not_prod = m(T::Regex, "^(?!prod).*$");
+        assert!(not_prod.regex_pattern().is_none());
+        assert!(not_prod.matches(Some("gray")));
+        assert!(!not_prod.matches(Some("prod-1")));
+        let behind = m(T::Regex, "(?<=v)2");
+        assert!(behind.matches(Some("v2")) && !behind.matches(Some("x2")));
+        let twice = m(T::Regex, r"^(\w+)-\1$");
+        assert!(twice.matches(Some("ab-ab")) && !twice.matches(Some("ab-cd")));
+    }
+
+    #[test]
+    fn a_backtracking_regex_out_of_steps_is_no_match_and_counted() {
+        // Catastrophic backtracking: each `a` can be taken by either branch, 2^40 ways to fail.
+        let evil = m(T::Regex, "^(?:(?=a)a|a)+$");
+        let value = "a".repeat(40) + "!";
+        assert!(matches!(evil.check(Some(&value)), Err(LimitHit { .. })));
+        assert!(!evil.matches(Some(&value)));
+        // Only this test reads the counter; others may add to it meanwhile.
+        assert!(take_backtrack_limit_hits() >= 2);
+        // A short value stays within the limit and gets its real answer.
+        assert_eq!(evil.check(Some("aaa!")), Ok(false));
+    }
+
+    /// What a test that runs out of steps costs, natively:
+    /// `cargo test --release --lib routing::matcher::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn timing() {
+        use std::time::Instant;
+        let evil = m(T::Regex, "^(?:(?=a)a|a)+$");
+        let value = "a".repeat(40) + "!";
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert!(evil.check(Some(&value)).is_err());
+        }
+        println!("backtrack limit hit: {:?}", start.elapsed() / 100);
+        let not_prod = m(T::Regex, "^(?!prod).*$");
+        let long = "g".repeat(60_000);
+        let start = Instant::now();
+        for _ in 0..100 {
+            assert_eq!(not_prod.check(Some(&long)), Ok(true));
+        }
+        println!("^(?!prod).*$ on 60,000 bytes: {:?}", start.elapsed() / 100);
+    }
+
+    #[test]
+    fn a_destination_regex_needs_a_non_empty_leftmost_match() {
+        // polaris-go `matchDstMetadata`: `m == nil || m.String() == ""` is no match.
+        let star = m(T::Regex, "a*");
+        assert_eq!(star.check_label("aab"), Ok(true));
+        assert_eq!(star.check_label("baa"), Ok(false));
+        assert!(star.matches(Some("baa")));
+        assert_eq!(m(T::Regex, "^(?!prod)").check_label("gray"), Ok(false));
+        assert_eq!(m(T::Regex, "^(?!prod)g").check_label("gray"), Ok(true));
+        assert_eq!(m(T::Exact, "v1").check_label("v1"), Ok(true));
     }
 
     #[test]
@@ -253,12 +436,30 @@ mod tests {
         assert!(r.matches(Some("1")) && r.matches(Some("5")));
         assert!(!r.matches(Some("6")) && !r.matches(Some("x")) && !r.matches(None));
         assert!(m(T::Range, "-10~-1").matches(Some("-3")));
+        assert!(m(T::Range, "+1~5").matches(Some("+3")));
+    }
+
+    #[test]
+    fn range_bounds_and_values_are_not_trimmed_as_in_polaris_go() {
+        assert!(!m(T::Range, "1~5").matches(Some(" 3")));
+        assert!(!m(T::Range, "1~5").matches(Some("3 ")));
+        for bad in ["1 ~ 5", "1~2~3"] {
+            assert!(Matcher::compile(&proto::MatchString {
+                r#type: T::Range as i32,
+                value: Some(bad.into()),
+                value_type: 0,
+            })
+            .is_err());
+        }
     }
 
     #[test]
     fn bad_regex_and_bad_range_are_errors_not_panics() {
         for (kind, value) in [
             (T::Regex, "(unclosed"),
+            (T::Regex, "(?!unclosed"),
+            // No Unicode tables in the binary (see the README's intended differences).
+            (T::Regex, r"^\p{L}+$"),
             (T::Range, "5"),
             (T::Range, "a~b"),
             (T::Range, "9~1"),

@@ -3,7 +3,9 @@
 //!
 //! Enabled per service by the service metadata `internal-enable-nearby: true`, as Polaris does,
 //! and only when this Envoy knows its location. Levels are hierarchical: a zone match also needs
-//! the same region, a campus match the same region and zone.
+//! the region to match, a campus match the region and zone. As in polaris-go (`matchLocation`), a
+//! field left empty, on the instance or on this Envoy, matches anything: an instance registered
+//! without a location is near at every level.
 
 use std::fmt;
 use std::str::FromStr;
@@ -42,15 +44,18 @@ impl Level {
         }
     }
 
-    /// Whether `instance` is as near as this level to `here`.
+    /// Whether `instance` is as near as this level to `here`: polaris-go's `matchLocation` with
+    /// `here` cut to the level (region; region and zone; all three). Each field compared must be
+    /// equal unless it is empty on either side.
     pub fn holds(self, here: &Location, instance: &Location) -> bool {
-        let region = here.region == instance.region;
-        let zone = region && here.zone == instance.zone;
+        let same = |a: &str, b: &str| a.is_empty() || b.is_empty() || a == b;
+        let region = same(&here.region, &instance.region);
+        let zone = region && same(&here.zone, &instance.zone);
         match self {
             Level::All => true,
             Level::Region => region,
             Level::Zone => zone,
-            Level::Campus => zone && here.campus == instance.campus,
+            Level::Campus => zone && same(&here.campus, &instance.campus),
         }
     }
 }
@@ -103,9 +108,10 @@ impl Default for Nearby {
 }
 
 impl Nearby {
-    /// Whether this Envoy has a location to be near to.
+    /// Whether this Envoy has a location to be near to. (polaris-go also runs nearby routing
+    /// with an all-empty location, where every instance matches every level: the same as off.)
     pub fn has_location(&self) -> bool {
-        !self.location.region.is_empty()
+        !self.location.is_empty()
     }
 
     /// Levels to try, nearest first.
@@ -137,11 +143,39 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_field_on_either_side_is_a_wildcard_as_in_polaris_go() {
+        let here = loc("r1", "z1", "c1");
+        let nowhere = loc("", "", "");
+        for level in [Level::Region, Level::Zone, Level::Campus] {
+            assert!(level.holds(&here, &nowhere), "{level}");
+        }
+        // Only the zone is known: it counts at the zone level, and its campus at every level.
+        assert!(Level::Campus.holds(&here, &loc("", "z1", "")));
+        assert!(!Level::Zone.holds(&here, &loc("", "z2", "")));
+        assert!(!Level::Zone.holds(&here, &loc("r2", "z1", "")));
+        assert!(Level::Campus.holds(&here, &loc("r1", "z1", "")));
+        // This Envoy without a zone: any zone of its region is as near as the zone level.
+        let region_only = loc("r1", "", "");
+        assert!(Level::Zone.holds(&region_only, &loc("r1", "z9", "c9")));
+        assert!(!Level::Zone.holds(&region_only, &loc("r2", "z9", "")));
+    }
+
+    #[test]
+    fn a_zone_without_a_region_is_a_location() {
+        let n = Nearby {
+            location: loc("", "z1", ""),
+            ..Nearby::default()
+        };
+        assert!(n.has_location());
+        assert!(!Nearby::default().has_location());
+    }
+
+    #[test]
     fn levels_are_hierarchical() {
         let here = loc("r1", "z1", "c1");
         assert!(Level::Zone.holds(&here, &loc("r1", "z1", "c9")));
         assert!(!Level::Zone.holds(&here, &loc("r2", "z1", "c1")));
-        assert!(Level::Region.holds(&here, &loc("r1", "z2", "")));
+        assert!(Level::Region.holds(&here, &loc("r1", "z2", "c2")));
         assert!(!Level::Campus.holds(&here, &loc("r1", "z1", "c2")));
         assert!(Level::All.holds(&here, &loc("", "", "")));
     }

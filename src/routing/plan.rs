@@ -3,7 +3,7 @@
 //! picks a group and then an instance from the group's pool, allocating nothing.
 
 use std::cell::OnceCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::args::RequestFacts;
 use super::index::RuleIndex;
@@ -11,7 +11,7 @@ use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
 use super::regex_set::{RegexEval, RegexSets};
 use super::rule::{Direction, Parameter, Route};
-use crate::lb::{Balancer, Member, Policy, Rng};
+use crate::lb::{Balancer, Member, Rng, Spec};
 use crate::snapshot::{Instance, ServiceSnapshot};
 
 /// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
@@ -170,7 +170,7 @@ impl Pool {
     pub fn pick(
         &self,
         snapshot: &ServiceSnapshot,
-        policy: Policy,
+        balancer: Spec,
         key: Option<u64>,
         rng: &mut Rng,
     ) -> Option<Picked> {
@@ -191,7 +191,7 @@ impl Pool {
                     })
                 })
                 .collect();
-            Balancer::build(policy, &members)
+            Balancer::build_with(balancer.policy, &members, balancer.options)
         });
         balancer.pick(key, rng).map(|index| Picked {
             index,
@@ -236,9 +236,11 @@ const TUPLE_SEP: char = '\u{1f}';
 struct ParamPools {
     parameters: Vec<Parameter>,
     /// The parameter keys' values, joined by `TUPLE_SEP` -> the members carrying exactly them or,
-    /// with a NOT_EQUALS parameter, the members carrying the key with another value.
+    /// with a NOT_EQUALS parameter, the members carrying another value that a healthy instance
+    /// carries (see `rule::Admission`).
     by_value: HashMap<String, Pool>,
-    /// With a NOT_EQUALS parameter: every member carrying the key, for a value no instance has.
+    /// With a NOT_EQUALS parameter, for a value no member carries: the members carrying a value
+    /// that a healthy instance carries.
     carriers: Pool,
 }
 
@@ -285,18 +287,37 @@ impl ParamPools {
             pool.with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby)
         };
+        // NOT_EQUALS (polaris-go `GetInstancesWithMetaValuesNotEqual`): only values some healthy
+        // instance of the service carries are candidates. polaris-go caches that value set by key
+        // alone, so a long-lived process keeps answering for the first request's value; we answer
+        // as a fresh polaris-go process does, for each request's own value.
+        let healthy_values: HashSet<&str> = snapshot
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.is_selectable() && i.healthy)
+            .filter_map(|(n, _)| tuple(n))
+            .collect();
         let mut values: Vec<&str> = base.members.iter().filter_map(|n| tuple(*n)).collect();
         values.sort_unstable();
         values.dedup();
         let by_value = values
             .into_iter()
             .map(|t| {
-                let pool = base.sub_at(|n| tuple(n).is_some_and(|mine| (mine == t) != negate));
+                let pool = base.sub_at(|n| {
+                    tuple(n).is_some_and(|mine| {
+                        if negate {
+                            mine != t && healthy_values.contains(mine)
+                        } else {
+                            mine == t
+                        }
+                    })
+                });
                 (t.to_string(), finish(pool))
             })
             .collect();
         let carriers = if negate {
-            finish(base.sub_at(|n| tuple(n).is_some()))
+            finish(base.sub_at(|n| tuple(n).is_some_and(|v| healthy_values.contains(v))))
         } else {
             Pool::default()
         };
@@ -359,7 +380,8 @@ pub struct Plan {
     /// The rules' regex source tests, one set per argument.
     regexes: RegexSets,
     all: Pool,
-    pub policy: Policy,
+    /// The balancer policy and its tuning.
+    pub balancer: Spec,
     pub failover: Failover,
     /// Nearby routing, when the service enables it and this Envoy has a location.
     nearby: Option<Nearby>,
@@ -381,7 +403,7 @@ impl Plan {
         snapshot: &ServiceSnapshot,
         inbounds: &[Route],
         outbounds: &[Route],
-        policy: Policy,
+        balancer: impl Into<Spec>,
         failover: Failover,
         nearby: Option<&Nearby>,
         metadata: Option<&MetadataRouting>,
@@ -405,7 +427,8 @@ impl Plan {
                     .iter()
                     .filter(|d| d.weight > 0 && d.targets(&key.namespace, &key.name))
                     .map(|d| {
-                        let base = Pool::new(snapshot, |i| d.admits(&i.metadata));
+                        let admission = d.admission(&snapshot.instances);
+                        let base = Pool::new(snapshot, |i| admission.admits(&i.metadata));
                         let pool = if d.parameters.is_empty() {
                             GroupPool::Fixed(
                                 base.with_levels(snapshot, nearby)
@@ -457,7 +480,7 @@ impl Plan {
             all: Pool::new(snapshot, |_| true)
                 .with_levels(snapshot, nearby)
                 .with_metadata(snapshot, metadata, nearby),
-            policy,
+            balancer: balancer.into(),
             failover,
             nearby: nearby.cloned(),
             metadata: metadata.filter(|m| !m.labels.is_empty()).cloned(),
@@ -600,6 +623,7 @@ impl Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lb::Policy;
     use crate::polaris::proto;
     use crate::routing::metadata::tuple_key;
     use crate::routing::StaticFacts;
@@ -658,7 +682,7 @@ mod tests {
             .filter_map(|_| {
                 let routed = plan.route(&mut StaticFacts::default(), &mut rng)?;
                 let (pool, _) = plan.narrow(routed.pool)?;
-                let p = pool.pick(s, plan.policy, None, &mut rng)?;
+                let p = pool.pick(s, plan.balancer, None, &mut rng)?;
                 s.instance(p.index).map(|i| i.port)
             })
             .collect();
@@ -821,7 +845,16 @@ mod tests {
 
     /// The ports the rule sends a request with these headers to, and its rule (None: failover).
     fn rule_ports(rules: &[Route], headers: &[(&str, &str)]) -> (Option<String>, Vec<u32>) {
-        let s = snapshot(versions(), false);
+        rule_ports_over(versions(), rules, headers)
+    }
+
+    /// [`rule_ports`] over these instances.
+    fn rule_ports_over(
+        instances: Vec<Instance>,
+        rules: &[Route],
+        headers: &[(&str, &str)],
+    ) -> (Option<String>, Vec<u32>) {
+        let s = snapshot(instances, false);
         let plan = Plan::build(
             &s,
             rules,
@@ -880,6 +913,188 @@ mod tests {
             rule_ports(&rules, &[("x-version", "v9")]),
             (rule, vec![1, 2])
         );
+    }
+
+    fn text(t: proto::match_string::MatchStringType, v: &str) -> proto::MatchString {
+        proto::MatchString {
+            r#type: t as i32,
+            value: Some(v.into()),
+            value_type: 0,
+        }
+    }
+
+    /// One rule: a group per (name, priority, version label), each of weight 100.
+    fn grouped_rule(groups: &[(&str, u32, proto::MatchString)]) -> Vec<Route> {
+        let route = proto::Route {
+            destinations: groups
+                .iter()
+                .map(|(name, priority, label)| proto::Destination {
+                    service: Some("echo".into()),
+                    namespace: Some("default".into()),
+                    metadata: [("version".to_string(), label.clone())].into(),
+                    priority: Some(*priority),
+                    weight: Some(100),
+                    name: Some(format!("grouped.s0.{name}")),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let (routes, errors) =
+            crate::routing::rule::compile_routes(&[route], &crate::routing::Caller::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        routes
+    }
+
+    /// The group a plain request is routed to, and its pool's ports.
+    fn group_ports(instances: Vec<Instance>, rules: &[Route]) -> (Option<String>, Vec<u32>) {
+        let s = snapshot(instances, false);
+        let plan = Plan::build(
+            &s,
+            rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        );
+        let routed = routed_pool(&plan);
+        let mut ports: Vec<u32> = routed
+            .pool
+            .members
+            .iter()
+            .filter_map(|n| s.instance(*n).map(|i| i.port))
+            .collect();
+        ports.sort_unstable();
+        (routed.group.map(str::to_string), ports)
+    }
+
+    #[test]
+    fn not_equals_leaves_out_unhealthy_instances_and_falls_to_the_next_group() {
+        use proto::match_string::MatchStringType as T;
+        let rules = grouped_rule(&[
+            ("others", 0, text(T::NotEquals, "v1")),
+            ("v1", 1, text(T::Exact, "v1")),
+        ]);
+        // Only an unhealthy instance differs from v1: polaris-go skips the NOT_EQUALS group
+        // rather than recovering all inside it.
+        let instances = vec![labeled(1, Some("v1"), true), labeled(2, Some("v2"), false)];
+        assert_eq!(
+            group_ports(instances, &rules),
+            (Some("grouped.s0.v1".to_string()), vec![1])
+        );
+        // A healthy v2 brings the group back, with every v2 carrier in it.
+        let instances = vec![
+            labeled(1, Some("v1"), true),
+            labeled(2, Some("v2"), false),
+            labeled(3, Some("v2"), true),
+            labeled(4, Some("v3"), false),
+        ];
+        assert_eq!(
+            group_ports(instances, &rules),
+            (Some("grouped.s0.others".to_string()), vec![2, 3])
+        );
+    }
+
+    #[test]
+    fn not_equals_parameter_leaves_out_values_only_unhealthy_instances_carry() {
+        use proto::match_string::MatchStringType as T;
+        let rules = version_rule(parameter(T::NotEquals, "$header.x-version"));
+        let instances = || {
+            vec![
+                labeled(1, Some("v1"), true),
+                labeled(2, Some("v2"), false),
+                labeled(3, None, true),
+            ]
+        };
+        // Only the unhealthy v2 differs from v1: the group is empty, so the failover decides.
+        assert_eq!(
+            rule_ports_over(instances(), &rules, &[("x-version", "v1")]),
+            (None, vec![1, 2, 3])
+        );
+        assert_eq!(
+            rule_ports_over(instances(), &rules, &[("x-version", "v9")]),
+            (Some("by-version".to_string()), vec![1])
+        );
+    }
+
+    #[test]
+    fn a_look_ahead_destination_label_selects_its_instances() {
+        use proto::match_string::MatchStringType as T;
+        let rules = version_rule(text(T::Regex, "^(?!v1$)v"));
+        assert_eq!(
+            rule_ports(&rules, &[]),
+            (Some("by-version".to_string()), vec![2])
+        );
+    }
+
+    #[test]
+    fn an_absent_argument_fails_negative_sources_through_the_index_and_regex_sets() {
+        use proto::match_string::MatchStringType as T;
+        let source = |name: &str, kind: T, value: &str| {
+            let mut r = proto::Route {
+                sources: vec![proto::Source {
+                    service: Some("*".into()),
+                    namespace: Some("*".into()),
+                    metadata: [("$header.x-env".to_string(), text(kind, value))].into(),
+                }],
+                ..Default::default()
+            };
+            r.destinations = vec![proto::Destination {
+                service: Some("echo".into()),
+                namespace: Some("default".into()),
+                weight: Some(100),
+                name: Some(format!("{name}.s0.g0")),
+                ..Default::default()
+            }];
+            r
+        };
+        let routes = [
+            source("exact-a", T::Exact, "a"),
+            source("exact-b", T::Exact, "b"),
+            source("regex-any", T::Regex, ".*"),
+            source("not-prod", T::NotEquals, "prod"),
+            source("not-in", T::NotIn, "prod,stage"),
+            proto::Route {
+                destinations: vec![proto::Destination {
+                    service: Some("echo".into()),
+                    namespace: Some("default".into()),
+                    weight: Some(100),
+                    name: Some("catch-all.s0.g0".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        ];
+        let (rules, errors) =
+            crate::routing::rule::compile_routes(&routes, &crate::routing::Caller::default());
+        assert!(errors.is_empty(), "{errors:?}");
+        let s = snapshot(vec![instance(1, "z1", true)], false);
+        let plan = Plan::build(
+            &s,
+            &rules,
+            &[],
+            Policy::WeightedRandom,
+            Failover::All,
+            None,
+            None,
+        );
+        assert!(!plan.regexes.is_empty());
+        let rule = |headers: &[(&str, &str)]| {
+            let mut facts = StaticFacts {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..StaticFacts::default()
+            };
+            plan.route(&mut facts, &mut Rng::new(1))
+                .and_then(|r| r.rule)
+                .map(str::to_string)
+        };
+        assert_eq!(rule(&[]), Some("catch-all".to_string()));
+        assert_eq!(rule(&[("x-env", "a")]), Some("exact-a".to_string()));
+        assert_eq!(rule(&[("x-env", "gray")]), Some("regex-any".to_string()));
     }
 
     #[test]
@@ -1059,6 +1274,28 @@ mod tests {
         let plan = near_plan(&s, &here("z1"));
         let routed = routed_pool(&plan);
         assert_eq!(plan.narrow(routed.pool).unwrap().1, Some(Level::Region));
+        assert_eq!(ports(&plan, &s, 100), [2]);
+    }
+
+    #[test]
+    fn an_instance_without_a_location_counts_at_the_zone_level() {
+        let mut unlocated = instance(2, "", true);
+        unlocated.location = Location::default();
+        let s = snapshot(vec![instance(1, "z2", true), unlocated], true);
+        let plan = near_plan(&s, &here("z1"));
+        let routed = routed_pool(&plan);
+        assert_eq!(plan.narrow(routed.pool).unwrap().1, Some(Level::Zone));
+        assert_eq!(ports(&plan, &s, 100), [2]);
+    }
+
+    #[test]
+    fn an_envoy_without_a_region_still_routes_by_zone() {
+        let mut elsewhere = instance(2, "z1", true);
+        elsewhere.location.region = "r2".into();
+        let s = snapshot(vec![instance(1, "z2", true), elsewhere], true);
+        let mut nearby = here("z1");
+        nearby.location.region.clear();
+        let plan = near_plan(&s, &nearby);
         assert_eq!(ports(&plan, &s, 100), [2]);
     }
 

@@ -13,7 +13,7 @@ use regex_automata::util::syntax;
 use regex_automata::{Input, MatchKind, PatternSet};
 
 use super::args::{Arg, RequestFacts};
-use super::matcher::{Matcher, REGEX_SIZE_LIMIT};
+use super::matcher::{LimitHit, Matcher, REGEX_SIZE_LIMIT};
 
 /// Sets per plan and patterns per set the memo has room for; tests beyond them keep their own
 /// compiled regex, which is correct, only slower.
@@ -118,12 +118,22 @@ impl<'p> RegexEval<'p> {
     }
 
     /// Whether `matcher` accepts the request's value of `arg`, answered from its set when it has
-    /// a slot.
-    pub fn matches(&mut self, arg: &Arg, matcher: &Matcher, facts: &mut dyn RequestFacts) -> bool {
+    /// a slot; `Err` when a backtracking REGEX ran out of steps (no match).
+    pub fn check(
+        &mut self,
+        arg: &Arg,
+        matcher: &Matcher,
+        facts: &mut dyn RequestFacts,
+    ) -> Result<bool, LimitHit> {
         match matcher.slot.and_then(|slot| self.answer(slot, facts)) {
-            Some(hit) => hit,
-            None => matcher.matches(facts.arg(arg)),
+            Some(hit) => Ok(hit),
+            None => matcher.check(facts.arg(arg)),
         }
+    }
+
+    /// [`RegexEval::check`] with a REGEX out of steps as no match.
+    pub fn matches(&mut self, arg: &Arg, matcher: &Matcher, facts: &mut dyn RequestFacts) -> bool {
+        self.check(arg, matcher, facts).unwrap_or(false)
     }
 
     fn answer(&mut self, slot: Slot, facts: &mut dyn RequestFacts) -> Option<bool> {

@@ -1,12 +1,13 @@
 //! Rule routing rules (v1 `Route`s, as the server serves v2 RulePolicy rules), compiled once per
 //! snapshot change.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::args::{Arg, RequestFacts};
-use super::matcher::{MatchKind, Matcher, ValueSource};
+use super::matcher::{LimitHit, MatchKind, Matcher, ValueSource, BACKTRACK_LIMIT};
 use super::regex_set::{RegexEval, RegexSets};
 use crate::polaris::proto;
+use crate::snapshot::Instance;
 
 /// Who is calling: this Envoy's own service (plugin `caller`), possibly anonymous.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -69,20 +70,28 @@ fn name_matches(rule: &str, actual: &str) -> bool {
 }
 
 impl Source {
+    /// Every argument must be present and match (polaris-go `matchSourceMetadata`: a key the
+    /// request lacks fails the source, whatever the match type, PARAMETER included).
     fn matches(
         &self,
         direction: Direction,
         facts: &mut dyn RequestFacts,
         regexes: &mut RegexEval<'_>,
-    ) -> bool {
+    ) -> Result<bool, LimitHit> {
         if direction == Direction::Inbound && !self.names_caller {
-            return false;
+            return Ok(false);
         }
-        self.args.iter().all(|(arg, matcher)| match matcher.source {
-            // polaris-go: a PARAMETER source argument matches anything.
-            ValueSource::Parameter => true,
-            _ => regexes.matches(arg, matcher, facts),
-        })
+        for (arg, matcher) in &self.args {
+            let matched = match matcher.source {
+                // polaris-go: a PARAMETER source argument matches any value the request has.
+                ValueSource::Parameter => facts.arg(arg).is_some(),
+                _ => regexes.check(arg, matcher, facts)?,
+            };
+            if !matched {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 }
 
@@ -106,15 +115,77 @@ impl Destination {
         name_matches(&self.namespace, namespace) && name_matches(&self.service, service)
     }
 
-    /// Whether an instance with this metadata carries the destination's fixed labels. As in
-    /// polaris-go, only `*` admits an instance that lacks the key, whatever the match type.
+    /// The destination's fixed labels settled against one instance set (see [`Admission`]).
+    pub fn admission<'a>(&'a self, instances: &'a [Instance]) -> Admission<'a> {
+        let not_equals = self
+            .labels
+            .iter()
+            .map(|(key, m)| {
+                if m.kind() != MatchKind::NotEquals || m.is_any() {
+                    return HashSet::new();
+                }
+                instances
+                    .iter()
+                    .filter(|i| i.is_selectable() && i.healthy)
+                    .filter_map(|i| i.metadata.get(key).map(String::as_str))
+                    .filter(|v| m.matches(Some(v)))
+                    .collect()
+            })
+            .collect();
+        Admission {
+            destination: self,
+            not_equals,
+        }
+    }
+}
+
+/// Which instances a destination's fixed labels let in, as polaris-go's `matchDstMetadata`:
+/// - only `*` admits an instance that lacks the key, whatever the match type;
+/// - a NOT_EQUALS label admits the values, other than its own, that some *healthy* instance (not
+///   isolated, weight > 0) of the service carries (`GetInstancesWithMetaValuesNotEqual`; every
+///   other match type looks at healthy and unhealthy values alike, `GetInstanceMetaValues`). An
+///   unhealthy instance whose value no healthy one shares is left out, so when only unhealthy
+///   instances differ the group is empty and the next group or rule decides, instead of
+///   recover-all inside the group;
+/// - a REGEX needs a non-empty leftmost match.
+pub struct Admission<'a> {
+    destination: &'a Destination,
+    /// Per label, in label order: the values a NOT_EQUALS label admits (empty for the others).
+    not_equals: Vec<HashSet<&'a str>>,
+}
+
+impl Admission<'_> {
     pub fn admits(&self, metadata: &HashMap<String, String>) -> bool {
-        self.labels.iter().all(|(key, m)| {
-            m.is_any()
-                || metadata
-                    .get(key)
-                    .is_some_and(|v| m.matches(Some(v.as_str())))
-        })
+        let d = self.destination;
+        d.labels
+            .iter()
+            .zip(&self.not_equals)
+            .all(|((key, m), allowed)| {
+                if m.is_any() {
+                    return true;
+                }
+                let Some(value) = metadata.get(key) else {
+                    return false;
+                };
+                if m.kind() == MatchKind::NotEquals {
+                    return allowed.contains(value.as_str());
+                }
+                m.check_label(value).unwrap_or_else(|hit| {
+                    log_limit_hit(hit, &d.name);
+                    false
+                })
+            })
+    }
+}
+
+/// Logs a REGEX that ran out of backtracking steps, once per counter period (the metric counts
+/// every hit), so a stream of hostile values cannot flood the log.
+fn log_limit_hit(hit: LimitHit, rule: &str) {
+    if hit.first {
+        log::warn!(
+            "rule {rule}: a REGEX ran out of its {BACKTRACK_LIMIT} backtracking steps and was \
+             counted as no match (metric regex_backtrack_limit)"
+        );
     }
 }
 
@@ -127,10 +198,12 @@ impl Route {
         regexes: &mut RegexEval<'_>,
     ) -> bool {
         self.sources.is_empty()
-            || self
-                .sources
-                .iter()
-                .any(|s| s.matches(direction, facts, regexes))
+            || self.sources.iter().any(|s| {
+                s.matches(direction, facts, regexes).unwrap_or_else(|hit| {
+                    log_limit_hit(hit, &self.rule);
+                    false
+                })
+            })
     }
 
     /// Gives each text REGEX source test a slot in `sets`, so a plan runs each argument's
@@ -218,6 +291,8 @@ pub fn compile_route(route: &proto::Route, caller: &Caller) -> Result<Route, Str
     for s in &route.sources {
         let args = compile_map(&s.metadata, caller)?
             .into_iter()
+            // polaris-go skips a source key `*`.
+            .filter(|(k, _)| k != "*")
             .map(|(k, m)| (Arg::parse(&k), m))
             .collect();
         sources.push(Source {
@@ -397,11 +472,113 @@ mod tests {
     }
 
     #[test]
-    fn parameter_source_matches_anything() {
+    fn parameter_source_matches_any_present_value_but_not_an_absent_one() {
         let mut m = ms(T::Exact, "whatever");
         m.value_type = proto::match_string::ValueType::Parameter as i32;
         let r = compile_route(&route(&[("$header.x-env", m)]), &Caller::default()).unwrap();
+        assert!(matches(
+            &r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "anything")])
+        ));
+        assert!(!matches(&r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    #[test]
+    fn not_equals_and_not_in_sources_fail_when_the_request_lacks_the_key() {
+        for m in [
+            ms(T::NotEquals, "prod"),
+            ms(T::NotIn, "prod,stage"),
+            ms(T::Exact, "*"),
+        ] {
+            let r =
+                compile_route(&route(&[("$header.x-env", m.clone())]), &Caller::default()).unwrap();
+            assert!(
+                matches(&r, Direction::Inbound, &mut facts(&[("x-env", "gray")])),
+                "{m:?}"
+            );
+            assert!(!matches(&r, Direction::Inbound, &mut facts(&[])), "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_source_key_star_is_ignored_as_in_polaris_go() {
+        let r = compile_route(
+            &route(&[("*", ms(T::Exact, "x")), ("$method", ms(T::Exact, "GET"))]),
+            &Caller::default(),
+        )
+        .unwrap();
         assert!(matches(&r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    #[test]
+    fn a_look_ahead_source_regex_is_kept_and_matches_as_in_polaris_go() {
+        let (routes, errors) = compile_routes(
+            &[route(&[("$header.x-env", ms(T::Regex, "^(?!prod).*$"))])],
+            &Caller::default(),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let r = &routes[0];
+        assert!(matches(
+            r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "gray")])
+        ));
+        assert!(!matches(
+            r,
+            Direction::Inbound,
+            &mut facts(&[("x-env", "prod-2")])
+        ));
+        assert!(!matches(r, Direction::Inbound, &mut facts(&[])));
+    }
+
+    fn instance(version: &str, healthy: bool) -> Instance {
+        Instance {
+            id: version.into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            weight: 100,
+            healthy,
+            isolated: false,
+            metadata: [("version".to_string(), version.to_string())].into(),
+            location: Default::default(),
+            upstream: String::new(),
+        }
+    }
+
+    #[test]
+    fn not_equals_labels_admit_only_values_a_healthy_instance_carries() {
+        let r = compile_route(
+            &with_destination_labels(&[("version", ms(T::NotEquals, "v1"))]),
+            &Caller::default(),
+        )
+        .unwrap();
+        let instances = vec![
+            instance("v1", true),
+            instance("v2", false),
+            instance("v2", true),
+            instance("v3", false),
+        ];
+        let admission = r.destinations[0].admission(&instances);
+        let admitted: Vec<bool> = instances
+            .iter()
+            .map(|i| admission.admits(&i.metadata))
+            .collect();
+        // v2 has a healthy carrier, so its unhealthy one stays; v3 has none.
+        assert_eq!(admitted, [false, true, true, false]);
+    }
+
+    #[test]
+    fn a_destination_regex_with_look_ahead_selects_instances() {
+        let r = compile_route(
+            &with_destination_labels(&[("version", ms(T::Regex, "^(?!v1)v"))]),
+            &Caller::default(),
+        )
+        .unwrap();
+        let instances = vec![instance("v1", true), instance("v2", true)];
+        let admission = r.destinations[0].admission(&instances);
+        assert!(!admission.admits(&instances[0].metadata));
+        assert!(admission.admits(&instances[1].metadata));
     }
 
     fn with_destination_labels(labels: &[(&str, proto::MatchString)]) -> proto::Route {

@@ -37,6 +37,13 @@ pub struct Location {
     pub campus: String,
 }
 
+impl Location {
+    /// No field known.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty() && self.zone.is_empty() && self.campus.is_empty()
+    }
+}
+
 /// One instance of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {

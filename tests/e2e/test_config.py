@@ -21,6 +21,11 @@ from harness.envoy import render, validate
         (plugin_config(destination={"from": "cookie"}), "destination.from", "not one of"),
         (plugin_config(refresh_intervall="1s"), "refresh_intervall", "unknown field"),
         (plugin_config(max_services=0), "max_services", "from 1 to"),
+        (
+            plugin_config(load_balancer={"policy": "ringHash", "ring_hash": {"vnodes": 0}}),
+            "load_balancer.ring_hash.vnodes",
+            "from 1 to 1000",
+        ),
     ],
 )
 def test_invalid_plugin_config_is_rejected_naming_the_field(tmp_path, plugin, field, why):

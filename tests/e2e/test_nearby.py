@@ -91,3 +91,18 @@ def test_nearby_is_off_for_services_that_do_not_enable_it(polaris, service, upst
     client = envoy(polaris.grpc_port, location={"region": "r1", "zone": "z1"}).client()
 
     assert set(client.counts(service, 60)) == {"z1-a", "z2-a"}
+
+
+def test_an_instance_without_a_location_is_near_at_the_zone_level(polaris, service, upstreams, envoy):
+    """polaris-go's `matchLocation`: an empty region, zone or campus matches anything."""
+    ups = upstreams("z2-a", "nowhere")
+    polaris.create_service(service, metadata={"internal-enable-nearby": "true"})
+    polaris.register_instance(service, "127.0.0.1", ups[0].port, location={"region": "r1", "zone": "z2"})
+    polaris.register_instance(service, "127.0.0.1", ups[1].port)
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == 2, service=service)
+    e = envoy(polaris.grpc_port, location={"region": "r1", "zone": "z1"}, debug_trace=True)
+    client = e.client()
+
+    assert set(client.counts(service, 40)) == {"nowhere"}
+    _, headers, _ = client.request(service, headers={"x-polaris-debug": "1"})
+    assert headers["x-polaris-nearby"] == "zone"

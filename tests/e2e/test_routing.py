@@ -98,7 +98,7 @@ CASES = [
     ("QUERY", "uid", "EXACT", "42", {"path": "/?uid=42"}, {"path": "/?uid=7"}),
     ("COOKIE", "session", "REGEX", "^beta", {"headers": {"cookie": "a=1; session=beta9"}}, {"headers": {"cookie": "session=alpha"}}),
     ("METHOD", None, "EXACT", "POST", {"method": "POST"}, {"method": "GET"}),
-    # The server sends `$path` (polaris-go's own constant is `$Path`, which never matches).
+    # The server sends `$path`, the key polaris-go (v1.6.1, v1.7.0) reads too.
     ("PATH", None, "EXACT", "/gray", {"path": "/gray"}, {"path": "/other"}),
     ("CALLER_IP", None, "IN", "127.0.0.1,::1", {}, None),
     ("CALLER_IP", None, "NOT_IN", "127.0.0.1", None, {}),
@@ -122,6 +122,56 @@ def test_each_argument_and_match_type_routes(polaris, service, upstreams, routed
         assert client.counts(service, 20, **hit) == {"v2": 20}
     if miss is not None:
         assert client.counts(service, 20, **miss) == {"v1": 20}
+
+
+@pytest.mark.parametrize("match", ["NOT_EQUALS", "NOT_IN"])
+def test_negative_sources_fail_a_request_without_the_header(polaris, service, upstreams, routed, match):
+    """polaris-go's `matchSourceMetadata` fails a source whose key the request lacks."""
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("not-prod", service, [arg("HEADER", "prod", match, key="x-env")], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 20, headers={"x-env": "dev"}) == {"v2": 20}
+    assert client.counts(service, 20) == {"v1": 20}
+
+
+def test_look_ahead_regex_routes_as_polaris_go_regexp2_does(polaris, service, upstreams, routed):
+    versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("lookahead", service, [arg("HEADER", "^(?!prod).*$", "REGEX", key="x-env")], [("to-v2", "v2", 0, 100)], priority=0),
+        rule("rest", service, [], [("to-v1", "v1", 0, 100)], priority=1),
+    )
+    client = routed.client()
+
+    assert client.counts(service, 20, headers={"x-env": "dev"}) == {"v2": 20}
+    assert client.counts(service, 20, headers={"x-env": "prod-1"}) == {"v1": 20}
+    assert "rule lookahead" not in routed.log_text()
+
+
+def test_not_equals_group_of_only_unhealthy_instances_yields_to_the_next_group(polaris, service, upstreams, routed):
+    """polaris-go offers NOT_EQUALS only the values healthy instances carry."""
+    ids = versioned(polaris, service, upstreams, ["v1", "v2"])
+    with_rules(
+        polaris, service,
+        rule("avoid-v1", service, [], [
+            ("others", {"type": "NOT_EQUALS", "value": "v1"}, 0, 100),
+            ("v1", "v1", 1, 100),
+        ]),
+    )
+    client = routed.client()
+    assert client.counts(service, 20) == {"v2": 20}
+
+    polaris.update_instance(ids[1], healthy=False)
+    polaris.wait_for(
+        lambda r: any(i.get("healthy") is False for i in r.get("instances") or []), service=service
+    )
+    # Before: recover-all inside the NOT_EQUALS group kept sending to the unhealthy v2.
+    traffic_until(client, service, lambda c: c == {"v1": 20}, timeout=2 * REFRESH + 0.5)
 
 
 def test_groups_split_80_20_by_weight(polaris, service, upstreams, routed):
