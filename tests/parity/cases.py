@@ -21,10 +21,11 @@ PROFILES = [
     # The caller `{caller}` with metadata, a location, nearby zone -> all at 100 %, failover all.
     Profile("main", caller={"service": "{caller}", "namespace": "default", "metadata": CALLER_META},
             location=HERE, nearby={"match_level": "zone", "max_match_level": "all", "unhealthy_percent": 100}),
-    # No caller; nearby campus -> region at 50 %; rules that match nothing leave no instance.
+    # No caller; nearby campus -> region at 50 %; rules that match nothing leave no instance;
+    # 50 ringHash vnodes.
     Profile("alt", location=HERE,
             nearby={"match_level": "campus", "max_match_level": "region", "unhealthy_percent": 50},
-            failover="none"),
+            failover="none", vnodes=50),
     # No caller, no location, every default.
     Profile("bare"),
 ]
@@ -137,6 +138,13 @@ SOURCE_CASES = [
     Case("src-range-bad", abc(), gate(arg("HEADER", "x-k", match="RANGE", value="5-10")),
          reqs=xk("7")),
     Case("src-exact-star", abc(), gate(arg("HEADER", "x-k", value="*")), reqs=xk("anything")),
+    Case("src-exact-empty", abc(), gate(arg("HEADER", "x-k", value="")), reqs=xk("anything")),
+    # A nested quantifier the filter cannot hand to its linear engine (the lookahead inside):
+    # "a" * 18 then "b" costs a backtracking engine ~2^18 steps before (..)+$ fails and the
+    # negative lookahead holds.
+    Case("src-regex-catastrophic", abc(),
+         gate(arg("HEADER", "x-k", match="REGEX", value="^(?!((?=a)a+)+$).*b")),
+         reqs=xk("a" * 18 + "b", "ab"), samples=1),
     Case("src-not-equals-star", abc(), gate(arg("HEADER", "x-k", match="NOT_EQUALS", value="*")),
          reqs=xk("anything")),
     Case("src-two-arguments", abc(),
@@ -160,6 +168,7 @@ SOURCE_CASES = [
                                                       service="{caller}", namespace="default")),
          reqs=[hdr("gray", x_env="gray"), Req("absent")]),
     Case("src-caller-service-any-namespace", abc(), gate(source=src([], service="{caller}", namespace="*"))),
+    Case("src-caller-other-namespace", abc(), gate(source=src([], service="{caller}", namespace="elsewhere"))),
     Case("src-caller-service-bare", abc(), gate(source=src([], service="{caller}", namespace="default")),
          profile="bare"),
     Case("src-other-service", abc(), gate(source=src([], service="someone-else", namespace="default"))),
@@ -209,6 +218,13 @@ VALUE_TYPE_CASES = [
          reqs=[hdr("v1", x_version="v1"), hdr("v9", x_version="v9"), Req("absent")]),
     Case("dst-variable", abc(),
          [rule("var", [src()], [grp("by-var", {"version": lbl("want3", vt="VARIABLE")})]), REST]),
+    Case("dst-parameter-regex", abc(),
+         [rule("param", [src()], [grp("by-header", {"version": lbl("$header.x-version", "REGEX", "PARAMETER")})]),
+          rule("rest", [src()], [TO_V3], priority=5)],
+         reqs=[hdr("^v[12]$", x_version="^v[12]$"), Req("absent")]),
+    Case("dst-variable-undefined-two-groups", abc(),
+         [rule("var", [src()], [grp("by-var", {"version": lbl("no_such_variable_3", vt="VARIABLE")}),
+                                grp("next", {"version": lbl("v3")}, priority=1)]), REST]),
     Case("dst-variable-undefined", abc(),
          [rule("var", [src()], [grp("by-var", {"version": lbl("no_such_variable_2", vt="VARIABLE")})]), REST]),
 ]
@@ -242,6 +258,13 @@ DESTINATION_CASES = [
          insts=[Inst("a", {"version": "v1"}), Inst("b", {"version": "v2", "tier": "gold"}),
                 Inst("c", {"version": "v2", "tier": "silver"})]),
     only("dst-missing-key", grp("g", {"nokey": lbl("x")})),
+    only("dst-empty-value", grp("g", {"version": lbl("")}), insts=abcd() + [Inst("e", {"version": ""})]),
+    only("dst-labels-no-common-instance", grp("g", {"version": lbl("v2"), "tier": lbl("gold")}),
+         insts=[Inst("a", {"version": "v1"}), Inst("b", {"version": "v2", "tier": "silver"}),
+                Inst("c", {"version": "v3", "tier": "gold"})]),
+    Case("dst-range-bad-two-groups", abcd(),
+         [rule("g", [src()], [grp("bad", {"version": lbl("1-2", "RANGE")}), grp("next", {"version": lbl("v3")}, priority=1)]),
+          REST]),
     Case("dst-no-group-failover-all", abcd(), [rule("only", [src()], [grp("g", {"version": lbl("v9")})])]),
     Case("dst-no-rule-matches", abcd(a={"healthy": False}), gate(arg("HEADER", "x-k", value="never"))[:1]),
 ]
@@ -324,6 +347,8 @@ NEARBY_CASES = [
     Case("near-all-unhealthy", four(a=DOWN, b=DOWN, c=DOWN, d=DOWN), nearby=True),
     Case("near-zone-isolated", four(a={"isolate": True}, b={"weight": 0}), nearby=True),
     Case("near-off", four(), nearby=False),
+    # The server serves an instance's location as region/zone/campus metadata too.
+    Case("near-location-as-label", four(), rules=[rule("g", [src()], [grp("c1", {"campus": lbl("c1")})]), REST]),
     Case("near-off-by-metadata", four(), svc_meta={"internal-enable-nearby": "false"}),
     # polaris-go counts an instance without a location (or without a zone) at every level (item 6).
     Case("near-no-location", four() + [Inst("e")], nearby=True),
@@ -393,7 +418,16 @@ BALANCER_CASES = [c for p in HASH_POLICIES for c in lb_cases(p)] + [
     Case("lb-ringHash-cookie-key", five(), policy="ringHash", hash_key={"from": "cookie", "name": "uid"}),
     Case("lb-maglev-query-key", five(), policy="maglev", hash_key={"from": "query", "name": "uid"}),
     Case("lb-hash-caller-ip-key", five(), policy="hash", hash_key={"from": "caller_ip"}),
-    Case("lb-weightedRandom", five((100, 300, 50, 200, 500), i1=DOWN), policy="weightedRandom"),
+    Case("lb-weightedRandom", five((100, 300, 100, 200, 400), i1=DOWN), policy="weightedRandom"),
+    # hash: points exactly on a cumulative weight (half the keys at total weight 2 or 3).
+    Case("lb-hash-edges-1-1", [Inst("i0", weight=1), Inst("i1", weight=1)], policy="hash"),
+    Case("lb-hash-edges-2-1", [Inst("i0", weight=2), Inst("i1", weight=1)], policy="hash"),
+    # ringHash with vnodes other than the default: per service in the filter; polaris-go then
+    # answers from a profile with that ringHash.vnodeCount.
+    Case("lb-ringHash-vnodes-160", five((100, 300, 50, 200, 500)), policy="ringHash", vnodes=160),
+    Case("lb-ringHash-vnodes-500", five(), policy="ringHash", vnodes=500),
+    # the alt profile sets load_balancer.ring_hash.vnodes for the whole Envoy (and polaris-go's).
+    Case("lb-ringHash-alt-profile", five((100, 200, 100, 300, 100)), policy="ringHash", profile="alt"),
 ]
 
 ALL_CASES = ALL_ROUTE_CASES + LIVE_CASES + BALANCER_CASES
@@ -404,10 +438,42 @@ ALL_CASES = ALL_ROUTE_CASES + LIVE_CASES + BALANCER_CASES
 # case that agrees fails too, so this list stays true.
 
 INTENDED: dict[str, str] = {
-    "dst-in": "destination labels honour IN in the filter; polaris-go compares the whole value "
-              "'v2,v3' exactly (its matchDstMetadata has no IN branch), so no instance matches there",
-    "dst-not-in": "destination labels honour NOT_IN in the filter; polaris-go compares 'v1' exactly",
-    "dst-range": "destination labels honour RANGE in the filter; polaris-go compares '2~3' exactly",
+    "dst-in": "IN on a destination label tests membership in the filter; polaris-go looks the "
+              "whole value 'v2,v3' up among the instances' values, so the group is empty there",
+    "dst-not-in": "NOT_IN on a destination label tests membership in the filter; polaris-go looks "
+                  "'v1' up literally",
+    "dst-range": "RANGE on a destination label tests the range in the filter; polaris-go looks "
+                 "'2~3' up literally",
+    "dst-empty-value": "an empty destination label value admits every instance in the filter, as "
+                       "'*' does; polaris-go compares it literally",
+    "dst-labels-no-common-instance": "a group whose labels each exist but that no instance carries "
+                                     "all of is empty in the filter (the next rule decides); "
+                                     "polaris-go selects the group and then has no instance",
+    "dst-variable-undefined-two-groups": "a route with a VARIABLE not set in caller.metadata is "
+                                         "skipped whole by the filter (logged); polaris-go fails "
+                                         "only that group and takes the route's next group",
+    "dst-range-bad-two-groups": "a route with a RANGE that is not low~high is skipped whole by the "
+                                "filter (logged); polaris-go compares '1-2' literally, fails only "
+                                "that group and takes the route's next group",
+    "dst-parameter-regex": "a REGEX destination PARAMETER is refused (route skipped, logged): a "
+                           "pattern from the request would be compiled per request; polaris-go "
+                           "compiles the request's value as a regex",
+    "src-regex-catastrophic/x-k=aaaaaaaaaaaaaaaaaab":
+        "a backtracking REGEX stops at 10,000 backtracks per test in the filter (counted as no "
+        "match); regexp2 has no limit and finds the match after ~2^18 steps",
+    # New (not in issue 9): routing.failover none.
+    **{c: "routing.failover none answers 503 when no rule matches; polaris-go v1.6.1's "
+          "failoverType none builds an empty cluster that the next router of its chain "
+          "(nearby/filterOnly) rebuilds from the full instance list "
+          "(servicerouter.processServiceRouters passes the cluster key only), so it returns every "
+          "instance: the option does nothing there"
+       for c in ("rule-failover-none/absent", "rule-failover-none-no-group/plain")},
+    # A named rule, not a case: compare_picks marks the keys it applies to.
+    "hash-interval-edges": "hash: each instance owns exactly its weight of points (half-open "
+                           "intervals); polaris-go's search gives a point on a cumulative weight "
+                           "to the instance ending there, so its first instance gets one point "
+                           "more and its last one less",
+
     # New (not in issue 9): a rule that cannot be compiled. The filter skips that rule, logs it
     # and applies the others (README, "Rules as the server serves them"); polaris-go refuses the
     # service's whole Routing when any regex in it, inbound or outbound, does not compile, and

@@ -160,9 +160,8 @@ class Req:
             h["cookie"] = "; ".join(f"{k}={v}" for k, v in self.cookies.items())
         return h
 
-    def oracle_request(self, host: str) -> dict:
+    def oracle_request(self) -> dict:
         headers = {k.lower(): v for k, v in self.headers.items()}
-        headers["host"] = host
         return {
             "headers": headers,
             "query": self.query,
@@ -188,9 +187,14 @@ class Case:
     profile: str = "main"
     nearby: bool = False
     svc_meta: dict = field(default_factory=dict)
-    # For balancer cases: the filter's per-service policy and hash key.
+    # For balancer cases: the filter's per-service policy, hash key and ringHash vnodes (polaris-go
+    # then answers from a profile of its own with that vnodeCount).
     policy: str | None = None
     hash_key: dict | None = None
+    vnodes: int | None = None
+    # ProcessRouters calls per question (the union of their answers); 1 suits a deterministic
+    # but slow question.
+    samples: int = 64
     note: str = ""
 
 
@@ -277,6 +281,9 @@ class Difference:
     question: str
     polaris_go: str
     filter: str
+    # Set when the comparison itself knows the difference is one of INTENDED's named rules (a
+    # per-key rule such as the hash balancer's interval edges cannot be listed by case id).
+    intended: str | None = None
 
     def __str__(self) -> str:
         return f"{self.case} / {self.question}:\n    polaris-go: {self.polaris_go}\n    filter:     {self.filter}"
@@ -329,10 +336,14 @@ class World:
         self.pool = [Upstream(f"u{i}").start() for i in range(self.pool_size)]
         self._create_all()
         self.oracle = Oracle(self.polaris.grpc_address, self.workdir / "oracle")
-        for p in self.profiles.values():
-            answer = self.oracle.ask(op="profile", name=p.name, config=p.oracle_config())
+        oracle_profiles = {p.name: p.oracle_config() for p in self.profiles.values()}
+        for c in self.cases.values():
+            if c.vnodes:
+                oracle_profiles[self.oracle_profile(c)] = {**oracle_profiles[c.profile], "vnodes": c.vnodes}
+        for name, config in oracle_profiles.items():
+            answer = self.oracle.ask(op="profile", name=name, config=config)
             if answer.get("error"):
-                raise OracleError(f"profile {p.name}: {answer['error']}")
+                raise OracleError(f"profile {name}: {answer['error']}")
         # A service with no rules of its own sees every rule whose source is `*`/`*` (as
         # outbounds). polaris-go refuses a service's whole routing when one regex in it does not
         # compile, so one such rule left in the server by someone else would silently turn rule
@@ -380,12 +391,14 @@ class World:
             cfg["routing"] = {"failover": p.failover}
         services = [
             {"service": self.svc(c), "namespace": NAMESPACE, "policy": c.policy,
-             **({"hash_key": c.hash_key} if c.hash_key else {})}
+             **({"hash_key": c.hash_key} if c.hash_key else {}),
+             **({"ring_hash": {"vnodes": c.vnodes}} if c.vnodes else {})}
             for c in self.cases.values() if c.profile == p.name and c.policy
         ]
         cfg["load_balancer"] = {
             "policy": "weightedRandom",
             "hash_key": {"from": "header", "name": "x-hash"},
+            **({"ring_hash": {"vnodes": p.vnodes}} if p.vnodes else {}),
             **({"services": services} if services else {}),
         }
         cfg.update(p.filter_extra)
@@ -488,10 +501,14 @@ class World:
                     raise
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def oracle_profile(case: Case) -> str:
+        return f"{case.profile}-vnodes{case.vnodes}" if case.vnodes else case.profile
+
     def _oracle_base(self, case: Case, req: Req) -> dict:
         p = self.profiles[case.profile]
-        q: dict[str, Any] = {"profile": p.name, "service": self.svc(case), "namespace": NAMESPACE,
-                             "request": req.oracle_request(self.svc(case))}
+        q: dict[str, Any] = {"profile": self.oracle_profile(case), "service": self.svc(case), "namespace": NAMESPACE,
+                             "request": req.oracle_request()}
         if p.caller:
             caller = _substitute(p.caller, {"caller": self.caller_service})
             q["caller"] = caller
@@ -502,7 +519,7 @@ class World:
 
     def oracle_route(self, case: Case, req: Req) -> tuple[frozenset, str]:
         """polaris-go's answer: the set of instance names, or {NONE} with the reason."""
-        a = self.oracle.ask(op="route", samples=64, **self._oracle_base(case, req))
+        a = self.oracle.ask(op="route", samples=case.samples, **self._oracle_base(case, req))
         names = self.names(case)
         if a.get("cached_error", "") != a.get("error", "") or \
                 sorted(a.get("cached_instances") or []) != sorted(a.get("instances") or []):
@@ -550,7 +567,9 @@ class World:
             "{" + ", ".join(sorted(got)) + "} " + json.dumps(dict(sorted(counts.items()))),
         )
 
-    def oracle_picks(self, case: Case, req: Req, keys: list[str], policy: str) -> tuple[dict, str]:
+    def oracle_picks(self, case: Case, req: Req, keys: list[str], policy: str) -> tuple[dict, str, set]:
+        """polaris-go's pick per key (instance names), its error, and the `hash` balancer's
+        interval-edge keys."""
         a = self.oracle.ask(op="balance", policy=policy, hash_keys=keys, **self._oracle_base(case, req))
         names = self.names(case)
         if a.get("cached_picks") != a.get("picks"):
@@ -558,8 +577,8 @@ class World:
             self.cached_notes.append(f"{case.id}: polaris-go with its caches picks differently for "
                                      f"{len(moved)} keys (e.g. {moved[:3]})")
         if a.get("error"):
-            return {}, a["error"]
-        return {k: names.get(v, v) for k, v in a["picks"].items()}, ""
+            return {}, a["error"], set()
+        return {k: names.get(v, v) for k, v in a["picks"].items()}, "", set(a.get("edge_keys") or [])
 
     def filter_picks(self, case: Case, reqs: dict[str, Req]) -> dict:
         names = {u.name: inst.name for u, inst in zip(self.pool, case.insts)}
@@ -570,22 +589,34 @@ class World:
                 f"{status} {headers.get('x-polaris-reason', '')}".strip()
         return out
 
-    def compare_picks(self, case: Case, reqs: dict[str, Req], policy: str, label: str) -> Difference | None:
-        """Exact instance per hash key. `reqs` maps each key to the request carrying it."""
+    def compare_picks(self, case: Case, reqs: dict[str, Req], policy: str, label: str,
+                      edge_rule: str | None = None) -> list[Difference]:
+        """Exact instance per hash key. `reqs` maps each key to the request carrying it. Keys
+        that differ only because they land on a `hash` interval edge make a Difference of their
+        own, marked with `edge_rule` (INTENDED's reason) when given."""
         base = next(iter(reqs.values()))
-        want, why = self.oracle_picks(case, base, list(reqs), policy)
+        want, why, edges = self.oracle_picks(case, base, list(reqs), policy)
         got = self.filter_picks(case, reqs)
         if why:
-            return Difference(case.id, label, f"error {why}", f"{Counter(got.values())}")
+            return [Difference(case.id, label, f"error {why}", f"{Counter(got.values())}")]
         differ = [k for k in reqs if want.get(k) != got.get(k)]
-        if not differ:
-            return None
-        sample = ", ".join(f"{k}: {want.get(k)} vs {got.get(k)}" for k in differ[:5])
-        return Difference(
-            case.id, label,
-            f"{len(reqs) - len(differ)}/{len(reqs)} keys agree; picks {dict(sorted(Counter(want.values()).items()))}",
-            f"picks {dict(sorted(Counter(got.values()).items()))}; differing keys e.g. {sample}",
-        )
+        on_edge = [k for k in differ if k in edges]
+        off_edge = [k for k in differ if k not in edges]
+        out = []
+
+        def diff(keys: list[str], what: str, intended: str | None) -> Difference:
+            sample = ", ".join(f"{k}: {want.get(k)} vs {got.get(k)}" for k in keys[:5])
+            return Difference(
+                case.id, f"{label}{what}",
+                f"{len(reqs) - len(keys)}/{len(reqs)} keys agree; picks {dict(sorted(Counter(want.values()).items()))}",
+                f"picks {dict(sorted(Counter(got.values()).items()))}; differing keys e.g. {sample}",
+                intended)
+
+        if off_edge:
+            out.append(diff(off_edge, "", None))
+        if on_edge:
+            out.append(diff(on_edge, f" ({len(on_edge)} keys on an interval edge)", edge_rule))
+        return out
 
     # changes
 

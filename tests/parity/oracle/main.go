@@ -19,7 +19,7 @@
 //	       weighted groups are picked at random per call), or {"error": "..."}
 //	{"op": "balance", ... as route ..., "policy": "ringHash", "hash_keys": ["k1", ...]}
 //	    -> {"picks": {"k1": "ip:port", ...}}: ProcessRouters once, then ProcessLoadBalance with
-//	       HashKey per key on the routed instances
+//	       HashKey per key on the routed instances; for "hash", also "edge_keys" (see hashEdgeKeys)
 //
 // Every route and balance answer is computed twice. "instances"/"picks" come from a fresh
 // ServiceInstances built from GetAllInstances' answer, so no cache of an earlier question (such as
@@ -42,8 +42,11 @@ import (
 
 	"github.com/polarismesh/polaris-go"
 	"github.com/polarismesh/polaris-go/api"
+	"github.com/polarismesh/polaris-go/pkg/algorithm/hash"
 	"github.com/polarismesh/polaris-go/pkg/config"
 	"github.com/polarismesh/polaris-go/pkg/model"
+	"github.com/polarismesh/polaris-go/pkg/plugin/loadbalancer"
+	lbcommon "github.com/polarismesh/polaris-go/plugin/loadbalancer/common"
 )
 
 // Location is an SDK location (global.location, provider `local`).
@@ -124,6 +127,7 @@ type Answer struct {
 	CachedError           string            `json:"cached_error,omitempty"`
 	Picks                 map[string]string `json:"picks,omitempty"`
 	CachedPicks           map[string]string `json:"cached_picks,omitempty"`
+	EdgeKeys              []string          `json:"edge_keys,omitempty"`
 	Revision              string            `json:"revision,omitempty"`
 	All                   []InstanceView    `json:"all,omitempty"`
 	InstancesRevision     string            `json:"instances_revision,omitempty"`
@@ -344,7 +348,7 @@ func (s *sdk) routeSet(q *Question, all *model.InstancesResponse, useFresh bool)
 	return sortedSet(set), nil
 }
 
-func (s *sdk) picks(q *Question, all *model.InstancesResponse, useFresh bool) (map[string]string, error) {
+func (s *sdk) picks(q *Question, all *model.InstancesResponse, useFresh bool, edges *[]string) (map[string]string, error) {
 	var dst model.ServiceInstances = all
 	if useFresh {
 		dst = fresh(all, q)
@@ -354,6 +358,12 @@ func (s *sdk) picks(q *Question, all *model.InstancesResponse, useFresh bool) (m
 		return nil, err
 	}
 	out := make(map[string]string, len(q.HashKeys))
+	if q.Policy == config.DefaultLoadBalancerHash && edges != nil {
+		*edges, err = hashEdgeKeys(q.HashKeys, routed)
+		if err != nil {
+			return nil, err
+		}
+	}
 	for _, key := range q.HashKeys {
 		req := &polaris.ProcessLoadBalanceRequest{}
 		req.DstInstances = routed
@@ -364,6 +374,38 @@ func (s *sdk) picks(q *Question, all *model.InstancesResponse, useFresh bool) (m
 			return nil, err
 		}
 		out[key] = address(resp.GetInstance())
+	}
+	return out, nil
+}
+
+// hashEdgeKeys lists the keys whose point lands exactly on a cumulative weight of the `hash`
+// balancer's instance list (hash % totalWeight == the sum of the first k weights, 0 < k < n).
+// polaris-go's search (pkg/algorithm/search) gives such a point to the instance that ends there;
+// half-open intervals give it to the next one. The suite reports these keys apart.
+func hashEdgeKeys(keys []string, routed *model.InstancesResponse) ([]string, error) {
+	criteria := &loadbalancer.Criteria{Cluster: routed.GetCluster()}
+	set, err := lbcommon.SelectAvailableInstanceSetFromCriteria(criteria, routed)
+	if err != nil {
+		return nil, err
+	}
+	hashFunc, err := hash.GetHashFunc(hash.DefaultHashFuncName)
+	if err != nil {
+		return nil, err
+	}
+	bounds := map[uint64]bool{}
+	weighted := set.GetInstances()
+	for i := 0; i+1 < len(weighted); i++ {
+		bounds[uint64(weighted[i].AccumulateWeight)] = true
+	}
+	var out []string
+	for _, key := range keys {
+		h, err := hashFunc([]byte(key), 0)
+		if err != nil {
+			return nil, err
+		}
+		if bounds[h%uint64(set.TotalWeight())] {
+			out = append(out, key)
+		}
 	}
 	return out, nil
 }
@@ -433,11 +475,11 @@ func (o *oracle) answer(q *Question) Answer {
 			a.CachedError = err.Error()
 		}
 	case "balance":
-		a.Picks, err = s.picks(q, all, true)
+		a.Picks, err = s.picks(q, all, true, &a.EdgeKeys)
 		if err != nil {
 			a.Error = err.Error()
 		}
-		a.CachedPicks, err = s.picks(q, all, false)
+		a.CachedPicks, err = s.picks(q, all, false, nil)
 		if err != nil {
 			a.CachedError = err.Error()
 		}
