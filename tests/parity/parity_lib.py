@@ -262,7 +262,6 @@ class Profile:
     nearby: dict | None = None  # {"match_level", "max_match_level", "unhealthy_percent"}
     failover: str = "all"
     vnodes: int | None = None  # ringHash vnodes, in both; None = each side's default
-    filter_extra: dict = field(default_factory=dict)
 
     def oracle_config(self) -> dict:
         cfg: dict[str, Any] = {"failover": self.failover}
@@ -323,9 +322,6 @@ class World:
     def probe_service(self) -> str:
         return f"parity-probe-{self.suffix}"
 
-    def address(self, case: Case, inst: Inst) -> str:
-        return self.pool[case.insts.index(inst)].address
-
     def names(self, case: Case) -> dict[str, str]:
         """ip:port -> instance name, for this case."""
         return {self.pool[i].address: inst.name for i, inst in enumerate(case.insts)}
@@ -348,7 +344,8 @@ class World:
         # outbounds). polaris-go refuses a service's whole routing when one regex in it does not
         # compile, so one such rule left in the server by someone else would silently turn rule
         # routing off on the polaris-go side for every case here.
-        probe = self.oracle.ask(op="revisions", profile="bare", service=self.probe_service, namespace=NAMESPACE)
+        probe = self.oracle.ask(op="revisions", profile=next(iter(self.profiles)), service=self.probe_service,
+                                namespace=NAMESPACE)
         if probe.get("error") or probe.get("routing_error"):
             raise OracleError(
                 "polaris-go refuses the routing every service inherits from this Polaris server "
@@ -401,7 +398,6 @@ class World:
             **({"ring_hash": {"vnodes": p.vnodes}} if p.vnodes else {}),
             **({"services": services} if services else {}),
         }
-        cfg.update(p.filter_extra)
         return cfg
 
     def _instance_body(self, case: Case, i: int, inst: Inst) -> dict:
@@ -513,7 +509,7 @@ class World:
             caller = _substitute(p.caller, {"caller": self.caller_service})
             q["caller"] = caller
             # The filter answers VARIABLE values from caller.metadata; polaris-go from its
-            # global.system.variables: the same map on both sides.
+            # global.system.variables (then the environment): the same map on both sides.
             q["variables"] = caller.get("metadata") or {}
         return q
 
