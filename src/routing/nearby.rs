@@ -149,7 +149,7 @@ mod tests {
         for level in [Level::Region, Level::Zone, Level::Campus] {
             assert!(level.holds(&here, &nowhere), "{level}");
         }
-        // Only the zone is known: it counts at the zone level, and its campus at every level.
+        // An instance with only a zone: near down to the campus level when that zone is ours.
         assert!(Level::Campus.holds(&here, &loc("", "z1", "")));
         assert!(!Level::Zone.holds(&here, &loc("", "z2", "")));
         assert!(!Level::Zone.holds(&here, &loc("r2", "z1", "")));
