@@ -355,7 +355,21 @@ class World:
             self.envoys[p.name] = Envoy(
                 self.workdir / f"envoy-{p.name}", self.filter_config(p), self.polaris.grpc_port
             ).start()
+        self._warm_up()
         return self
+
+    def _warm_up(self, timeout: float = 30.0) -> None:
+        """One request per case, so every Envoy has loaded its services before the questions
+        (a first load on a busy machine must not pass for an answer)."""
+        deadline = time.monotonic() + timeout
+        for case in self.cases.values():
+            while True:
+                status, headers, _ = self.send(case.profile, self.svc(case), Req("warm-up"))
+                if headers.get("x-polaris-reason") != "discovery-failed":
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{case.profile} Envoy cannot load {self.svc(case)}: {status} {headers}")
+                time.sleep(0.2)
 
     def stop(self) -> None:
         # Our rules with `*` sources are served to every service in the server (as outbounds):
