@@ -31,14 +31,15 @@ WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_me
 PYTEST_ARGS ?=
 
 include mk/polaris.mk
+include mk/parity.mk
 include mk/oci.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e demo bench clean
+.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench clean
 
 help:
 	@sed -n '3,6p' Makefile
 
-setup: rust-targets venv $(WBG_RUNNER) polaris-server
+setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
 rust-targets:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -76,8 +77,15 @@ test-wasm: rust-targets $(WBG_RUNNER)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
 		cargo test --target wasm32-unknown-unknown --no-default-features --lib --tests
 
-test-e2e: venv wasm polaris-server oci oci-tools
-	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+# One pytest session for both suites: they share one Polaris server (tests/conftest.py).
+# tests/parity asks polaris-go (build/parity-oracle) and the filter the same questions; it runs
+# first, as it needs a server where no other suite has left rules behind (it removes its own).
+test-e2e: venv wasm polaris-server parity-oracle oci oci-tools
+	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
+
+# The parity suite alone.
+test-parity: venv wasm polaris-server parity-oracle
+	$(PY) -m pytest tests/parity $(PYTEST_ARGS)
 
 demo: venv wasm polaris-server
 	$(PY) scripts/demo.py
@@ -88,6 +96,6 @@ bench: venv wasm polaris-server
 	$(PY) scripts/bench.py
 	cargo bench --bench decision
 
-clean: clean-polaris-server
+clean: clean-polaris-server clean-parity-oracle
 	cargo clean
 	rm -rf $(VENV) $(TOOLS)

@@ -1,4 +1,5 @@
-"""Fixtures: a real Polaris server, real upstream processes and the real Envoy, all on 127.0.0.1."""
+"""Fixtures: real upstream processes and the real Envoy, all on 127.0.0.1. The real Polaris server
+(`polaris`, one per session) comes from tests/conftest.py, shared with the parity suite."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from typing import Callable
 import pytest
 
 from harness.envoy import Client, Envoy
-from harness.polaris import Polaris
 from harness.upstream import Upstream
 
 REFRESH = 1.0  # seconds; the plugin's refresh_interval in these tests
@@ -20,13 +20,6 @@ def plugin_config(**overrides) -> dict:
     config = {"polaris_cluster": "polaris_grpc", "refresh_interval": f"{int(REFRESH * 1000)}ms"}
     config.update(overrides)
     return config
-
-
-@pytest.fixture(scope="session")
-def polaris(tmp_path_factory) -> Polaris:
-    server = Polaris(tmp_path_factory.mktemp("polaris")).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -30,6 +30,12 @@ Server quirks at v1.18.1 that the helpers here work around or expose:
 * A service created without owners cannot be updated later on the bolt store
   ("Update Service missing some params"), so ``create_service`` always sets
   owners.
+* Deleting an instance (POST /naming/v1/instances/delete) that was registered
+  or last updated more than ~5 s earlier is not seen by Discover: the
+  server's instance cache keeps serving it (still there after 30 s; deleting
+  within ~5 s of registering works). Re-register or update instead where a
+  test needs a change later (tests/parity re-registers for new Discover
+  orders). Deleting routing rules is seen.
 * SIGTERM shutdown takes ~6-7 s (the server sleeps 5 s after deregistering
   itself); ``stop()`` waits for that before SIGKILL.
 """
