@@ -53,6 +53,17 @@ pub struct Config {
     pub nearby: Nearby,
     /// Metadata routing: request headers naming wanted instance labels.
     pub metadata: MetadataRouting,
+    /// Whose RATE_LIMIT rules this Envoy enforces; `None`: rate limiting is off.
+    pub rate_limit: Option<RateLimitSide>,
+}
+
+/// Whose rate-limit rules apply (`rate_limit.rules_of`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RateLimitSide {
+    /// Each request's destination service (an outbound or gateway listener).
+    Destination,
+    /// This Envoy's own service, `caller` (an inbound, provider-side listener).
+    Local,
 }
 
 /// Which balancer a service uses: `load_balancer` in the plugin configuration.
@@ -80,13 +91,17 @@ impl Config {
     /// The kinds the leader keeps refreshed for each watched service. Rate-limit, breaker and
     /// fault-detection rules join when the configuration enforces them.
     pub fn kinds(&self) -> Vec<Kind> {
-        vec![Kind::Instances, Kind::Routing]
+        let mut kinds = vec![Kind::Instances, Kind::Routing];
+        if self.rate_limit == Some(RateLimitSide::Destination) {
+            kinds.push(Kind::RateLimit);
+        }
+        kinds
     }
 
     /// The kinds a request for a service not yet loaded waits for: what its decision needs,
     /// never more.
     pub fn first_load_kinds(&self) -> Vec<Kind> {
-        vec![Kind::Instances, Kind::Routing]
+        self.kinds()
     }
 }
 
@@ -177,6 +192,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "location",
     "nearby",
     "metadata_routing",
+    "rate_limit",
 ];
 
 impl Config {
@@ -268,6 +284,13 @@ impl Config {
 
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
+        let rate_limit = rate_limit(&map)?;
+        if rate_limit == Some(RateLimitSide::Local) && caller.service.is_empty() {
+            return Err(err(
+                "rate_limit.rules_of",
+                "`local` needs `caller.service`: the service whose rules apply",
+            ));
+        }
 
         Ok(Config {
             polaris_cluster,
@@ -285,6 +308,7 @@ impl Config {
             debug_trace,
             nearby,
             metadata,
+            rate_limit,
         })
     }
 }
@@ -451,6 +475,20 @@ fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigErr
         service,
         metadata,
     })
+}
+
+fn rate_limit(map: &Map<String, Value>) -> Result<Option<RateLimitSide>, ConfigError> {
+    let Some(obj) = object(map, "rate_limit", &["rules_of"])? else {
+        return Ok(None);
+    };
+    match nested_string(obj, "rate_limit", "rules_of")?.as_deref() {
+        None | Some("destination") => Ok(Some(RateLimitSide::Destination)),
+        Some("local") => Ok(Some(RateLimitSide::Local)),
+        Some(other) => Err(err(
+            "rate_limit.rules_of",
+            format!("`{other}` is not one of \"destination\", \"local\""),
+        )),
+    }
 }
 
 fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {

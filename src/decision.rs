@@ -46,6 +46,12 @@ pub enum Rejection {
     },
     /// The watch list is full.
     TooManyServices { service: ServiceKey, limit: usize },
+    /// A rate-limit rule's window is used up.
+    RateLimited {
+        service: ServiceKey,
+        rule: String,
+        retry_after_s: u64,
+    },
     /// Envoy refused a host call the request needs (e.g. writing the upstream header).
     HostRefused { what: String },
 }
@@ -54,6 +60,7 @@ impl Rejection {
     pub fn status(&self) -> u32 {
         match self {
             Rejection::NoDestination { .. } => 400,
+            Rejection::RateLimited { .. } => 429,
             _ => 503,
         }
     }
@@ -70,6 +77,7 @@ impl Rejection {
             Rejection::DiscoveryFailed { .. } => "discovery-failed",
             Rejection::TooManyServices { .. } => "too-many-services",
             Rejection::HostRefused { .. } => "host-refused",
+            Rejection::RateLimited { .. } => "rate-limited",
         }
     }
 }
@@ -121,6 +129,11 @@ impl fmt::Display for Rejection {
                 service.name, service.namespace
             ),
             Rejection::HostRefused { what } => write!(f, "Envoy refused a host call: {what}"),
+            Rejection::RateLimited { service, rule, .. } => write!(
+                f,
+                "rate limited by rule `{rule}` of service {} in namespace {}",
+                service.name, service.namespace
+            ),
         }
     }
 }

@@ -7,6 +7,7 @@ pub mod core;
 pub mod decision;
 pub mod destination;
 pub mod lb;
+pub mod limit;
 pub mod matching;
 pub mod model;
 pub mod polaris;

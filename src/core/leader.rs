@@ -9,7 +9,7 @@ use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::metrics::{Counter, Counters};
 use super::store::{self, Update};
-use crate::config::Config;
+use crate::config::{Config, RateLimitSide};
 use crate::model::{Kind, ServiceKey};
 use crate::shared::{self, lease};
 use crate::snapshot::{Outcome, Refresher, Resource};
@@ -83,9 +83,14 @@ impl Leader {
             .flat_map(|s| kinds.iter().map(|k| (*k, s.clone())))
             .collect();
         if let Some(caller) = caller {
-            let own = (Kind::Routing, caller);
-            if !resources.contains(&own) {
-                resources.push(own);
+            let mut own = vec![(Kind::Routing, caller.clone())];
+            if config.rate_limit == Some(RateLimitSide::Local) {
+                own.push((Kind::RateLimit, caller));
+            }
+            for resource in own {
+                if !resources.contains(&resource) {
+                    resources.push(resource);
+                }
             }
         }
         for (resource, revision) in self.refresher.due(&resources, now) {

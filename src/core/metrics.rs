@@ -27,11 +27,15 @@ pub enum Counter {
     NoInstance,
     /// Every local reply (any reason).
     LocalReplies,
+    /// Requests answered 429 by a rate-limit rule.
+    RateLimited,
+    /// Rate-limit counters whose CAS retries ran out (the request was admitted).
+    RateLimitContended,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
 }
 
-const ALL: [(Counter, &str); 10] = [
+const ALL: [(Counter, &str); 12] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -41,6 +45,11 @@ const ALL: [(Counter, &str); 10] = [
     (Counter::RecoverAll, "polaris_wasm.recover_all"),
     (Counter::NoInstance, "polaris_wasm.no_instance"),
     (Counter::LocalReplies, "polaris_wasm.local_replies"),
+    (Counter::RateLimited, "polaris_wasm.rate_limited"),
+    (
+        Counter::RateLimitContended,
+        "polaris_wasm.rate_limit_contended",
+    ),
     (
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",

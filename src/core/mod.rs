@@ -12,6 +12,7 @@ pub mod discover;
 pub mod facts;
 pub mod host;
 pub mod leader;
+pub mod limiter;
 pub mod metrics;
 pub mod request;
 pub mod store;

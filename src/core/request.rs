@@ -7,10 +7,13 @@
 
 use super::facts::StreamFacts;
 use super::host::{CallResult, Host, Stream};
+use super::limiter::Admission;
 use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
+use crate::config::RateLimitSide;
 use crate::decision::{self, Rejection};
+use crate::limit::{CallerFacts, Limits};
 use crate::matching::RequestFacts;
 use crate::model::{Kind, ServiceKey};
 use crate::routing::{Plan, Rules};
@@ -39,6 +42,8 @@ pub struct LocalReply {
     pub status: u32,
     /// Sent as `x-polaris-reason`.
     pub reason: &'static str,
+    /// Headers beyond `content-type` and `x-polaris-reason` (e.g. `retry-after`).
+    pub headers: Vec<(&'static str, String)>,
     pub body: String,
 }
 
@@ -170,18 +175,48 @@ impl Exchange {
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {
             return Route::Load(key);
         }
+        let limited = match limits_of(w, &key) {
+            Err(()) => return Route::Load(key),
+            Ok(limited) => limited,
+        };
         let Worker {
+            host,
             config,
             cache,
             plans,
             rng,
             counters,
+            limits,
+            limiter,
             ..
         } = w;
         let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
             return Route::Load(key);
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
+        if let Some(rules_of) = &limited {
+            if let Some(l) = limits.peek(rules_of).filter(|l| !l.is_empty()) {
+                let caller = CallerFacts {
+                    namespace: &config.caller.namespace,
+                    service: &config.caller.service,
+                };
+                let admission =
+                    limiter.check(&*host, rules_of, l, &mut facts, &caller, || host.now_ms());
+                counters.add(Counter::RateLimitContended, limiter.take_contended());
+                if let Admission::Limited {
+                    rule,
+                    retry_after_s,
+                } = admission
+                {
+                    counters.inc(Counter::RateLimited);
+                    return Route::Reject(Rejection::RateLimited {
+                        service: rules_of.clone(),
+                        rule,
+                        retry_after_s,
+                    });
+                }
+            }
+        }
         let decision = match decision::decide(plan, snapshot, &mut facts, rng) {
             Ok(d) => d,
             Err(r) => return Route::Reject(r),
@@ -294,15 +329,42 @@ fn build_plan<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
     true
 }
 
+/// The service whose rate-limit rules apply to a request for `key`, with its limits loaded:
+/// `Ok(None)` when rate limiting is off; `Err` when the destination's limits must be discovered
+/// first. A local service's limits come with the leader's first refresh; until then its requests
+/// pass.
+fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<ServiceKey>, ()> {
+    match w.config.rate_limit {
+        None => Ok(None),
+        Some(RateLimitSide::Destination) => match w.lookup_limits(key) {
+            Some(_) => Ok(Some(key.clone())),
+            None => Err(()),
+        },
+        Some(RateLimitSide::Local) => {
+            let Some(local) = w.caller_key() else {
+                return Ok(None);
+            };
+            Ok(w.lookup_limits(&local).map(|_| local))
+        }
+    }
+}
+
 /// The local reply for a rejection, counted.
 fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
     w.counters.inc(Counter::LocalReplies);
     if matches!(rejection, Rejection::NoInstance { .. }) {
         w.counters.inc(Counter::NoInstance);
     }
+    let headers = match rejection {
+        Rejection::RateLimited { retry_after_s, .. } => {
+            vec![("retry-after", retry_after_s.to_string())]
+        }
+        _ => Vec::new(),
+    };
     LocalReply {
         status: rejection.status(),
         reason: rejection.reason(),
+        headers,
         body: format!("polaris-wasm: {rejection}\n"),
     }
 }
@@ -319,11 +381,13 @@ fn install_loaded<H: Host>(
     };
     let mut instances = None;
     let mut routing = None;
+    let mut rate_limits = None;
     for (kind, answer) in answers {
         match kind {
             Kind::Instances => instances = Some(answer),
             Kind::Routing => routing = Some(answer),
-            Kind::RateLimit | Kind::CircuitBreaker | Kind::FaultDetector => {}
+            Kind::RateLimit => rate_limits = Some(answer),
+            Kind::CircuitBreaker | Kind::FaultDetector => {}
         }
     }
     let no_answer = || {
@@ -363,7 +427,26 @@ fn install_loaded<H: Host>(
             let rules = Rules::compile(key, &routing, &w.config.caller)
                 .map_err(|e| failed(DiscoveryError::Rules(Box::new(DiscoveryError::Answer(e)))))?;
             w.rules.install_transient(key, rules, None);
-            for (kind, answer) in [(Kind::Instances, &bytes), (Kind::Routing, &routing)] {
+            let limits = match rate_limits {
+                None => None,
+                Some(Ok(b)) => {
+                    let l = Limits::from_stored(key, &b).map_err(|e| {
+                        failed(DiscoveryError::Limits(Box::new(DiscoveryError::Answer(e))))
+                    })?;
+                    Some((l, b))
+                }
+                Some(Err(e)) => {
+                    return Err(failed(DiscoveryError::Limits(Box::new(
+                        DiscoveryError::Unreachable(e),
+                    ))))
+                }
+            };
+            let mut answers = vec![(Kind::Instances, &bytes), (Kind::Routing, &routing)];
+            if let Some((l, b)) = &limits {
+                w.limits.install_transient(key, l.clone(), None);
+                answers.push((Kind::RateLimit, b));
+            }
+            for (kind, answer) in answers {
                 if store::store_answer(&w.host, kind, key, answer) {
                     w.counters.inc(Counter::SnapshotUpdates);
                 }

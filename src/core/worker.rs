@@ -7,11 +7,13 @@ use std::time::Duration;
 use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
+use super::limiter::Limiter;
 use super::metrics::Counters;
 use super::store;
 use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
+use crate::limit::Limits;
 use crate::model::{Kind, Location, ServiceKey};
 use crate::routing::{Plan, Rules};
 use crate::shared;
@@ -30,6 +32,8 @@ pub struct Worker<H> {
     pub(super) link: Link,
     pub(super) cache: ServiceCache,
     pub(super) rules: Cache<Rules>,
+    pub(super) limits: Cache<Limits>,
+    pub(super) limiter: Limiter,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
     pub(super) plans: HashMap<ServiceKey, Plan>,
     pub(super) destinations: DestinationMemo,
@@ -62,6 +66,8 @@ impl<H: Host> Worker<H> {
             link,
             cache: ServiceCache::default(),
             rules: Cache::default(),
+            limits: Cache::default(),
+            limiter: Limiter::default(),
             plans: HashMap::new(),
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
@@ -173,6 +179,11 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
+        for key in self.limits.keys() {
+            sync(&self.host, &mut self.limits, Kind::RateLimit, &key, |b| {
+                Limits::from_stored(&key, b)
+            });
+        }
     }
 
     /// The cached answer for `key`, filling the cache from shared data on a miss.
@@ -184,6 +195,16 @@ impl<H: Host> Worker<H> {
             });
         }
         self.cache.get(key, || host.now_ms())
+    }
+
+    /// The compiled rate-limit rules of `key`, filling the cache from shared data on a miss.
+    pub(super) fn lookup_limits(&mut self, key: &ServiceKey) -> Option<&Limits> {
+        if self.limits.peek(key).is_none() {
+            sync(&self.host, &mut self.limits, Kind::RateLimit, key, |b| {
+                Limits::from_stored(key, b)
+            });
+        }
+        self.limits.peek(key)
     }
 
     /// The compiled rules of `key`, filling the cache from shared data on a miss.

@@ -25,10 +25,11 @@ impl Http {
     }
 
     fn send(&self, reply: &LocalReply) {
-        let headers = vec![
+        let mut headers = vec![
             ("content-type", "text/plain"),
             ("x-polaris-reason", reply.reason),
         ];
+        headers.extend(reply.headers.iter().map(|(k, v)| (*k, v.as_str())));
         if let Err(e) =
             hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
         {

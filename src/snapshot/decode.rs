@@ -54,6 +54,8 @@ pub enum DiscoveryError {
     Answer(DecodeError),
     /// The rules of the service could not be read (`kind` names which).
     Rules(Box<DiscoveryError>),
+    /// The rate-limit rules of the service could not be read.
+    Limits(Box<DiscoveryError>),
     /// Polaris answered no-change to a request that named no revision.
     NoChangeOnFirst,
     /// The answer was installed, but the service was gone from the cache when the request
@@ -70,6 +72,7 @@ impl fmt::Display for DiscoveryError {
             DiscoveryError::Unreachable(e) => e.fmt(f),
             DiscoveryError::Answer(e) => e.fmt(f),
             DiscoveryError::Rules(e) => write!(f, "routing: {e}"),
+            DiscoveryError::Limits(e) => write!(f, "rate limits: {e}"),
             DiscoveryError::NoChangeOnFirst => {
                 f.write_str("Polaris answered no-change to a first discovery")
             }
@@ -154,6 +157,16 @@ pub fn decode_routing(key: &ServiceKey, bytes: &[u8]) -> Result<proto::Routing, 
     match check(Kind::Routing, key, &response)? {
         Answer::Changed { .. } => Ok(response.routing.unwrap_or_default()),
         Answer::NotFound => Ok(proto::Routing::default()),
+        Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
+    }
+}
+
+/// The rules of a RATE_LIMIT answer (empty when the service has none or is unknown).
+pub fn decode_rate_limits(key: &ServiceKey, bytes: &[u8]) -> Result<Vec<proto::Rule>, DecodeError> {
+    let response = decode(bytes)?;
+    match check(Kind::RateLimit, key, &response)? {
+        Answer::Changed { .. } => Ok(response.rate_limit.map(|r| r.rules).unwrap_or_default()),
+        Answer::NotFound => Ok(Vec::new()),
         Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
     }
 }

@@ -1,0 +1,259 @@
+//! Counting rate-limit windows for the whole Envoy: each (rule, amount, window key) is one record
+//! in shared data ([`Window`]), taken by CAS. A worker takes a small grant at a time
+//! ([`grant_size`]: one token for amounts under 200, so small limits are exact) and spends it
+//! locally, so a busy worker touches shared data once per grant, not per request.
+
+use std::collections::HashMap;
+
+use super::host::Store;
+use super::store::{self, CasError, Update};
+use crate::lb::murmur3::murmur3_64;
+use crate::limit::{grant_size, window_start, Amount, CallerFacts, Limits, Window};
+use crate::matching::RequestFacts;
+use crate::model::ServiceKey;
+
+/// Grants a worker keeps at most; beyond, they are dropped (their tokens are lost for the rest of
+/// their windows, so the Envoy admits a little less, never more).
+const MAX_GRANTS: usize = 10_000;
+
+/// What a request may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    Allowed,
+    /// The rule whose window is used up, and the seconds until that window ends.
+    Limited {
+        rule: String,
+        retry_after_s: u64,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    start: u64,
+    left: u32,
+}
+
+/// One worker's grants.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    grants: HashMap<String, Grant>,
+    /// Counters whose CAS retries ran out since the last [`Limiter::take_contended`].
+    contended: u64,
+}
+
+impl Limiter {
+    /// Applies every rule of `limits` that counts this request, in order. When one is used up,
+    /// the tokens already taken from the others are given back and the request is limited.
+    /// `now` is read only when some rule counts the request. CAS retries that run out admit the
+    /// request (it is not worth failing traffic over a contended counter); they are counted.
+    pub fn check<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        service: &ServiceKey,
+        limits: &Limits,
+        facts: &mut dyn RequestFacts,
+        caller: &CallerFacts<'_>,
+        now: impl FnOnce() -> u64,
+    ) -> Admission {
+        let mut now = Some(now);
+        let mut now_ms = 0;
+        let mut taken: Vec<(String, u64)> = Vec::new();
+        for rule in &limits.rules {
+            let Some(label) = rule.key(facts, caller) else {
+                continue;
+            };
+            if let Some(read) = now.take() {
+                now_ms = read();
+            }
+            let label_hash = murmur3_64(label.as_bytes(), 0);
+            for amount in &rule.amounts {
+                let key = format!(
+                    "polaris-wasm/rl/{}/{}/{}/{}/{label_hash:016x}",
+                    service.namespace, service.name, rule.id, amount.window_ms
+                );
+                let start = window_start(now_ms, amount.window_ms);
+                match self.acquire(store, &key, *amount, start) {
+                    Ok(true) => taken.push((key, start)),
+                    Ok(false) => {
+                        self.give_back(taken);
+                        let end = start.saturating_add(amount.window_ms);
+                        return Admission::Limited {
+                            rule: rule.name.clone(),
+                            retry_after_s: end.saturating_sub(now_ms).div_ceil(1000).max(1),
+                        };
+                    }
+                    Err(_) => self.contended += 1,
+                }
+            }
+        }
+        Admission::Allowed
+    }
+
+    /// Takes one token for `key` in the window starting at `start`: from this worker's grant, else
+    /// a new grant from shared data. `Ok(false)`: the window is used up.
+    fn acquire<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        key: &str,
+        amount: Amount,
+        start: u64,
+    ) -> Result<bool, CasError> {
+        if let Some(g) = self.grants.get_mut(key) {
+            if g.start == start && g.left > 0 {
+                g.left -= 1;
+                return Ok(true);
+            }
+        }
+        let want = grant_size(amount.max);
+        let granted = store::cas_update(store, key, |bytes| {
+            let (window, granted) = Window::decode(bytes).take(start, amount.max, want);
+            if granted == 0 {
+                Update::Keep(0)
+            } else {
+                Update::Write(window.encode(), granted)
+            }
+        })?;
+        if granted == 0 {
+            return Ok(false);
+        }
+        if self.grants.len() >= MAX_GRANTS && !self.grants.contains_key(key) {
+            self.grants.clear();
+        }
+        self.grants.insert(
+            key.to_string(),
+            Grant {
+                start,
+                left: granted - 1,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Counters whose CAS retries ran out since the last call.
+    pub fn take_contended(&mut self) -> u64 {
+        std::mem::take(&mut self.contended)
+    }
+
+    /// Returns tokens taken for a request that another rule limited, to this worker's grants.
+    fn give_back(&mut self, taken: Vec<(String, u64)>) {
+        for (key, start) in taken {
+            let g = self.grants.entry(key).or_insert(Grant { start, left: 0 });
+            if g.start == start {
+                g.left = g.left.saturating_add(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::fake::FakeHost;
+    use crate::matching::StaticFacts;
+    use crate::polaris::proto;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    const CALLER: CallerFacts<'static> = CallerFacts {
+        namespace: "default",
+        service: "web",
+    };
+
+    fn limits(amounts: &[(u32, i64)]) -> Limits {
+        let rule = proto::Rule {
+            id: Some("r1".into()),
+            name: Some("per-second".into()),
+            r#type: proto::rule::Type::Local as i32,
+            amounts: amounts
+                .iter()
+                .map(|&(max, secs)| proto::Amount {
+                    max_amount: Some(max),
+                    valid_duration: Some(prost_types::Duration {
+                        seconds: secs,
+                        nanos: 0,
+                    }),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        Limits::compile(&[rule]).0
+    }
+
+    fn admitted(workers: &mut [Limiter], host: &FakeHost, l: &Limits, n: usize, now: u64) -> usize {
+        let svc = ServiceKey::new("default", "echo");
+        (0..n)
+            .filter(|i| {
+                let w = &mut workers[i % workers.len()];
+                w.check(host, &svc, l, &mut StaticFacts::default(), &CALLER, || now)
+                    == Admission::Allowed
+            })
+            .count()
+    }
+
+    #[test]
+    fn ten_per_second_across_two_workers_admits_ten_per_window() {
+        let host = FakeHost::new(0);
+        let l = limits(&[(10, 1)]);
+        let mut workers = [Limiter::default(), Limiter::default()];
+        assert_eq!(admitted(&mut workers, &host, &l, 50, 5_100), 10);
+        assert_eq!(admitted(&mut workers, &host, &l, 50, 5_900), 0);
+        assert_eq!(
+            admitted(&mut workers, &host, &l, 50, 6_000),
+            10,
+            "a new window"
+        );
+    }
+
+    #[test]
+    fn the_tighter_of_two_amounts_wins() {
+        let host = FakeHost::new(0);
+        let l = limits(&[(10, 1), (15, 60)]);
+        let mut workers = [Limiter::default()];
+        let first = admitted(&mut workers, &host, &l, 30, 60_000);
+        let second = admitted(&mut workers, &host, &l, 30, 61_000);
+        assert_eq!(
+            (first, second),
+            (10, 5),
+            "the minute's 15 run out in its second second"
+        );
+    }
+
+    #[test]
+    fn a_limited_request_names_the_rule_and_when_to_retry() {
+        let host = FakeHost::new(0);
+        let l = limits(&[(1, 1)]);
+        let mut w = Limiter::default();
+        let svc = ServiceKey::new("default", "echo");
+        let mut f = StaticFacts::default();
+        assert_eq!(
+            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_200),
+            Admission::Allowed
+        );
+        assert_eq!(
+            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_300),
+            Admission::Limited {
+                rule: "per-second".into(),
+                retry_after_s: 1
+            }
+        );
+    }
+
+    #[test]
+    fn tokens_taken_by_one_amount_are_given_back_when_another_limits() {
+        let host = FakeHost::new(0);
+        // 100 per minute with 1-token grants; 2 per second limits first.
+        let l = limits(&[(2, 1), (100, 60)]);
+        let mut workers = [Limiter::default()];
+        assert_eq!(admitted(&mut workers, &host, &l, 10, 60_000), 2);
+        assert_eq!(admitted(&mut workers, &host, &l, 10, 61_000), 2);
+        let minute_key = format!(
+            "polaris-wasm/rl/default/echo/r1/60000/{:016x}",
+            murmur3_64(b"", 0)
+        );
+        let minute = Window::decode(host.stored(&minute_key).as_deref());
+        // 4 admitted, plus the one given-back token this worker holds for its next request:
+        // limited requests did not eat the minute.
+        assert_eq!(minute.used, 5);
+    }
+}

@@ -1,0 +1,376 @@
+//! Rate-limit rules as the server serves them (`RateLimit.rules`), compiled once per change:
+//! which requests a rule counts, under which window key, against which amounts.
+//!
+//! Semantics follow polaris-go (`pkg/flow/quota/assist.go`, `pkg/model/pb/assist.go`): rules
+//! sorted by priority then id; disabled rules and rules without amounts skipped; `method` is
+//! matched against the request path; every argument must be present and match; the window key is
+//! the sorted `method|TYPE:key:value|…` label string, where with `regex_combine` a non-EXACT test
+//! contributes its pattern (one counter for every matching value) and otherwise the value itself
+//! (one counter per distinct value).
+
+use std::time::Duration;
+
+use crate::matching::{MatchKind, Matcher, RequestFacts};
+use crate::model::ServiceKey;
+use crate::polaris::proto;
+use crate::snapshot::{decode_rate_limits, DecodeError};
+
+/// Where a rate-limit argument's value comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    Header(String),
+    Query(String),
+    Method,
+    CallerIp,
+    /// The caller's service name (CALLER_SERVICE, keyed by namespace): this Envoy's `caller`.
+    CallerService(String),
+    /// A caller metadata key (CUSTOM and CALLER_METADATA): plugin `caller.metadata`.
+    CallerMetadata(String),
+}
+
+/// One argument test of a rule.
+#[derive(Clone, Debug)]
+pub struct Argument {
+    source: Source,
+    /// `TYPE:key` as the label string names it.
+    label: String,
+    matcher: Matcher,
+}
+
+/// One amount: at most `max` requests per `window` (epoch-aligned).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Amount {
+    pub max: u32,
+    pub window_ms: u64,
+}
+
+/// A compiled rule.
+#[derive(Clone, Debug)]
+pub struct LimitRule {
+    pub id: String,
+    pub name: String,
+    pub priority: u32,
+    method: Option<Matcher>,
+    arguments: Vec<Argument>,
+    regex_combine: bool,
+    /// Longest window first, as polaris-go's `reject` plugin keeps its buckets.
+    pub amounts: Vec<Amount>,
+}
+
+/// The compiled rules of one service, in the order they apply.
+#[derive(Clone, Debug, Default)]
+pub struct Limits {
+    pub rules: Vec<LimitRule>,
+}
+
+/// What a caller is, for CALLER_SERVICE and caller-metadata arguments.
+pub struct CallerFacts<'a> {
+    pub namespace: &'a str,
+    pub service: &'a str,
+}
+
+impl Limits {
+    /// Compiles `rules`; the error strings name the rules skipped and why.
+    pub fn compile(rules: &[proto::Rule]) -> (Limits, Vec<String>) {
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        for r in rules {
+            let name = r.name.clone().or_else(|| r.id.clone()).unwrap_or_default();
+            match LimitRule::compile(r) {
+                Ok(Some(rule)) => out.push(rule),
+                Ok(None) => {}
+                Err(e) => skipped.push(format!("rate-limit rule `{name}` skipped: {e}")),
+            }
+        }
+        out.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.id.cmp(&b.id)));
+        (Limits { rules: out }, skipped)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Compiles a stored RATE_LIMIT answer, logging the rules skipped; a malformed answer is an
+    /// error (the caller keeps the last good limits).
+    pub fn from_stored(key: &ServiceKey, bytes: &[u8]) -> Result<Limits, DecodeError> {
+        let (limits, skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
+        for e in skipped {
+            log::warn!("{key}: {e}");
+        }
+        Ok(limits)
+    }
+}
+
+impl LimitRule {
+    /// `Ok(None)` for a rule that does not apply (disabled, no amounts).
+    fn compile(r: &proto::Rule) -> Result<Option<LimitRule>, String> {
+        use proto::rule::{Resource, Type};
+        if r.disable.unwrap_or(false) {
+            return Ok(None);
+        }
+        if r.resource != Resource::Qps as i32 {
+            return Err("CONCURRENCY rules are not enforced yet".into());
+        }
+        if r.r#type != Type::Local as i32 && r.cluster.is_some() {
+            return Err("GLOBAL rules with a limiter cluster are not enforced yet".into());
+        }
+        let action = r.action.as_deref().unwrap_or("reject").to_ascii_lowercase();
+        if !action.is_empty() && action != "reject" {
+            return Err(format!("action `{action}` is not enforced yet"));
+        }
+        let mut amounts = Vec::with_capacity(r.amounts.len());
+        for a in &r.amounts {
+            let max = a.max_amount.ok_or("an amount has no maxAmount")?;
+            let d = a
+                .valid_duration
+                .as_ref()
+                .ok_or("an amount has no validDuration")?;
+            let window = u64::try_from(d.seconds)
+                .ok()
+                .and_then(|s| {
+                    Duration::from_secs(s)
+                        .checked_add(Duration::from_nanos(u64::try_from(d.nanos).ok()?))
+                })
+                .ok_or("an amount has a negative validDuration")?;
+            let window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+            if window_ms < 1000 {
+                return Err("validDuration must be at least 1s".into());
+            }
+            amounts.push(Amount { max, window_ms });
+        }
+        if amounts.is_empty() {
+            return Ok(None);
+        }
+        amounts.sort_by_key(|a| std::cmp::Reverse(a.window_ms));
+        let method = match &r.method {
+            Some(m) if m.value.as_deref().is_some_and(|v| !v.is_empty()) => {
+                Some(Matcher::compile(m).map_err(|e| format!("method: {e}"))?)
+            }
+            _ => None,
+        };
+        let mut arguments = Vec::with_capacity(r.arguments.len());
+        for a in &r.arguments {
+            arguments.push(Argument::compile(a)?);
+        }
+        arguments.sort_by(|a, b| a.label.cmp(&b.label));
+        Ok(Some(LimitRule {
+            id: r.id.clone().unwrap_or_default(),
+            name: r.name.clone().or_else(|| r.id.clone()).unwrap_or_default(),
+            priority: r.priority.unwrap_or(0),
+            method,
+            arguments,
+            regex_combine: r.regex_combine.unwrap_or(false),
+            amounts,
+        }))
+    }
+
+    /// The window key of this request when the rule counts it (`None`: the rule does not apply).
+    pub fn key(&self, facts: &mut dyn RequestFacts, caller: &CallerFacts<'_>) -> Option<String> {
+        let mut key = String::new();
+        if let Some(m) = &self.method {
+            let path = facts.path();
+            if !m.matches(path) {
+                return None;
+            }
+            key.push_str(&self.part(m, path.unwrap_or_default()));
+        }
+        for a in &self.arguments {
+            let value = match &a.source {
+                Source::Header(h) => facts.header(h),
+                Source::Query(q) => facts.query(q),
+                Source::Method => facts.method(),
+                Source::CallerIp => facts.caller_ip(),
+                Source::CallerService(ns) => (ns == caller.namespace).then_some(caller.service),
+                Source::CallerMetadata(k) => facts.custom(k),
+            };
+            if !a.matcher.matches(value) {
+                return None;
+            }
+            key.push('|');
+            key.push_str(&a.label);
+            key.push(':');
+            key.push_str(&self.part(&a.matcher, value.unwrap_or_default()));
+        }
+        Some(key)
+    }
+
+    /// What a matched test contributes to the window key.
+    fn part(&self, m: &Matcher, value: &str) -> String {
+        if self.regex_combine && m.kind() != MatchKind::Exact {
+            m.raw.clone()
+        } else {
+            value.to_string()
+        }
+    }
+}
+
+impl Argument {
+    fn compile(a: &proto::MatchArgument) -> Result<Argument, String> {
+        use proto::match_argument::Type as T;
+        let key = a.key.clone();
+        let (source, name) = match T::try_from(a.r#type) {
+            Ok(T::Header) => (Source::Header(key.to_ascii_lowercase()), "HEADER"),
+            Ok(T::Query) => (Source::Query(key.clone()), "QUERY"),
+            Ok(T::Method) => (Source::Method, "METHOD"),
+            Ok(T::CallerIp) => (Source::CallerIp, "CALLER_IP"),
+            Ok(T::CallerService) => (Source::CallerService(key.clone()), "CALLER_SERVICE"),
+            Ok(T::Custom) => (Source::CallerMetadata(key.clone()), "CUSTOM"),
+            Ok(T::CallerMetadata) => (Source::CallerMetadata(key.clone()), "CALLER_METADATA"),
+            Err(_) => return Err(format!("unknown argument type {}", a.r#type)),
+        };
+        let matcher = match &a.value {
+            Some(v) => Matcher::compile(v).map_err(|e| format!("argument `{key}`: {e}"))?,
+            None => Matcher::any(),
+        };
+        Ok(Argument {
+            source,
+            label: format!("{name}:{key}"),
+            matcher,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::matching::StaticFacts;
+    use proto::match_string::MatchStringType as T;
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    fn ms(t: T, v: &str) -> proto::MatchString {
+        proto::MatchString {
+            r#type: t as i32,
+            value: Some(v.into()),
+            value_type: 0,
+        }
+    }
+
+    fn amount(max: u32, secs: i64) -> proto::Amount {
+        proto::Amount {
+            max_amount: Some(max),
+            valid_duration: Some(prost_types::Duration {
+                seconds: secs,
+                nanos: 0,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn rule(name: &str, args: Vec<proto::MatchArgument>, combine: bool) -> proto::Rule {
+        proto::Rule {
+            id: Some(name.into()),
+            name: Some(name.into()),
+            r#type: proto::rule::Type::Local as i32,
+            amounts: vec![amount(10, 1), amount(100, 60)],
+            arguments: args,
+            regex_combine: Some(combine),
+            ..Default::default()
+        }
+    }
+
+    fn header(key: &str, m: proto::MatchString) -> proto::MatchArgument {
+        proto::MatchArgument {
+            r#type: proto::match_argument::Type::Header as i32,
+            key: key.into(),
+            value: Some(m),
+        }
+    }
+
+    const CALLER: CallerFacts<'static> = CallerFacts {
+        namespace: "default",
+        service: "web",
+    };
+
+    fn facts(user: &str) -> StaticFacts {
+        StaticFacts {
+            headers: vec![("x-user".into(), user.into())],
+            path: "/echo".into(),
+            method: "GET".into(),
+            ..StaticFacts::default()
+        }
+    }
+
+    #[test]
+    fn disabled_rules_and_rules_without_amounts_do_not_apply() {
+        let mut off = rule("off", vec![], false);
+        off.disable = Some(true);
+        let mut empty = rule("empty", vec![], false);
+        empty.amounts.clear();
+        let (limits, skipped) = Limits::compile(&[off, empty]);
+        assert!(limits.is_empty());
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn amounts_are_kept_longest_window_first() {
+        let (limits, _) = Limits::compile(&[rule("r", vec![], false)]);
+        let windows: Vec<u64> = limits.rules[0]
+            .amounts
+            .iter()
+            .map(|a| a.window_ms)
+            .collect();
+        assert_eq!(windows, vec![60_000, 1000]);
+    }
+
+    #[test]
+    fn rules_apply_by_priority_then_id() {
+        let mut b = rule("b", vec![], false);
+        b.priority = Some(0);
+        let mut a = rule("a", vec![], false);
+        a.priority = Some(1);
+        let c = rule("c", vec![], false);
+        let (limits, _) = Limits::compile(&[a, b, c]);
+        let names: Vec<&str> = limits.rules.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, vec!["b", "c", "a"]);
+    }
+
+    #[test]
+    fn a_missing_argument_means_the_rule_does_not_count_the_request() {
+        let (limits, _) = Limits::compile(&[rule(
+            "r",
+            vec![header("x-user", ms(T::Exact, "alice"))],
+            false,
+        )]);
+        let r = &limits.rules[0];
+        assert!(r.key(&mut facts("alice"), &CALLER).is_some());
+        assert!(r.key(&mut facts("bob"), &CALLER).is_none());
+        assert!(r.key(&mut StaticFacts::default(), &CALLER).is_none());
+    }
+
+    #[test]
+    fn regex_combine_shares_one_counter_among_matching_values() {
+        let arg = || vec![header("x-user", ms(T::Regex, "^u"))];
+        let (apart, _) = Limits::compile(&[rule("apart", arg(), false)]);
+        let (together, _) = Limits::compile(&[rule("together", arg(), true)]);
+        let key = |l: &Limits, u: &str| l.rules[0].key(&mut facts(u), &CALLER);
+        assert_ne!(key(&apart, "u1"), key(&apart, "u2"));
+        assert_eq!(key(&together, "u1"), key(&together, "u2"));
+        assert!(key(&together, "x").is_none());
+    }
+
+    #[test]
+    fn the_method_is_matched_against_the_path() {
+        let mut r = rule("r", vec![], false);
+        r.method = Some(ms(T::Exact, "/echo"));
+        let (limits, _) = Limits::compile(&[r]);
+        assert!(limits.rules[0].key(&mut facts("a"), &CALLER).is_some());
+        let mut other = facts("a");
+        other.path = "/other".into();
+        assert!(limits.rules[0].key(&mut other, &CALLER).is_none());
+    }
+
+    #[test]
+    fn rules_the_filter_cannot_enforce_yet_are_skipped_by_name() {
+        let mut conc = rule("conc", vec![], false);
+        conc.resource = proto::rule::Resource::Concurrency as i32;
+        let mut uni = rule("uni", vec![], false);
+        uni.action = Some("UNIRATE".into());
+        let mut short = rule("short", vec![], false);
+        short.amounts = vec![amount(1, 0)];
+        let (limits, skipped) = Limits::compile(&[conc, uni, short, rule("ok", vec![], false)]);
+        assert_eq!(limits.rules.len(), 1);
+        assert_eq!(skipped.len(), 3);
+        assert!(skipped.iter().any(|s| s.contains("`uni`")));
+    }
+}
