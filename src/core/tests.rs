@@ -472,3 +472,76 @@ fn cas_update_gives_up_after_bounded_retries_and_writes_nothing() {
         "a contended watch list counts as full"
     );
 }
+
+fn rate_limit_answer(max: u32) -> Vec<u8> {
+    let mut r = response(Kind::RateLimit, 200_000, "rl1");
+    r.rate_limit = Some(proto::RateLimit {
+        rules: vec![proto::Rule {
+            id: Some("r1".into()),
+            name: Some("two-per-second".into()),
+            r#type: proto::rule::Type::Local as i32,
+            amounts: vec![proto::Amount {
+                max_amount: Some(max),
+                valid_duration: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        revision: Some("rl1".into()),
+    });
+    r.encode_to_vec()
+}
+
+#[test]
+fn with_destination_limits_a_first_request_also_waits_for_the_rate_limit_rules() {
+    let host = FakeHost::new(START);
+    let mut w = worker(&host, r#","rate_limit":{"rules_of":"destination"}"#);
+    let mut exchange = Exchange::default();
+    let mut stream = FakeStream::with(&[(":authority", "echo")]);
+    assert_eq!(exchange.on_request(&mut w, &mut stream), Verdict::Wait);
+    let kinds: Vec<i32> = discovers(&host.take_calls()).iter().map(|d| d.0).collect();
+    assert_eq!(kinds, vec![1, 3, 4], "INSTANCE, ROUTING and RATE_LIMIT");
+}
+
+#[test]
+fn requests_over_the_limit_are_answered_429_naming_the_rule_with_retry_after() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, &[8080]);
+    host.put(
+        &shared::resource_key(Kind::RateLimit, &echo()),
+        &rate_limit_answer(2),
+    );
+    let mut w = worker(&host, r#","rate_limit":{"rules_of":"destination"}"#);
+    let verdicts: Vec<Verdict> = (0..3)
+        .map(|_| request(&mut w, &[(":authority", "echo")]).0)
+        .collect();
+    assert_eq!(verdicts[..2], [Verdict::Forward, Verdict::Forward]);
+    let Verdict::Reply(reply) = &verdicts[2] else {
+        panic!("{verdicts:?}")
+    };
+    assert_eq!((reply.status, reply.reason), (429, "rate-limited"));
+    assert_eq!(reply.headers, vec![("retry-after", "1".to_string())]);
+    assert!(
+        reply.body.contains("rule `two-per-second`"),
+        "{}",
+        reply.body
+    );
+    host.set_now(START + 1000);
+    assert_eq!(
+        request(&mut w, &[(":authority", "echo")]).0,
+        Verdict::Forward
+    );
+}
+
+#[test]
+fn without_rate_limiting_configured_no_rate_limit_rules_are_asked_for() {
+    let host = FakeHost::new(START);
+    host.put(shared::WATCH_KEY, b"default/echo\n");
+    let mut w = worker(&host, "");
+    w.on_tick();
+    let kinds: Vec<i32> = discovers(&host.take_calls()).iter().map(|d| d.0).collect();
+    assert_eq!(kinds, vec![1, 3]);
+}
