@@ -55,6 +55,9 @@ pub struct Config {
     pub metadata: MetadataRouting,
     /// Whose RATE_LIMIT rules this Envoy enforces; `None`: rate limiting is off.
     pub rate_limit: Option<RateLimitSide>,
+    /// Rate-limit rules (by name) that are evaluated and counted but never reject
+    /// (`rate_limit.dry_run`): the OSS server keeps no rule metadata to mark them there.
+    pub rate_limit_dry_run: Vec<String>,
 }
 
 /// Whose rate-limit rules apply (`rate_limit.rules_of`).
@@ -284,7 +287,7 @@ impl Config {
 
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
-        let rate_limit = rate_limit(&map)?;
+        let (rate_limit, rate_limit_dry_run) = rate_limit(&map)?;
         if rate_limit == Some(RateLimitSide::Local) && caller.service.is_empty() {
             return Err(err(
                 "rate_limit.rules_of",
@@ -309,6 +312,7 @@ impl Config {
             nearby,
             metadata,
             rate_limit,
+            rate_limit_dry_run,
         })
     }
 }
@@ -477,18 +481,42 @@ fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigErr
     })
 }
 
-fn rate_limit(map: &Map<String, Value>) -> Result<Option<RateLimitSide>, ConfigError> {
-    let Some(obj) = object(map, "rate_limit", &["rules_of"])? else {
-        return Ok(None);
+fn rate_limit(
+    map: &Map<String, Value>,
+) -> Result<(Option<RateLimitSide>, Vec<String>), ConfigError> {
+    let Some(obj) = object(map, "rate_limit", &["rules_of", "dry_run"])? else {
+        return Ok((None, Vec::new()));
     };
-    match nested_string(obj, "rate_limit", "rules_of")?.as_deref() {
-        None | Some("destination") => Ok(Some(RateLimitSide::Destination)),
-        Some("local") => Ok(Some(RateLimitSide::Local)),
-        Some(other) => Err(err(
-            "rate_limit.rules_of",
-            format!("`{other}` is not one of \"destination\", \"local\""),
-        )),
-    }
+    let side = match nested_string(obj, "rate_limit", "rules_of")?.as_deref() {
+        None | Some("destination") => RateLimitSide::Destination,
+        Some("local") => RateLimitSide::Local,
+        Some(other) => {
+            return Err(err(
+                "rate_limit.rules_of",
+                format!("`{other}` is not one of \"destination\", \"local\""),
+            ))
+        }
+    };
+    let dry_run = match obj.get("dry_run") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(names)) => names
+            .iter()
+            .map(|n| match n {
+                Value::String(s) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(err(
+                    "rate_limit.dry_run",
+                    "must be a list of rule names (non-empty strings)",
+                )),
+            })
+            .collect::<Result<Vec<String>, ConfigError>>()?,
+        Some(_) => {
+            return Err(err(
+                "rate_limit.dry_run",
+                "must be a list of rule names (non-empty strings)",
+            ))
+        }
+    };
+    Ok((Some(side), dry_run))
 }
 
 fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {
@@ -1031,5 +1059,39 @@ mod tests {
         assert_eq!(parse_duration("2"), None);
         assert_eq!(parse_duration("s"), None);
         assert_eq!(parse_duration("99999999999999999999s"), None);
+    }
+
+    #[test]
+    fn rate_limit_chooses_whose_rules_apply_and_names_bad_fields() {
+        let c = parse(r#"{"polaris_cluster":"p","rate_limit":{"dry_run":["a"]}}"#).unwrap();
+        assert_eq!(c.rate_limit, Some(RateLimitSide::Destination));
+        assert_eq!(c.rate_limit_dry_run, vec!["a".to_string()]);
+        assert_eq!(
+            c.kinds(),
+            vec![Kind::Instances, Kind::Routing, Kind::RateLimit]
+        );
+        let off = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
+        assert_eq!(off.kinds(), vec![Kind::Instances, Kind::Routing]);
+        for (json, field) in [
+            (
+                r#"{"polaris_cluster":"p","rate_limit":{"rules_of":"both"}}"#,
+                "rate_limit.rules_of",
+            ),
+            (
+                r#"{"polaris_cluster":"p","rate_limit":{"rules_of":"local"}}"#,
+                "rate_limit.rules_of",
+            ),
+            (
+                r#"{"polaris_cluster":"p","rate_limit":{"dry_run":"a"}}"#,
+                "rate_limit.dry_run",
+            ),
+            (
+                r#"{"polaris_cluster":"p","rate_limit":{"dry":[]}}"#,
+                "rate_limit.dry",
+            ),
+        ] {
+            let e = parse(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+        }
     }
 }

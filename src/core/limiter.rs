@@ -39,6 +39,8 @@ pub struct Limiter {
     grants: HashMap<String, Grant>,
     /// Counters whose CAS retries ran out since the last [`Limiter::take_contended`].
     contended: u64,
+    /// Requests a dry-run rule would have limited, since the last [`Limiter::take_dry_run_hits`].
+    dry_run_hits: u64,
 }
 
 impl Limiter {
@@ -74,6 +76,10 @@ impl Limiter {
                 let start = window_start(now_ms, amount.window_ms);
                 match self.acquire(store, &key, *amount, start) {
                     Ok(true) => taken.push((key, start)),
+                    Ok(false) if rule.dry_run => {
+                        self.dry_run_hits += 1;
+                        break;
+                    }
                     Ok(false) => {
                         self.give_back(taken);
                         let end = start.saturating_add(amount.window_ms);
@@ -127,6 +133,11 @@ impl Limiter {
             },
         );
         Ok(true)
+    }
+
+    /// Requests a dry-run rule would have limited since the last call.
+    pub fn take_dry_run_hits(&mut self) -> u64 {
+        std::mem::take(&mut self.dry_run_hits)
     }
 
     /// Counters whose CAS retries ran out since the last call.
@@ -255,5 +266,15 @@ mod tests {
         // 4 admitted, plus the one given-back token this worker holds for its next request:
         // limited requests did not eat the minute.
         assert_eq!(minute.used, 5);
+    }
+
+    #[test]
+    fn a_dry_run_rule_never_limits_but_counts_what_it_would_have_limited() {
+        let host = FakeHost::new(0);
+        let mut l = limits(&[(2, 1)]);
+        l.rules[0].dry_run = true;
+        let mut workers = [Limiter::default()];
+        assert_eq!(admitted(&mut workers, &host, &l, 5, 1_000), 5);
+        assert_eq!(workers[0].take_dry_run_hits(), 3);
     }
 }

@@ -31,11 +31,13 @@ pub enum Counter {
     RateLimited,
     /// Rate-limit counters whose CAS retries ran out (the request was admitted).
     RateLimitContended,
+    /// Requests a dry-run rate-limit rule would have answered 429.
+    RateLimitDryRun,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
 }
 
-const ALL: [(Counter, &str); 12] = [
+const ALL: [(Counter, &str); 13] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -50,6 +52,7 @@ const ALL: [(Counter, &str); 12] = [
         Counter::RateLimitContended,
         "polaris_wasm.rate_limit_contended",
     ),
+    (Counter::RateLimitDryRun, "polaris_wasm.rate_limit_dry_run"),
     (
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",

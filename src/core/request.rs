@@ -203,6 +203,7 @@ impl Exchange {
                 let admission =
                     limiter.check(&*host, rules_of, l, &mut facts, &caller, || host.now_ms());
                 counters.add(Counter::RateLimitContended, limiter.take_contended());
+                counters.add(Counter::RateLimitDryRun, limiter.take_dry_run_hits());
                 if let Admission::Limited {
                     rule,
                     retry_after_s,
@@ -430,9 +431,9 @@ fn install_loaded<H: Host>(
             let limits = match rate_limits {
                 None => None,
                 Some(Ok(b)) => {
-                    let l = Limits::from_stored(key, &b).map_err(|e| {
-                        failed(DiscoveryError::Limits(Box::new(DiscoveryError::Answer(e))))
-                    })?;
+                    let l = Limits::from_stored(key, &b, &w.config.rate_limit_dry_run).map_err(
+                        |e| failed(DiscoveryError::Limits(Box::new(DiscoveryError::Answer(e)))),
+                    )?;
                     Some((l, b))
                 }
                 Some(Err(e)) => {

@@ -179,9 +179,10 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
+        let dry_run = &self.config.rate_limit_dry_run;
         for key in self.limits.keys() {
             sync(&self.host, &mut self.limits, Kind::RateLimit, &key, |b| {
-                Limits::from_stored(&key, b)
+                Limits::from_stored(&key, b, dry_run)
             });
         }
     }
@@ -200,8 +201,9 @@ impl<H: Host> Worker<H> {
     /// The compiled rate-limit rules of `key`, filling the cache from shared data on a miss.
     pub(super) fn lookup_limits(&mut self, key: &ServiceKey) -> Option<&Limits> {
         if self.limits.peek(key).is_none() {
+            let dry_run = &self.config.rate_limit_dry_run;
             sync(&self.host, &mut self.limits, Kind::RateLimit, key, |b| {
-                Limits::from_stored(key, b)
+                Limits::from_stored(key, b, dry_run)
             });
         }
         self.limits.peek(key)

@@ -55,6 +55,8 @@ pub struct LimitRule {
     regex_combine: bool,
     /// Longest window first, as polaris-go's `reject` plugin keeps its buckets.
     pub amounts: Vec<Amount>,
+    /// Evaluated and counted, never rejecting (plugin `rate_limit.dry_run`).
+    pub dry_run: bool,
 }
 
 /// The compiled rules of one service, in the order they apply.
@@ -90,10 +92,17 @@ impl Limits {
         self.rules.is_empty()
     }
 
-    /// Compiles a stored RATE_LIMIT answer, logging the rules skipped; a malformed answer is an
-    /// error (the caller keeps the last good limits).
-    pub fn from_stored(key: &ServiceKey, bytes: &[u8]) -> Result<Limits, DecodeError> {
-        let (limits, skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
+    /// Compiles a stored RATE_LIMIT answer, marking the rules named in `dry_run`, logging the
+    /// rules skipped; a malformed answer is an error (the caller keeps the last good limits).
+    pub fn from_stored(
+        key: &ServiceKey,
+        bytes: &[u8],
+        dry_run: &[String],
+    ) -> Result<Limits, DecodeError> {
+        let (mut limits, skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
+        for rule in &mut limits.rules {
+            rule.dry_run = dry_run.contains(&rule.name);
+        }
         for e in skipped {
             log::warn!("{key}: {e}");
         }
@@ -161,6 +170,7 @@ impl LimitRule {
             arguments,
             regex_combine: r.regex_combine.unwrap_or(false),
             amounts,
+            dry_run: false,
         }))
     }
 

@@ -190,3 +190,15 @@ def test_a_disabled_rule_stops_limiting_within_two_refresh_intervals(polaris, en
     else:
         raise AssertionError("still limited after the rule was disabled")
     assert all(c.request(service)[0] == 200 for _ in range(5))
+
+
+def test_a_dry_run_rule_never_rejects_but_counts_what_it_would_have(polaris, envoy, upstreams, service):
+    served(polaris, service, upstreams, limit_rule(service, "watch-only", [(1, "60s")]))
+    e = envoy(polaris.grpc_port, rate_limit={"rules_of": "destination", "dry_run": ["watch-only"]})
+    c = e.client()
+    assert [c.request(service)[0] for _ in range(5)] == [200] * 5
+    deadline = time.monotonic() + 3
+    while e.counter("rate_limit_dry_run") < 4 and time.monotonic() < deadline:
+        time.sleep(0.1)  # counters reach Envoy on the next tick
+    assert e.counter("rate_limit_dry_run") == 4
+    assert e.counter("rate_limited") == 0
