@@ -6,7 +6,10 @@ within the round, and the median of those is reported:
   baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
   filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
             pick) writing the ORIGINAL_DST header.
-With `--compare OTHER.wasm` a third Envoy runs the shipped config with that module in the same
+With `--rate-limit` a third Envoy runs our filter with rate limiting on and a local rule on the
+service that never triggers (every request is counted against it), and the limited / filter
+ratios are printed: the cost of the rate limiter on the request path.
+With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
 rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too.
 Each Envoy runs with --concurrency 1, both pinned to CPU 0 (they split it); nginx (3 upstream
 ports), the two wrk and Polaris share CPU 1. Prints req/s, p50 and p99 per run, Envoy CPU time per request, the medians, and two
@@ -132,6 +135,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16, help="per wrk, per setup")
     parser.add_argument("--compare", type=Path, help="another build of the module, run alongside")
+    parser.add_argument("--rate-limit", action="store_true",
+                        help="also run the filter with a local rate-limit rule that never triggers")
     args = parser.parse_args()
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
@@ -163,6 +168,16 @@ def main() -> None:
         plugin = {"polaris_cluster": "polaris_grpc"}
         runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
             ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+        if args.rate_limit:
+            polaris.create_ratelimit([{
+                "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
+                "type": "LOCAL", "amounts": [{"maxAmount": 1_000_000_000, "validDuration": "1s"}],
+                "action": "REJECT"}])
+            polaris.wait_for(lambda r: (r.get("rateLimit") or {}).get("rules"), service="echo",
+                             type="RATE_LIMIT")
+            listen, admin = free_port(), free_port()
+            limited = {**plugin, "rate_limit": {"rules_of": "destination"}}
+            runs.append(("limited", render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
         if args.compare:
             listen, admin = free_port(), free_port()
             text = render(plugin, listen, admin, polaris.grpc_port).replace(
@@ -202,6 +217,13 @@ def main() -> None:
         print(f"\nper-round req/s ratios: {round_ratios}")
         print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
         print(f"median filter / baseline capacity ratio: {capacity:.3f}  (target >= 0.85)")
+        if "limited" in results:
+            lim_pairs = list(zip(results["filter"], results["limited"]))
+            print("median limited / filter req/s ratio:     "
+                  f"{statistics.median(l['rps'] / f['rps'] for f, l in lim_pairs):.3f}")
+            print("median limited / filter capacity ratio:  "
+                  f"{statistics.median(f['cpu_us'] / l['cpu_us'] for f, l in lim_pairs):.3f}"
+                  "  (target >= 0.97)")
         if "compare" in results:
             cmp_pairs = list(zip(results["compare"], results["filter"]))
             print("median filter / compare req/s ratio:     "

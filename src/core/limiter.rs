@@ -33,10 +33,68 @@ struct Grant {
     left: u32,
 }
 
-/// One worker's grants.
+/// One counter: a (service, rule, amount, window key).
+struct Counter<'a> {
+    service: &'a ServiceKey,
+    rule: &'a str,
+    window_ms: u64,
+    label_hash: u64,
+}
+
+impl Counter<'_> {
+    /// This worker's name for the counter (built without allocating).
+    fn id(&self) -> u64 {
+        let parts = [
+            murmur3_64(self.service.namespace.as_bytes(), 0),
+            murmur3_64(self.service.name.as_bytes(), 0),
+            murmur3_64(self.rule.as_bytes(), 0),
+            self.window_ms,
+            self.label_hash,
+        ];
+        let mut bytes = [0u8; 40];
+        for (chunk, part) in bytes.chunks_exact_mut(8).zip(parts) {
+            chunk.copy_from_slice(&part.to_le_bytes());
+        }
+        murmur3_64(&bytes, 0)
+    }
+
+    /// The shared-data key, built only when the worker needs a new grant.
+    fn shared_key(&self) -> String {
+        format!(
+            "polaris-wasm/rl/{}/{}/{}/{}/{:016x}",
+            self.service.namespace, self.service.name, self.rule, self.window_ms, self.label_hash
+        )
+    }
+}
+
+/// Tokens taken by one request: inline for the first few.
+#[derive(Default)]
+struct Taken {
+    inline: [(u64, u64); 4],
+    len: usize,
+    more: Vec<(u64, u64)>,
+}
+
+impl Taken {
+    fn push(&mut self, token: (u64, u64)) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => {
+                *slot = token;
+                self.len += 1;
+            }
+            None => self.more.push(token),
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.inline.iter().take(self.len).chain(self.more.iter())
+    }
+}
+
+/// One worker's grants, by counter id.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    grants: HashMap<String, Grant>,
+    grants: HashMap<u64, Grant>,
     /// Counters whose CAS retries ran out since the last [`Limiter::take_contended`].
     contended: u64,
     /// Requests a dry-run rule would have limited, since the last [`Limiter::take_dry_run_hits`].
@@ -59,7 +117,8 @@ impl Limiter {
     ) -> Admission {
         let mut now = Some(now);
         let mut now_ms = 0;
-        let mut taken: Vec<(String, u64)> = Vec::new();
+        // Tokens taken so far, to give back if a later rule limits; most requests take a few.
+        let mut taken = Taken::default();
         for rule in &limits.rules {
             let Some(label) = rule.key(facts, caller) else {
                 continue;
@@ -69,19 +128,22 @@ impl Limiter {
             }
             let label_hash = murmur3_64(label.as_bytes(), 0);
             for amount in &rule.amounts {
-                let key = format!(
-                    "polaris-wasm/rl/{}/{}/{}/{}/{label_hash:016x}",
-                    service.namespace, service.name, rule.id, amount.window_ms
-                );
+                let counter = Counter {
+                    service,
+                    rule: &rule.id,
+                    window_ms: amount.window_ms,
+                    label_hash,
+                };
+                let id = counter.id();
                 let start = window_start(now_ms, amount.window_ms);
-                match self.acquire(store, &key, *amount, start) {
-                    Ok(true) => taken.push((key, start)),
+                match self.acquire(store, &counter, id, *amount, start) {
+                    Ok(true) => taken.push((id, start)),
                     Ok(false) if rule.dry_run => {
                         self.dry_run_hits += 1;
                         break;
                     }
                     Ok(false) => {
-                        self.give_back(taken);
+                        self.give_back(taken.iter());
                         let end = start.saturating_add(amount.window_ms);
                         return Admission::Limited {
                             rule: rule.name.clone(),
@@ -95,23 +157,24 @@ impl Limiter {
         Admission::Allowed
     }
 
-    /// Takes one token for `key` in the window starting at `start`: from this worker's grant, else
-    /// a new grant from shared data. `Ok(false)`: the window is used up.
+    /// Takes one token of `counter` in the window starting at `start`: from this worker's grant,
+    /// else a new grant from shared data. `Ok(false)`: the window is used up.
     fn acquire<S: Store + ?Sized>(
         &mut self,
         store: &S,
-        key: &str,
+        counter: &Counter<'_>,
+        id: u64,
         amount: Amount,
         start: u64,
     ) -> Result<bool, CasError> {
-        if let Some(g) = self.grants.get_mut(key) {
+        if let Some(g) = self.grants.get_mut(&id) {
             if g.start == start && g.left > 0 {
                 g.left -= 1;
                 return Ok(true);
             }
         }
         let want = grant_size(amount.max);
-        let granted = store::cas_update(store, key, |bytes| {
+        let granted = store::cas_update(store, &counter.shared_key(), |bytes| {
             let (window, granted) = Window::decode(bytes).take(start, amount.max, want);
             if granted == 0 {
                 Update::Keep(0)
@@ -122,11 +185,11 @@ impl Limiter {
         if granted == 0 {
             return Ok(false);
         }
-        if self.grants.len() >= MAX_GRANTS && !self.grants.contains_key(key) {
+        if self.grants.len() >= MAX_GRANTS && !self.grants.contains_key(&id) {
             self.grants.clear();
         }
         self.grants.insert(
-            key.to_string(),
+            id,
             Grant {
                 start,
                 left: granted - 1,
@@ -146,9 +209,9 @@ impl Limiter {
     }
 
     /// Returns tokens taken for a request that another rule limited, to this worker's grants.
-    fn give_back(&mut self, taken: Vec<(String, u64)>) {
-        for (key, start) in taken {
-            let g = self.grants.entry(key).or_insert(Grant { start, left: 0 });
+    fn give_back<'t>(&mut self, taken: impl Iterator<Item = &'t (u64, u64)>) {
+        for &(id, start) in taken {
+            let g = self.grants.entry(id).or_insert(Grant { start, left: 0 });
             if g.start == start {
                 g.left = g.left.saturating_add(1);
             }

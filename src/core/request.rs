@@ -188,13 +188,19 @@ impl Exchange {
             counters,
             limits,
             limiter,
+            caller: caller_service,
             ..
         } = w;
         let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
             return Route::Load(key);
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
-        if let Some(rules_of) = &limited {
+        let rules_of = match limited {
+            Some(RateLimitSide::Destination) => Some(&key),
+            Some(RateLimitSide::Local) => caller_service.as_ref(),
+            None => None,
+        };
+        if let Some(rules_of) = rules_of {
             if let Some(l) = limits.peek(rules_of).filter(|l| !l.is_empty()) {
                 let caller = CallerFacts {
                     namespace: &config.caller.namespace,
@@ -334,18 +340,18 @@ fn build_plan<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
 /// `Ok(None)` when rate limiting is off; `Err` when the destination's limits must be discovered
 /// first. A local service's limits come with the leader's first refresh; until then its requests
 /// pass.
-fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<ServiceKey>, ()> {
+fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<RateLimitSide>, ()> {
     match w.config.rate_limit {
         None => Ok(None),
         Some(RateLimitSide::Destination) => match w.lookup_limits(key) {
-            Some(_) => Ok(Some(key.clone())),
+            Some(_) => Ok(Some(RateLimitSide::Destination)),
             None => Err(()),
         },
         Some(RateLimitSide::Local) => {
-            let Some(local) = w.caller_key() else {
+            let Some(local) = w.caller.clone() else {
                 return Ok(None);
             };
-            Ok(w.lookup_limits(&local).map(|_| local))
+            Ok(w.lookup_limits(&local).map(|_| RateLimitSide::Local))
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Worker<H> {
     pub(super) rules: Cache<Rules>,
     pub(super) limits: Cache<Limits>,
     pub(super) limiter: Limiter,
+    /// This Envoy's own service (`caller`), when configured.
+    pub(super) caller: Option<ServiceKey>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
     pub(super) plans: HashMap<ServiceKey, Plan>,
     pub(super) destinations: DestinationMemo,
@@ -58,6 +60,12 @@ impl<H: Host> Worker<H> {
         };
         let tick = (config.refresh_interval / 2).clamp(Duration::from_millis(50), MAX_TICK);
         let counters = Counters::define(&host);
+        let caller = (!config.caller.service.is_empty()).then(|| {
+            ServiceKey::new(
+                config.caller.namespace.clone(),
+                config.caller.service.clone(),
+            )
+        });
         Ok(Worker {
             leader: Leader::new(&config, tick),
             location_pending: !config.nearby.has_location(),
@@ -68,6 +76,7 @@ impl<H: Host> Worker<H> {
             rules: Cache::default(),
             limits: Cache::default(),
             limiter: Limiter::default(),
+            caller,
             plans: HashMap::new(),
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
@@ -141,8 +150,7 @@ impl<H: Host> Worker<H> {
 
     /// This Envoy's own service, whose outbound rules apply to every destination.
     pub(super) fn caller_key(&self) -> Option<ServiceKey> {
-        let c = &self.config.caller;
-        (!c.service.is_empty()).then(|| ServiceKey::new(c.namespace.clone(), c.service.clone()))
+        self.caller.clone()
     }
 
     /// Re-decodes every cached service and rule set whose shared entry changed since the last

@@ -182,7 +182,7 @@ impl LimitRule {
             if !m.matches(path) {
                 return None;
             }
-            key.push_str(&self.part(m, path.unwrap_or_default()));
+            key.push_str(self.part(m, path.unwrap_or_default()));
         }
         for a in &self.arguments {
             let value = match &a.source {
@@ -199,17 +199,17 @@ impl LimitRule {
             key.push('|');
             key.push_str(&a.label);
             key.push(':');
-            key.push_str(&self.part(&a.matcher, value.unwrap_or_default()));
+            key.push_str(self.part(&a.matcher, value.unwrap_or_default()));
         }
         Some(key)
     }
 
     /// What a matched test contributes to the window key.
-    fn part(&self, m: &Matcher, value: &str) -> String {
+    fn part<'v>(&self, m: &'v Matcher, value: &'v str) -> &'v str {
         if self.regex_combine && m.kind() != MatchKind::Exact {
-            m.raw.clone()
+            &m.raw
         } else {
-            value.to_string()
+            value
         }
     }
 }
