@@ -8,6 +8,7 @@
 //!   `on_call_result` for the root context's calls.
 //! - [`Exchange`]: one HTTP stream; `on_request`, `on_call_result`, `on_response`.
 
+pub mod breaking;
 pub mod discover;
 pub mod facts;
 pub mod host;
@@ -18,11 +19,13 @@ pub mod store;
 pub mod worker;
 
 #[cfg(test)]
+mod breaker_tests;
+#[cfg(test)]
 pub mod fake;
 #[cfg(test)]
 mod tests;
 
 pub use host::{CallResult, Host, HostError, Stream};
-pub use metrics::{Counter, Counters};
+pub use metrics::{Counter, Counters, Gauge};
 pub use request::{Exchange, LocalReply, Ticket, Verdict};
 pub use worker::{Unusable, Worker};

@@ -5,11 +5,13 @@
 //! the destination header, write the upstream header) and allocates nothing. Rules read only the
 //! request facts they name.
 
+use super::breaking::{self, Feedback};
 use super::facts::StreamFacts;
 use super::host::{CallResult, Host, Stream};
 use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
+use crate::breaker::Outcome;
 use crate::decision::{self, Rejection};
 use crate::model::{Kind, ServiceKey};
 use crate::routing::{Plan, RequestFacts, Rules};
@@ -39,6 +41,9 @@ pub struct LocalReply {
     /// Sent as `x-polaris-reason`.
     pub reason: &'static str,
     pub body: String,
+    /// More headers (a circuit breaker's fallback response); a `content-type` among them
+    /// replaces the default `text/plain`.
+    pub headers: Vec<(String, String)>,
 }
 
 /// Where a forwarded request went: what the response feeds back.
@@ -61,6 +66,8 @@ struct Loading {
 pub struct Exchange {
     loading: Option<Loading>,
     ticket: Option<Ticket>,
+    /// What the response reports to the circuit breakers, when any applies.
+    feedback: Option<Feedback>,
     /// Response headers for the decision trace, when asked for.
     trace: Vec<(&'static str, String)>,
 }
@@ -69,6 +76,8 @@ pub struct Exchange {
 enum Route {
     Sent,
     Reject(Rejection),
+    /// Answered without routing (an open circuit breaker).
+    Replied(LocalReply),
     /// The service or its rules are not loaded yet: discover them first.
     Load(ServiceKey),
 }
@@ -83,6 +92,7 @@ impl Exchange {
         match self.route(w, stream) {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Replied(r) => Verdict::Reply(r),
             Route::Load(key) => self.load(w, key),
         }
     }
@@ -113,6 +123,7 @@ impl Exchange {
         Some(match route {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Replied(r) => Verdict::Reply(r),
             Route::Load(_) => Verdict::Reply(reply(
                 w,
                 &Rejection::DiscoveryFailed {
@@ -123,8 +134,25 @@ impl Exchange {
         })
     }
 
-    /// The response headers have arrived: add the trace, when it was asked for.
-    pub fn on_response<S: Stream + ?Sized>(&mut self, stream: &mut S) {
+    /// The response headers have arrived: feed the circuit breakers the request passed, and add
+    /// the trace when it was asked for. A request the filter answered itself feeds nothing.
+    pub fn on_response<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) {
+        if let Some(feedback) = self.feedback.take() {
+            let status = stream
+                .response_header(":status")
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            let details = if Outcome::needs_details(status) {
+                stream
+                    .stream_property(&["response", "code_details"])
+                    .and_then(|b| String::from_utf8(b).ok())
+            } else {
+                None
+            };
+            let now = w.host.now_ms();
+            let latency = now.saturating_sub(feedback.started_ms());
+            let outcome = Outcome::from_response(status, details.as_deref(), latency);
+            breaking::record(w, &feedback, outcome, now);
+        }
         for (name, value) in self.trace.drain(..) {
             if let Err(e) = stream.set_response_header(name, &value) {
                 log::warn!("cannot add {name} to the response: {e}");
@@ -137,9 +165,9 @@ impl Exchange {
         self.ticket.as_ref()
     }
 
-    /// Whether the response needs the core (the trace, or later the breakers' feedback).
+    /// Whether the response needs the core (the trace, or the breakers' feedback).
     pub fn wants_response(&self) -> bool {
-        !self.trace.is_empty()
+        !self.trace.is_empty() || self.feedback.is_some()
     }
 
     fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {
@@ -169,23 +197,38 @@ impl Exchange {
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {
             return Route::Load(key);
         }
+        let guard = match breaking::rules_for(w, &key) {
+            Some(rules) => match breaking::gate(w, &key, rules, stream) {
+                Ok(g) => Some(g),
+                Err(reply) => return Route::Replied(reply),
+            },
+            None => None,
+        };
         let Worker {
             config,
             cache,
             plans,
             rng,
             counters,
+            host,
             ..
         } = w;
         let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
             return Route::Load(key);
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
-        let decision =
-            match decision::decide(plan, snapshot, &mut facts, config.balancing(&key).1, rng) {
-                Ok(d) => d,
-                Err(r) => return Route::Reject(r),
-            };
+        let hash = config.balancing(&key).1;
+        let decided = match guard.as_ref().filter(|g| g.filters_instances()) {
+            Some(g) => {
+                let mut avoid = g.instance_filter(&*host, counters, &key, snapshot);
+                decision::decide_avoiding(plan, snapshot, &mut facts, hash, rng, Some(&mut avoid))
+            }
+            None => decision::decide(plan, snapshot, &mut facts, hash, rng),
+        };
+        let decision = match decided {
+            Ok(d) => d,
+            Err(r) => return Route::Reject(r),
+        };
         let upstream = &decision.instance.upstream;
         let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
         drop(facts);
@@ -199,6 +242,7 @@ impl Exchange {
         if decision.recovered_all {
             counters.inc(Counter::RecoverAll);
         }
+        self.feedback = guard.map(|g| g.feedback(key.clone(), upstream));
         if trace {
             self.trace = vec![
                 ("x-polaris-service", key.to_string()),
@@ -215,6 +259,12 @@ impl Exchange {
                     decision
                         .metadata
                         .map_or_else(|| "-".to_string(), |m| m.to_string()),
+                ),
+                (
+                    breaking::TRACE_HEADER,
+                    self.feedback
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), Feedback::trace),
                 ),
             ];
             self.ticket = Some(Ticket {
@@ -302,6 +352,7 @@ fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
         status: rejection.status(),
         reason: rejection.reason(),
         body: format!("polaris-wasm: {rejection}\n"),
+        headers: Vec::new(),
     }
 }
 

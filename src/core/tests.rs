@@ -412,7 +412,7 @@ fn the_trace_is_added_to_the_response_only_when_asked_for() {
     let mut stream = FakeStream::with(&[(":authority", "echo"), ("x-polaris-debug", "1")]);
     traced.on_request(&mut w, &mut stream);
     assert!(traced.wants_response());
-    traced.on_response(&mut stream);
+    traced.on_response(&mut w, &mut stream);
     assert!(stream
         .response_headers
         .contains(&("x-polaris-instance".into(), "127.0.0.1:8080".into())));

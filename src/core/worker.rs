@@ -2,13 +2,17 @@
 //! shared by its root context (ticks, the leader's refresh) and its HTTP streams.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
+use super::breaking::{self, LocalWindows};
 use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
 use super::metrics::Counters;
 use super::store;
+use crate::breaker::window::Schedule;
+use crate::breaker::{self, Table};
 use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
@@ -36,6 +40,14 @@ pub struct Worker<H> {
     pub(super) rng: Rng,
     pub(super) counters: Counters,
     pub(super) leader: Leader,
+    /// Compiled circuit-breaker rules by destination.
+    pub(super) breakers: Cache<Rc<breaker::Rules>>,
+    /// The last decoded breaker state of each service, by the CAS it was read at.
+    pub(super) tables: HashMap<ServiceKey, (u32, Rc<Table>)>,
+    /// ERROR_RATE counts since this worker's last merge.
+    pub(super) windows: LocalWindows,
+    /// The leader's ERROR_RATE checks in progress.
+    pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -66,6 +78,10 @@ impl<H: Host> Worker<H> {
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             counters,
+            breakers: Cache::default(),
+            tables: HashMap::new(),
+            windows: LocalWindows::default(),
+            schedules: HashMap::new(),
             tick,
             seen_generation: 0,
         })
@@ -101,6 +117,13 @@ impl<H: Host> Worker<H> {
             now,
         );
         self.resync();
+        if self.config.breaker.is_some() {
+            breaking::flush_windows(self, now);
+            if self.leader.holds_lease() {
+                let watched = store::watch_list(&self.host);
+                breaking::lead(self, watched.services(), now);
+            }
+        }
         self.counters.flush(&self.host);
     }
 
@@ -173,6 +196,33 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
+        for key in self.breakers.keys() {
+            self.sync_breakers(&key);
+        }
+    }
+
+    /// Recompiles the breaker rules of `key` if its shared entry changed.
+    fn sync_breakers(&mut self, key: &ServiceKey) {
+        let Some(settings) = self.config.breaker.as_ref().map(|b| &b.settings) else {
+            return;
+        };
+        let who = &self.config.caller;
+        sync(
+            &self.host,
+            &mut self.breakers,
+            Kind::CircuitBreaker,
+            key,
+            |b| breaker::Rules::compile(key, b, who, settings).map(Rc::new),
+        );
+    }
+
+    /// The compiled breaker rules of `key`, filling the cache from shared data on a miss; `None`
+    /// until the leader has fetched them.
+    pub(super) fn lookup_breakers(&mut self, key: &ServiceKey) -> Option<&Rc<breaker::Rules>> {
+        if self.breakers.peek(key).is_none() {
+            self.sync_breakers(key);
+        }
+        self.breakers.peek(key)
     }
 
     /// The cached answer for `key`, filling the cache from shared data on a miss.

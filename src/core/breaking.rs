@@ -1,0 +1,539 @@
+//! Circuit breaking in the request lifecycle: the gate a request passes (SERVICE and METHOD
+//! breakers, then INSTANCE breakers during the pick), the feedback its response gives, the
+//! ERROR_RATE counts each worker merges on its tick, and the leader's ERROR_RATE checks.
+//!
+//! One state per Envoy: a service's breaker state is one shared-data entry
+//! (`shared::breaker_key`), read once by every request a breaker applies to (so a breaker opened
+//! by one worker stops every worker's next request) and written by CAS only on a failure, on a
+//! success that changes something (a failure streak to reset, a half-open probe), and when a
+//! half-open probe is taken. A success in the initial state writes nothing.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::host::{Host, Stream};
+use super::metrics::{Counter, Counters, Gauge};
+use super::request::LocalReply;
+use super::store::{cas_update, Update};
+use super::worker::Worker;
+use crate::breaker::rule::Fallback;
+use crate::breaker::window::{Local, Schedule, Verdict, Windows};
+use crate::breaker::{Effective, Level, Outcome, Resource, Rule, Rules, Table, Transition};
+use crate::decision::Rejection;
+use crate::model::{ServiceKey, ServiceSnapshot};
+use crate::routing::args::path_only;
+use crate::shared;
+
+/// Response header of the decision trace naming the breaker state that applied.
+pub const TRACE_HEADER: &str = "x-polaris-breaker";
+
+/// What a request's response reports back: where it went and what each breaker was then.
+#[derive(Clone, Debug)]
+pub struct Feedback {
+    service: ServiceKey,
+    rules: Rc<Rules>,
+    upstream: String,
+    method: Option<(Rc<Rule>, String)>,
+    started_ms: u64,
+    /// The state each level's breaker had when the request passed: instance, service, method.
+    states: [Option<Effective>; 3],
+}
+
+impl Feedback {
+    pub fn service(&self) -> &ServiceKey {
+        &self.service
+    }
+
+    /// When the request passed the gate (its latency is measured from then).
+    pub fn started_ms(&self) -> u64 {
+        self.started_ms
+    }
+
+    /// The decision trace: `level=state/rule` per level with a rule, `dry-run` marked.
+    pub fn trace(&self) -> String {
+        let rules = [
+            self.rules.instance.as_ref(),
+            self.rules.service.as_ref(),
+            self.method.as_ref().map(|(r, _)| r),
+        ];
+        let parts: Vec<String> = rules
+            .iter()
+            .zip(self.states.iter())
+            .filter_map(|(rule, state)| {
+                let (rule, state) = (rule.as_ref()?, state.as_ref()?);
+                Some(format!(
+                    "{}={}/{}{}",
+                    rule.level.name(),
+                    state.name(),
+                    rule.name,
+                    if rule.dry_run { "/dry-run" } else { "" }
+                ))
+            })
+            .collect();
+        if parts.is_empty() {
+            "-".to_string()
+        } else {
+            parts.join(" ")
+        }
+    }
+}
+
+/// A request's view of its service's breakers, from the gate to the pick.
+pub struct Guard {
+    rules: Rc<Rules>,
+    table: Rc<Table>,
+    now_ms: u64,
+    method: Option<(Rc<Rule>, String)>,
+    service_state: Option<Effective>,
+    method_state: Option<Effective>,
+}
+
+impl Guard {
+    /// Whether the pick must avoid some instance (an enforcing INSTANCE rule with state).
+    pub fn filters_instances(&self) -> bool {
+        self.rules
+            .instance
+            .as_ref()
+            .is_some_and(|r| !r.dry_run && !self.table.is_empty())
+    }
+
+    /// The INSTANCE-level filter for the pick: true = avoid. A half-open instance is used only if
+    /// it gives this request one of its probes.
+    pub fn instance_filter<'a, H: Host>(
+        &'a self,
+        host: &'a H,
+        counters: &'a Counters,
+        service: &'a ServiceKey,
+        snapshot: &'a ServiceSnapshot,
+    ) -> impl FnMut(usize) -> bool + 'a {
+        move |index| {
+            let (Some(rule), Some(instance)) =
+                (self.rules.instance.as_ref(), snapshot.instances.get(index))
+            else {
+                return false;
+            };
+            let resource = Resource::Instance(&instance.upstream);
+            match self.table.effective(resource, rule, self.now_ms) {
+                Effective::Closed { .. } => false,
+                Effective::Open { .. } | Effective::HalfOpen { free: 0 } => true,
+                Effective::HalfOpen { .. } => {
+                    !admit(host, counters, service, resource, rule, self.now_ms)
+                }
+            }
+        }
+    }
+
+    /// The feedback of a request sent to `upstream`.
+    pub fn feedback(self, service: ServiceKey, upstream: &str) -> Feedback {
+        let instance_state = self.rules.instance.as_ref().map(|r| {
+            self.table
+                .effective(Resource::Instance(upstream), r, self.now_ms)
+        });
+        Feedback {
+            service,
+            upstream: upstream.to_string(),
+            started_ms: self.now_ms,
+            states: [instance_state, self.service_state, self.method_state],
+            method: self.method,
+            rules: self.rules,
+        }
+    }
+}
+
+/// The breaker rules of `key` when any applies (`None` also while they are not loaded yet).
+pub fn rules_for<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Option<Rc<Rules>> {
+    w.config.breaker.as_ref()?;
+    let rules = w.lookup_breakers(key)?;
+    (!rules.is_empty()).then(|| Rc::clone(rules))
+}
+
+/// The state table of `key` as shared data holds it now (decoded again only when it changed).
+fn read_table<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Rc<Table> {
+    let (bytes, cas) = w.host.get(&shared::breaker_key(key));
+    if let (Some(cas), Some((seen, table))) = (cas, w.tables.get(key)) {
+        if *seen == cas {
+            return Rc::clone(table);
+        }
+    }
+    let table = Rc::new(Table::decode(bytes.as_deref()));
+    if let Some(cas) = cas {
+        w.tables.insert(key.clone(), (cas, Rc::clone(&table)));
+    }
+    table
+}
+
+/// SERVICE and METHOD breakers: `Err` is the reply when one is open (or half-open without a
+/// probe for this request).
+pub fn gate<H: Host, S: Stream + ?Sized>(
+    w: &mut Worker<H>,
+    key: &ServiceKey,
+    rules: Rc<Rules>,
+    stream: &mut S,
+) -> Result<Guard, LocalReply> {
+    let table = read_table(w, key);
+    let now_ms = w.host.now_ms();
+    let method = if rules.methods.is_empty() {
+        None
+    } else {
+        let verb = stream.request_header(":method").unwrap_or_default();
+        let path = stream
+            .request_header(":path")
+            .map(|p| path_only(&p).to_string())
+            .unwrap_or_default();
+        rules.method(&verb, &path).map(|r| (Rc::clone(r), path))
+    };
+    let mut guard = Guard {
+        rules,
+        table,
+        now_ms,
+        method,
+        service_state: None,
+        method_state: None,
+    };
+    if let Some(rule) = guard.rules.service.clone() {
+        let state = pass(w, key, Resource::Service, &rule, &guard.table, now_ms)
+            .map_err(|state| open_reply(w, key, &rule, None, state))?;
+        guard.service_state = Some(state);
+    }
+    if let Some((rule, path)) = guard.method.clone() {
+        let state = pass(w, key, Resource::Method(&path), &rule, &guard.table, now_ms)
+            .map_err(|state| open_reply(w, key, &rule, Some(&path), state))?;
+        guard.method_state = Some(state);
+    }
+    Ok(guard)
+}
+
+/// Whether a request passes one SERVICE or METHOD breaker: `Ok` with the state it passed in.
+fn pass<H: Host>(
+    w: &Worker<H>,
+    key: &ServiceKey,
+    resource: Resource<'_>,
+    rule: &Rule,
+    table: &Table,
+    now_ms: u64,
+) -> Result<Effective, Effective> {
+    let state = table.effective(resource, rule, now_ms);
+    if rule.dry_run {
+        return Ok(state);
+    }
+    match state {
+        Effective::Closed { .. } => Ok(state),
+        Effective::Open { .. } | Effective::HalfOpen { free: 0 } => Err(state),
+        Effective::HalfOpen { .. } => {
+            if admit(&w.host, &w.counters, key, resource, rule, now_ms) {
+                Ok(state)
+            } else {
+                Err(state)
+            }
+        }
+    }
+}
+
+/// Takes a half-open probe by CAS; false when none is left (or the write lost every race).
+fn admit<H: Host>(
+    host: &H,
+    counters: &Counters,
+    key: &ServiceKey,
+    resource: Resource<'_>,
+    rule: &Rule,
+    now_ms: u64,
+) -> bool {
+    let result = cas_update(host, &shared::breaker_key(key), |bytes| {
+        let mut table = Table::decode(bytes);
+        let (admitted, transition, wrote) = table.admit(resource, rule, now_ms);
+        if wrote {
+            Update::Write(table.encode(), (admitted, transition))
+        } else {
+            Update::Keep((admitted, transition))
+        }
+    });
+    match result {
+        Ok((admitted, transition)) => {
+            if let Some(t) = transition {
+                note(counters, key, resource, rule, t);
+            }
+            admitted
+        }
+        Err(e) => {
+            counters.inc(Counter::BreakerContended);
+            log::warn!("circuit breaker of {key}: cannot take a half-open probe: {e}");
+            false
+        }
+    }
+}
+
+/// The reply of an open SERVICE or METHOD breaker: the rule's fallback, else a 503.
+fn open_reply<H: Host>(
+    w: &Worker<H>,
+    key: &ServiceKey,
+    rule: &Rule,
+    path: Option<&str>,
+    state: Effective,
+) -> LocalReply {
+    w.counters.inc(Counter::BreakerFallbacks);
+    w.counters.inc(Counter::LocalReplies);
+    match &rule.fallback {
+        Some(Fallback {
+            status,
+            headers,
+            body,
+        }) => LocalReply {
+            status: *status,
+            reason: "circuit-open",
+            body: body.clone(),
+            headers: headers.clone(),
+        },
+        None => {
+            let rejection = Rejection::CircuitOpen {
+                service: key.clone(),
+                method: path.map(str::to_string),
+                rule: rule.name.clone(),
+                state: state.name(),
+            };
+            LocalReply {
+                status: rejection.status(),
+                reason: rejection.reason(),
+                body: format!("polaris-wasm: {rejection}\n"),
+                headers: Vec::new(),
+            }
+        }
+    }
+}
+
+/// A response arrived: feeds every breaker the request passed.
+pub fn record<H: Host>(w: &mut Worker<H>, feedback: &Feedback, outcome: Outcome, now_ms: u64) {
+    let levels = levels(feedback);
+    let mut write = false;
+    let mut verdicts = Vec::with_capacity(levels.len());
+    for (resource, rule, state) in &levels {
+        let failed = rule.is_failure(&outcome);
+        write |= failed || state.success_matters();
+        if let (
+            Some(crate::breaker::rule::Trigger::ErrorRate { interval_ms, .. }),
+            Effective::Closed { .. },
+            Some(key),
+        ) = (rule.error_rate(), state, resource.key())
+        {
+            w.windows.entry(feedback.service.clone()).or_default().add(
+                &key,
+                &rule.tag,
+                interval_ms,
+                failed,
+                now_ms,
+            );
+        }
+        verdicts.push(failed);
+    }
+    if !write {
+        return;
+    }
+    let key = &feedback.service;
+    let result = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+        let mut table = Table::decode(bytes);
+        let mut changed = false;
+        let mut transitions = Vec::new();
+        for ((resource, rule, _), failed) in levels.iter().zip(verdicts.iter()) {
+            let (transition, wrote) = table.record(*resource, rule, *failed, now_ms);
+            changed |= wrote;
+            if let Some(t) = transition {
+                transitions.push((*resource, Rc::clone(rule), t));
+            }
+        }
+        if changed {
+            Update::Write(table.encode(), transitions)
+        } else {
+            Update::Keep(transitions)
+        }
+    });
+    match result {
+        Ok(transitions) => {
+            for (resource, rule, t) in transitions {
+                note(&w.counters, key, resource, &rule, t);
+            }
+        }
+        Err(e) => {
+            w.counters.inc(Counter::BreakerContended);
+            log::warn!("circuit breaker of {key}: outcome not recorded: {e}");
+        }
+    }
+}
+
+/// The breakers a response feeds: (resource, rule, state when the request passed).
+fn levels(f: &Feedback) -> Vec<(Resource<'_>, Rc<Rule>, Effective)> {
+    let mut out = Vec::with_capacity(3);
+    let [instance, service, method] = f.states;
+    if let (Some(rule), Some(state)) = (&f.rules.instance, instance) {
+        out.push((Resource::Instance(&f.upstream), Rc::clone(rule), state));
+    }
+    if let (Some(rule), Some(state)) = (&f.rules.service, service) {
+        out.push((Resource::Service, Rc::clone(rule), state));
+    }
+    if let (Some((rule, path)), Some(state)) = (&f.method, method) {
+        out.push((Resource::Method(path), Rc::clone(rule), state));
+    }
+    out
+}
+
+/// Counts and logs a transition.
+fn note(counters: &Counters, key: &ServiceKey, resource: Resource<'_>, rule: &Rule, t: Transition) {
+    let counter = match (rule.level, t) {
+        (Level::Instance, Transition::Opened | Transition::Reopened) => {
+            Counter::BreakerInstanceOpen
+        }
+        (Level::Service, Transition::Opened | Transition::Reopened) => Counter::BreakerServiceOpen,
+        (Level::Method, Transition::Opened | Transition::Reopened) => Counter::BreakerMethodOpen,
+        (Level::Instance, Transition::HalfOpened) => Counter::BreakerInstanceHalfOpen,
+        (Level::Service, Transition::HalfOpened) => Counter::BreakerServiceHalfOpen,
+        (Level::Method, Transition::HalfOpened) => Counter::BreakerMethodHalfOpen,
+        (Level::Instance, Transition::Closed) => Counter::BreakerInstanceClose,
+        (Level::Service, Transition::Closed) => Counter::BreakerServiceClose,
+        (Level::Method, Transition::Closed) => Counter::BreakerMethodClose,
+    };
+    if rule.dry_run {
+        if matches!(t, Transition::Opened | Transition::Reopened) {
+            counters.inc(Counter::BreakerDryRunOpen);
+        }
+    } else {
+        counters.inc(counter);
+    }
+    let what = match resource {
+        Resource::Instance(a) => format!("instance {a}"),
+        Resource::Service => "the service".to_string(),
+        Resource::Method(p) => format!("method {p}"),
+    };
+    log::info!(
+        "circuit breaker {}{} of {key}, {what}: {t}",
+        rule.name,
+        if rule.dry_run { " (dry run)" } else { "" }
+    );
+}
+
+/// Every worker's tick: merges its ERROR_RATE counts into shared data.
+pub fn flush_windows<H: Host>(w: &mut Worker<H>, now_ms: u64) {
+    let pending: Vec<ServiceKey> = w
+        .windows
+        .iter()
+        .filter(|(_, l)| !l.is_empty())
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in pending {
+        let Some(local) = w.windows.get(&key) else {
+            continue;
+        };
+        let merged = cas_update(&w.host, &shared::window_key(&key), |bytes| {
+            let mut windows = Windows::decode(bytes);
+            windows.merge(local, now_ms);
+            Update::Write(windows.encode(), ())
+        });
+        match merged {
+            Ok(()) => {
+                if let Some(l) = w.windows.get_mut(&key) {
+                    l.clear();
+                }
+            }
+            Err(e) => log::warn!("ERROR_RATE counts of {key} kept for the next tick: {e}"),
+        }
+    }
+    w.windows.retain(|_, l| !l.is_empty());
+}
+
+/// The leader's tick: ERROR_RATE checks, stale entries dropped, the open-breakers gauge.
+pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
+    if w.config.breaker.is_none() {
+        return;
+    }
+    let settle_ms = u64::try_from(w.tick_period().as_millis())
+        .unwrap_or(500)
+        .saturating_add(100);
+    let mut open = 0u64;
+    let mut seen: HashMap<(ServiceKey, String), Schedule> = HashMap::new();
+    for key in watched {
+        let Some(rules) = w.lookup_breakers(key).map(Rc::clone) else {
+            continue;
+        };
+        let current = |entry_key: &str, tag: &str| rule_of(&rules, entry_key, tag).is_some();
+        let (bytes, _) = w.host.get(&shared::breaker_key(key));
+        let table = Table::decode(bytes.as_deref());
+        open += u64::try_from(
+            table.not_closed(|k, t| rule_of(&rules, k, t).is_some_and(|r| !r.dry_run)),
+        )
+        .unwrap_or(0);
+        if table.entries_stale(&current) {
+            let _ = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+                let mut t = Table::decode(bytes);
+                if t.retain(&current) {
+                    Update::Write(t.encode(), ())
+                } else {
+                    Update::Keep(())
+                }
+            });
+        }
+        if !rules.all().any(|r| r.error_rate().is_some()) {
+            continue;
+        }
+        let (bytes, _) = w.host.get(&shared::window_key(key));
+        let windows = Windows::decode(bytes.as_deref());
+        for (entry_key, series) in &windows.series {
+            let Some(rule) = rule_of(&rules, entry_key, &series.tag) else {
+                continue;
+            };
+            let Some(crate::breaker::rule::Trigger::ErrorRate {
+                percent,
+                interval_ms,
+                minimum,
+            }) = rule.error_rate()
+            else {
+                continue;
+            };
+            let id = (key.clone(), format!("{entry_key}\t{}", series.tag));
+            let mut schedule = w.schedules.remove(&id).unwrap_or_default();
+            let verdict = schedule.step(series, (percent, interval_ms, minimum), now_ms, settle_ms);
+            seen.insert(id, schedule);
+            if let Verdict::Open { requests, failures } = verdict {
+                let Some(resource) = resource_of(entry_key) else {
+                    continue;
+                };
+                let tripped = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+                    let mut t = Table::decode(bytes);
+                    match t.trip(resource, rule, now_ms) {
+                        Some(tr) => Update::Write(t.encode(), Some(tr)),
+                        None => Update::Keep(None),
+                    }
+                });
+                if let Ok(Some(t)) = tripped {
+                    log::info!(
+                        "circuit breaker {} of {key}: ERROR_RATE {failures} of {requests} failed \
+                         (threshold {percent} %, minimum {minimum})",
+                        rule.name
+                    );
+                    note(&w.counters, key, resource, rule, t);
+                }
+            }
+        }
+    }
+    w.schedules = seen;
+    w.counters.set(Gauge::BreakersOpen, open);
+}
+
+/// The rule an entry (key and tag) was written under, if it still applies.
+fn rule_of<'r>(rules: &'r Rules, entry_key: &str, tag: &str) -> Option<&'r Rc<Rule>> {
+    let rule = match entry_key.split_once(' ') {
+        Some(("i", _)) => rules.instance.as_ref(),
+        Some(("m", _)) => rules.methods.iter().find(|r| r.tag == tag),
+        _ if entry_key == "s" => rules.service.as_ref(),
+        _ => None,
+    };
+    rule.filter(|r| r.tag == tag)
+}
+
+fn resource_of(entry_key: &str) -> Option<Resource<'_>> {
+    match entry_key.split_once(' ') {
+        Some(("i", a)) => Some(Resource::Instance(a)),
+        Some(("m", p)) => Some(Resource::Method(p)),
+        _ if entry_key == "s" => Some(Resource::Service),
+        _ => None,
+    }
+}
+
+/// Keeps `Local` visible to the worker.
+pub type LocalWindows = HashMap<ServiceKey, Local>;
