@@ -203,3 +203,61 @@ def test_polaris_go_default_rule_ejects_after_ten_consecutive_5xx(polaris, servi
     burst(e, service, 80)
     assert a.served() - before <= 10
     assert e.wait_counter("breaker_instance_open", lambda v: v >= 1) == 1
+
+
+def test_an_open_service_breaker_answers_with_the_fallback_and_the_upstream_sees_none(
+    polaris, service, upstreams, envoy
+):
+    a, b = upstreams("a", "b")
+    register(polaris, service, [a, b])
+    name = uniq(service, "svc")
+    fallback = {"code": 418, "headers": {"x-fallback": "polaris"}, "body": "try again later"}
+    add_rules(
+        polaris,
+        service,
+        breaker_rule(name, service, "SERVICE", consecutive=3, sleep_window=30, fallback=fallback),
+    )
+    e = envoy(polaris.grpc_port, debug_trace=True, circuit_breaker={})
+    wait_rule(e, service, f"service=closed/{name}")
+    assert "instance=" not in breaker_trace(e, service), "no default rule beside a service rule"
+
+    a.misbehave(status=500)
+    b.misbehave(status=500)
+    served = a.served() + b.served()
+    replies = []
+    for _ in range(30):
+        replies.append(fresh(e.listen_port, service))
+    upstream_saw = a.served() + b.served() - served
+    assert upstream_saw == 3, "three failures opened it; the upstream saw nothing after"
+    assert [s for s, _, _ in replies[:3]] == [500] * 3
+    for status, headers, body in replies[3:]:
+        assert (status, body) == (418, "try again later")
+        assert headers["x-fallback"] == "polaris"
+        assert headers["x-polaris-reason"] == "circuit-open"
+    assert e.wait_counter("breaker_fallbacks", lambda v: v >= 27) == 27
+    assert e.counter("breaker_service_open") == 1
+
+
+def test_an_open_method_breaker_answers_503_for_its_path_only(polaris, service, upstreams, envoy):
+    (a,) = upstreams("a")
+    register(polaris, service, [a])
+    name = uniq(service, "pay")
+    add_rules(
+        polaris,
+        service,
+        breaker_rule(name, service, "METHOD", method=("EXACT", "/pay"), consecutive=2, sleep_window=30),
+    )
+    e = envoy(polaris.grpc_port, debug_trace=True, circuit_breaker={"default_rule": False})
+    wait_rule(e, service, f"method=closed/{name}", path="/pay")
+    assert breaker_trace(e, service, "/cart") == "-", "no rule for /cart"
+
+    a.misbehave(status=500, path="/pay")
+    before = a.served("/pay")
+    answers = [fresh(e.listen_port, service, "/pay?id=7") for _ in range(10)]
+    assert a.served("/pay") - before == 2
+    status, headers, body = answers[-1]
+    assert (status, headers["x-polaris-reason"]) == (503, "circuit-open")
+    assert f"circuit breaker rule {name} is open for service {service}" in body, body
+    assert "method /pay" in body, body
+    others = [fresh(e.listen_port, service, "/cart")[0] for _ in range(10)]
+    assert others == [200] * 10, "another path is not broken"
