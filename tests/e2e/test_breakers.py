@@ -261,3 +261,46 @@ def test_an_open_method_breaker_answers_503_for_its_path_only(polaris, service, 
     assert "method /pay" in body, body
     others = [fresh(e.listen_port, service, "/cart")[0] for _ in range(10)]
     assert others == [200] * 10, "another path is not broken"
+
+
+def test_a_rule_disabled_or_deleted_in_polaris_stops_applying_within_two_refresh_intervals(
+    polaris, service, upstreams, envoy
+):
+    a, b = upstreams("a", "b")
+    register(polaris, service, [a, b])
+    name = uniq(service, "cb3")
+    ids = add_rules(polaris, service, breaker_rule(name, service, consecutive=3, sleep_window=60))
+    e = envoy(polaris.grpc_port, debug_trace=True, circuit_breaker={"default_rule": False})
+    wait_rule(e, service, f"instance=closed/{name}")
+    a.misbehave(status=500)
+
+    def ejected() -> bool:
+        return {u for _, u in burst(e, service, 30)} == {"b"}
+
+    def back(since: float) -> float:
+        """Seconds from `since` until a takes traffic again (a still answers 500)."""
+        deadline = since + 2 * REFRESH + 3
+        while time.monotonic() < deadline:
+            if any(u == "a" for _, u in burst(e, service, 10)):
+                return time.monotonic() - since
+        raise AssertionError("a never came back")
+
+    burst(e, service, 20)  # a's three failures open it
+    assert ejected()
+    polaris.enable_circuitbreaker(ids, False)
+    polaris.wait_for_circuitbreaker(service, lambda rs: not any(r["enable"] for r in rs))
+    took = back(time.monotonic())
+    print(f"disabled rule stopped applying {took:.2f}s after Polaris served it")
+    assert took <= 2 * REFRESH
+
+    polaris.enable_circuitbreaker(ids, True)
+    polaris.wait_for_circuitbreaker(service, lambda rs: all(r["enable"] for r in rs))
+    wait_rule(e, service, f"instance=closed/{name}")
+    burst(e, service, 20)
+    assert ejected(), "a fresh breaker for the new rule version opens again"
+
+    polaris.delete_circuitbreaker(ids)
+    polaris.wait_for_circuitbreaker(service, lambda rs: not rs)
+    took = back(time.monotonic())
+    print(f"deleted rule stopped applying {took:.2f}s after Polaris served it")
+    assert took <= 2 * REFRESH
