@@ -14,6 +14,7 @@
 //! - [`window`]: the ERROR_RATE buckets each worker adds to and the leader evaluates.
 
 pub mod outcome;
+pub mod probe;
 pub mod rule;
 pub mod state;
 pub mod window;

@@ -570,3 +570,125 @@ fn a_rule_less_breaker_answer_refreshed_again_is_not_rewritten() {
         assert_eq!(writes, usize::from(round == 0), "round {round}");
     }
 }
+
+fn fault_detectors(rules: Vec<proto::FaultDetectRule>) -> Vec<u8> {
+    let mut r = response(Kind::FaultDetector);
+    r.fault_detector = Some(proto::FaultDetector {
+        rules,
+        revision: "f1".into(),
+    });
+    r.encode_to_vec()
+}
+
+fn http_detector() -> proto::FaultDetectRule {
+    proto::FaultDetectRule {
+        id: "fd".into(),
+        name: "hc".into(),
+        target_service: Some(proto::fault_detect_rule::DestinationService {
+            service: "echo".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        }),
+        interval: 1,
+        timeout: 300,
+        protocol: proto::fault_detect_rule::Protocol::Http as i32,
+        http_config: Some(proto::HttpProtocolConfig {
+            method: "GET".into(),
+            url: "/health".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+const PROBING: &str = r#","circuit_breaker":{"probe_cluster":"polaris_probe"}"#;
+
+/// The probe calls among `calls`: (cluster, upstream header).
+fn probes(calls: &[Call]) -> Vec<(String, String)> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Http { cluster, headers } => Some((
+                cluster.clone(),
+                headers
+                    .iter()
+                    .find(|(k, _)| k == "x-polaris-upstream")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_leader_probes_every_instance_when_the_instance_rule_enables_fault_detection() {
+    let host = FakeHost::new(START);
+    let mut rule = instance_rule(2, 3, 1);
+    rule.fault_detect_config = Some(proto::FaultDetectConfig { enable: true });
+    seed(&host, &[1, 2], vec![rule]);
+    host.put(
+        &shared::resource_key(Kind::FaultDetector, &echo()),
+        &fault_detectors(vec![http_detector()]),
+    );
+    let mut w = worker(&host, PROBING);
+    w.on_tick();
+    let calls = host.take_calls();
+    let sent = probes(&calls);
+    assert_eq!(
+        sent,
+        vec![
+            ("polaris_probe".to_string(), "127.0.0.1:1".to_string()),
+            ("polaris_probe".to_string(), "127.0.0.1:2".to_string())
+        ]
+    );
+    let first = host.0.borrow().next_token - 1;
+    let refused = b"upstream connect error or disconnect/reset before headers. reset reason: remote connection failure";
+    w.on_http_call_result(first, Some(503), refused);
+    w.on_http_call_result(first + 1, Some(200), b"");
+    host.set_now(START + 500);
+    w.on_tick();
+    let calls = host.take_calls();
+    assert!(
+        discover_types(&calls).contains(&13),
+        "FAULT_DETECTOR refreshed"
+    );
+    assert!(probes(&calls).is_empty(), "not due before the interval");
+    host.set_now(START + 1000);
+    w.on_tick();
+    assert_eq!(probes(&host.take_calls()).len(), 2);
+    let next = host.0.borrow().next_token;
+    // Instance 1 is dead: the second refused probe opens its breaker, with no user traffic.
+    w.on_http_call_result(next - 1, Some(503), refused);
+    assert_eq!(w.counters().pending(Counter::BreakerInstanceOpen), 1);
+    let (_, stream) = exchange(&mut w, ECHO, 200, "via_upstream");
+    assert_eq!(upstream(&stream), Some("127.0.0.1:2"));
+
+    // It answers again: after the sleep window one probe success closes it.
+    host.set_now(START + 4000);
+    w.on_tick();
+    let sent = probes(&host.take_calls());
+    let token = host.0.borrow().next_token - (sent.len() as u32) + 1;
+    let at_1 = sent.iter().position(|(_, u)| u == "127.0.0.1:1").unwrap() as u32;
+    w.on_http_call_result(token + at_1, Some(200), b"");
+    assert_eq!(w.counters().pending(Counter::BreakerInstanceClose), 1);
+}
+
+#[test]
+fn without_a_probe_cluster_or_an_enabling_rule_nothing_is_probed() {
+    for (extra, enable) in [(BREAKERS, true), (PROBING, false)] {
+        let host = FakeHost::new(START);
+        let mut rule = instance_rule(2, 3, 1);
+        rule.fault_detect_config = Some(proto::FaultDetectConfig { enable });
+        seed(&host, &[1], vec![rule]);
+        host.put(
+            &shared::resource_key(Kind::FaultDetector, &echo()),
+            &fault_detectors(vec![http_detector()]),
+        );
+        let mut w = worker(&host, extra);
+        w.on_tick();
+        let calls = host.take_calls();
+        assert!(probes(&calls).is_empty());
+        assert!(!discover_types(&calls).contains(&13));
+    }
+}

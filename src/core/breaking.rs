@@ -358,6 +358,37 @@ pub fn record<H: Host>(w: &mut Worker<H>, feedback: &Feedback, outcome: Outcome,
     }
 }
 
+/// A fault-detection probe's answer: an outcome of the instance's breaker.
+pub fn record_probe<H: Host>(
+    w: &mut Worker<H>,
+    key: &ServiceKey,
+    upstream: &str,
+    failed: bool,
+    now_ms: u64,
+) {
+    let Some(rule) = w.lookup_breakers(key).and_then(|r| r.instance.clone()) else {
+        return;
+    };
+    let resource = Resource::Instance(upstream);
+    let result = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+        let mut table = Table::decode(bytes);
+        let (transition, wrote) = table.record(resource, &rule, failed, now_ms);
+        if wrote {
+            Update::Write(table.encode(), transition)
+        } else {
+            Update::Keep(transition)
+        }
+    });
+    match result {
+        Ok(Some(t)) => note(&w.counters, key, resource, &rule, t),
+        Ok(None) => {}
+        Err(e) => {
+            w.counters.inc(Counter::BreakerContended);
+            log::warn!("circuit breaker of {key}: probe result not recorded: {e}");
+        }
+    }
+}
+
 /// The breakers a response feeds: (resource, rule, state when the request passed).
 fn levels(f: &Feedback) -> Vec<(Resource<'_>, Rc<Rule>, Effective)> {
     let mut out = Vec::with_capacity(3);

@@ -14,6 +14,7 @@ pub mod facts;
 pub mod host;
 pub mod leader;
 pub mod metrics;
+pub mod probing;
 pub mod request;
 pub mod store;
 pub mod worker;

@@ -10,7 +10,9 @@ use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
 use super::metrics::Counters;
+use super::probing::{self, Probing};
 use super::store;
+use crate::breaker::probe::{self, Detector};
 use crate::breaker::window::Schedule;
 use crate::breaker::{self, Table};
 use crate::config::Config;
@@ -48,6 +50,10 @@ pub struct Worker<H> {
     pub(super) windows: LocalWindows,
     /// The leader's ERROR_RATE checks in progress.
     pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
+    /// Compiled fault-detection rules by service (the leader's).
+    pub(super) detectors: Cache<Rc<Vec<Detector>>>,
+    /// The leader's probes.
+    pub(super) probing: Probing,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -82,6 +88,8 @@ impl<H: Host> Worker<H> {
             tables: HashMap::new(),
             windows: LocalWindows::default(),
             schedules: HashMap::new(),
+            detectors: Cache::default(),
+            probing: Probing::default(),
             tick,
             seen_generation: 0,
         })
@@ -107,13 +115,21 @@ impl<H: Host> Worker<H> {
     pub fn on_tick(&mut self) {
         let now = self.host.now_ms();
         self.settle_location(false);
-        let caller = self.caller_key();
+        let mut extra: Vec<(Kind, ServiceKey)> = self
+            .caller_key()
+            .map(|c| (Kind::Routing, c))
+            .into_iter()
+            .collect();
+        if self.config.breaker.is_some() && self.leader.holds_lease() {
+            let watched = store::watch_list(&self.host);
+            extra.extend(probing::services(self, watched.services()));
+        }
         self.leader.tick(
             &self.host,
             &self.link,
             &self.config,
             &self.counters,
-            caller,
+            extra,
             now,
         );
         self.resync();
@@ -122,6 +138,7 @@ impl<H: Host> Worker<H> {
             if self.leader.holds_lease() {
                 let watched = store::watch_list(&self.host);
                 breaking::lead(self, watched.services(), now);
+                probing::probe(self, watched.services(), now);
             }
         }
         self.counters.flush(&self.host);
@@ -131,6 +148,15 @@ impl<H: Host> Worker<H> {
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
         self.leader
             .on_call_result(&self.host, &self.counters, token, result);
+    }
+
+    /// The answer to an HTTP callout this VM's root context made (a fault-detection probe):
+    /// the `:status` (`None` when the call failed or timed out) and the body.
+    pub fn on_http_call_result(&mut self, token: u32, status: Option<u32>, body: &[u8]) {
+        let now = self.host.now_ms();
+        if !probing::on_result(self, token, status, body, now) {
+            log::debug!("HTTP callout answer {token} matches no probe");
+        }
     }
 
     /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
@@ -199,6 +225,29 @@ impl<H: Host> Worker<H> {
         for key in self.breakers.keys() {
             self.sync_breakers(&key);
         }
+        for key in self.detectors.keys() {
+            sync(
+                &self.host,
+                &mut self.detectors,
+                Kind::FaultDetector,
+                &key,
+                |b| probe::compile(&key, b).map(Rc::new),
+            );
+        }
+    }
+
+    /// The compiled fault-detection rules of `key`, from shared data on a miss.
+    pub(super) fn lookup_detectors(&mut self, key: &ServiceKey) -> Option<&Rc<Vec<Detector>>> {
+        if self.detectors.peek(key).is_none() {
+            sync(
+                &self.host,
+                &mut self.detectors,
+                Kind::FaultDetector,
+                key,
+                |b| probe::compile(key, b).map(Rc::new),
+            );
+        }
+        self.detectors.peek(key)
     }
 
     /// Recompiles the breaker rules of `key` if its shared entry changed.

@@ -12,8 +12,11 @@ from __future__ import annotations
 import http.client
 import time
 
+import pytest
+
 from conftest import REFRESH
 from harness.polaris import breaker_rule
+from harness.upstream import Upstream
 
 DEBUG = {"x-polaris-debug": "1"}
 
@@ -304,3 +307,58 @@ def test_a_rule_disabled_or_deleted_in_polaris_stops_applying_within_two_refresh
     took = back(time.monotonic())
     print(f"deleted rule stopped applying {took:.2f}s after Polaris served it")
     assert took <= 2 * REFRESH
+
+
+@pytest.mark.parametrize("protocol", ["HTTP", "TCP"])
+def test_fault_detection_ejects_a_dead_instance_without_user_traffic_and_readmits_it(
+    polaris, service, upstreams, envoy, protocol
+):
+    """HTTP probes GET /health; a TCP probe is a connect check (the port accepts or refuses)."""
+    a, b = upstreams("a", "b")
+    register(polaris, service, [a, b])
+    name = uniq(service, "fd")
+    add_rules(
+        polaris,
+        service,
+        breaker_rule(name, service, consecutive=2, sleep_window=2, probes=1, fault_detect=True),
+    )
+    polaris.create_faultdetector(
+        [
+            {
+                "name": uniq(service, "hc"),
+                "namespace": "default",
+                "target_service": {"service": service, "namespace": "default"},
+                "interval": 1,
+                "timeout": 500,
+                "port": 0,
+                "protocol": protocol,
+                "http_config": {"method": "GET", "url": "/health"},
+            }
+        ]
+    )
+    e = envoy(
+        polaris.grpc_port,
+        debug_trace=True,
+        circuit_breaker={"default_rule": False, "probe_cluster": "polaris_probe"},
+    )
+    wait_rule(e, service, f"instance=closed/{name}")
+    deadline = time.monotonic() + 4 * REFRESH + 2
+    probe_path = "/health" if protocol == "HTTP" else "/"
+    while a.served(probe_path) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert a.served(probe_path) > 0 and b.served(probe_path) > 0, "both instances are probed"
+
+    a.kill()
+    killed = time.monotonic()
+    assert e.wait_counter("breaker_instance_open", lambda v: v >= 1, timeout=6) == 1
+    print(f"dead instance ejected by probes {time.monotonic() - killed:.1f}s after the kill")
+    assert e.counter("probes_failed") >= 2
+    answers = burst(e, service, 30)
+    assert answers == [(200, "b")] * 30, "no user request ever reached the dead instance"
+
+    revived = Upstream("a", a.port).start()
+    try:
+        assert e.wait_counter("breaker_instance_close", lambda v: v >= 1, timeout=8) == 1
+        assert any(u == "a" for _, u in burst(e, service, 30)), "re-admitted"
+    finally:
+        revived.stop()
