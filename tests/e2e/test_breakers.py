@@ -362,3 +362,29 @@ def test_fault_detection_ejects_a_dead_instance_without_user_traffic_and_readmit
         assert any(u == "a" for _, u in burst(e, service, 30)), "re-admitted"
     finally:
         revived.stop()
+
+
+def test_a_dry_run_rule_ejects_nothing_and_counts_the_would_be_opens(
+    polaris, service, upstreams, envoy
+):
+    """Server v1.18.1 refuses rule metadata, so dry-run rules are named in the plugin config."""
+    a, b = upstreams("a", "b")
+    register(polaris, service, [a, b])
+    name = uniq(service, "watch")
+    add_rules(polaris, service, breaker_rule(name, service, consecutive=3, sleep_window=1, probes=1))
+    e = envoy(
+        polaris.grpc_port,
+        debug_trace=True,
+        circuit_breaker={"default_rule": False, "dry_run": [name]},
+    )
+    wait_rule(e, service, f"instance=closed/{name}/dry-run")
+    a.misbehave(status=500)
+    before = a.served()
+    answers = burst(e, service, 60)
+    reached_a = a.served() - before
+    assert reached_a >= 15, f"a keeps its share: {reached_a} of 60"
+    assert [s for s, _ in answers].count(500) == reached_a
+    assert e.wait_counter("breaker_dry_run_open", lambda v: v >= 1) >= 1
+    assert e.counter("breaker_instance_open") == 0
+    assert e.counter("recover_all") == 0
+    assert "/dry-run" in breaker_trace(e, service)
