@@ -31,6 +31,31 @@ impl Outcome {
         Outcome { code, latency_ms }
     }
 
+    /// The code as the decimal text RET_CODE conditions test, written into `buf` (no allocation).
+    pub fn code_str<'b>(&self, buf: &'b mut [u8; 12]) -> &'b str {
+        let mut n = i64::from(self.code).unsigned_abs();
+        let mut at = buf.len();
+        loop {
+            at -= 1;
+            if let Some(slot) = buf.get_mut(at) {
+                *slot = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || at == 1 {
+                break;
+            }
+        }
+        if self.code < 0 {
+            at -= 1;
+            if let Some(slot) = buf.get_mut(at) {
+                *slot = b'-';
+            }
+        }
+        buf.get(at..)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
+    }
+
     /// Whether `code_details` must be read to classify `status`.
     pub fn needs_details(status: Option<u32>) -> bool {
         status.is_some_and(|s| s >= 500)
@@ -56,5 +81,17 @@ mod tests {
         assert_eq!(Outcome::from_response(None, None, 3).code, -1);
         assert!(Outcome::needs_details(Some(502)));
         assert!(!Outcome::needs_details(Some(404)));
+    }
+
+    #[test]
+    fn the_code_is_written_as_decimal_text_without_allocating() {
+        let mut buf = [0u8; 12];
+        for code in [0, 7, 200, 503, -1, i32::MAX, i32::MIN] {
+            let o = Outcome {
+                code,
+                latency_ms: 0,
+            };
+            assert_eq!(o.code_str(&mut buf), code.to_string());
+        }
     }
 }

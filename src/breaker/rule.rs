@@ -123,9 +123,10 @@ impl Rule {
         if self.errors.is_empty() {
             return outcome.code < 0 || outcome.code >= 500;
         }
-        let code = outcome.code.to_string();
+        let mut buf = [0u8; 12];
+        let code = outcome.code_str(&mut buf);
         self.errors.iter().any(|e| match e {
-            ErrorTest::RetCode(m) => outcome.code == -1 || m.matches(Some(&code)),
+            ErrorTest::RetCode(m) => outcome.code == -1 || m.matches(Some(code)),
             ErrorTest::Delay(ms) => outcome.latency_ms > *ms,
         })
     }

@@ -41,6 +41,15 @@ impl Resource<'_> {
         };
         (!key.contains(['\t', '\n', '\r'])).then_some(key)
     }
+
+    /// Whether `key` is this resource's entry key (without building it).
+    pub fn is(&self, key: &str) -> bool {
+        match self {
+            Resource::Instance(a) => key.strip_prefix("i ") == Some(a),
+            Resource::Service => key == "s",
+            Resource::Method(p) => key.strip_prefix("m ") == Some(p),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -161,13 +170,14 @@ impl Table {
 
     /// What `resource` is under `rule` at `now`.
     pub fn effective(&self, resource: Resource<'_>, rule: &Rule, now_ms: u64) -> Effective {
-        let Some(e) = resource
-            .key()
-            .and_then(|k| self.find(&k, &rule.tag).cloned())
-        else {
-            return Effective::Closed { streak: 0 };
-        };
-        effective(&e, rule, now_ms)
+        let found = self
+            .entries
+            .iter()
+            .find(|e| resource.is(&e.key) && e.tag == rule.tag);
+        match found {
+            Some(e) => effective(e, rule, now_ms),
+            None => Effective::Closed { streak: 0 },
+        }
     }
 
     /// Keys of resources that are open or half-open under the rule whose tag each entry names

@@ -8,7 +8,7 @@
 //! `minimum_request` requests and at least `error_percent` % of them failed. The check runs one
 //! tick after its time, when every worker has merged the buckets it needs.
 
-use std::collections::HashMap;
+use super::state::Resource;
 
 /// Buckets per interval (polaris-go `bucketCount`).
 pub const BUCKETS: u64 = 10;
@@ -69,15 +69,60 @@ impl Series {
 }
 
 /// One worker's counts since its last merge, by resource key.
+///
+/// A success in the initial state is counted without reading the clock (the success path makes
+/// no clock call): such successes are stamped when the worker merges, at the midpoint between its
+/// last merge and this one, so each lands at most half a tick away from its time.
 #[derive(Clone, Debug, Default)]
 pub struct Local {
-    series: HashMap<String, Series>,
+    series: Vec<(String, Series)>,
+    /// Successes not stamped yet: (entry key, tag, bucket length, count).
+    unstamped: Vec<(String, String, u64, u32)>,
+    last_merge_ms: Option<u64>,
 }
 
 impl Local {
-    pub fn add(&mut self, key: &str, tag: &str, interval_ms: u64, failed: bool, now_ms: u64) {
+    /// An outcome at `now_ms`.
+    pub fn add(
+        &mut self,
+        resource: Resource<'_>,
+        tag: &str,
+        interval_ms: u64,
+        failed: bool,
+        now_ms: u64,
+    ) {
+        let Some(series) = self.series_of(resource, tag, bucket_ms(interval_ms)) else {
+            return;
+        };
+        series.add(now_ms / series.bucket_ms, 1, u32::from(failed));
+    }
+
+    /// A success whose time is stamped at the next merge.
+    pub fn add_success(&mut self, resource: Resource<'_>, tag: &str, interval_ms: u64) {
         let b = bucket_ms(interval_ms);
-        let series = self.series.entry(key.to_string()).or_default();
+        let found = self
+            .unstamped
+            .iter_mut()
+            .find(|(k, t, bm, _)| resource.is(k) && t == tag && *bm == b);
+        match found {
+            Some(entry) => entry.3 = entry.3.saturating_add(1),
+            None => {
+                if let Some(key) = resource.key() {
+                    self.unstamped.push((key, tag.to_string(), b, 1));
+                }
+            }
+        }
+    }
+
+    fn series_of(&mut self, resource: Resource<'_>, tag: &str, b: u64) -> Option<&mut Series> {
+        let pos = match self.series.iter().position(|(k, _)| resource.is(k)) {
+            Some(pos) => pos,
+            None => {
+                self.series.push((resource.key()?, Series::default()));
+                self.series.len() - 1
+            }
+        };
+        let (_, series) = self.series.get_mut(pos)?;
         if series.tag != tag || series.bucket_ms != b {
             *series = Series {
                 tag: tag.to_string(),
@@ -85,15 +130,44 @@ impl Local {
                 buckets: Vec::new(),
             };
         }
-        series.add(now_ms / b, 1, u32::from(failed));
+        Some(series)
+    }
+
+    /// Stamps the unstamped successes for a merge at `now_ms`.
+    pub fn stamp(&mut self, now_ms: u64) {
+        let at = self
+            .last_merge_ms
+            .map_or(now_ms, |last| last + now_ms.saturating_sub(last) / 2);
+        self.last_merge_ms = Some(now_ms);
+        for (key, tag, b, count) in std::mem::take(&mut self.unstamped) {
+            let pos = match self.series.iter().position(|(k, _)| *k == key) {
+                Some(pos) => pos,
+                None => {
+                    self.series.push((key, Series::default()));
+                    self.series.len() - 1
+                }
+            };
+            if let Some((_, series)) = self.series.get_mut(pos) {
+                if series.tag != tag || series.bucket_ms != b {
+                    *series = Series {
+                        tag,
+                        bucket_ms: b,
+                        buckets: Vec::new(),
+                    };
+                }
+                series.add(at / b, count, 0);
+            }
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.series.is_empty()
+        self.series.is_empty() && self.unstamped.is_empty()
     }
 
+    /// Forgets the merged counts (the merge time stays).
     pub fn clear(&mut self) {
         self.series.clear();
+        self.unstamped.clear();
     }
 }
 
@@ -261,11 +335,13 @@ mod tests {
 
     const RULE: (u32, u64, u32) = (50, 10_000, 10);
 
+    const A: Resource<'static> = Resource::Instance("a");
+
     /// `n` requests at `at`, every `every`-th a failure (0: none).
     fn traffic(local: &mut Local, n: u32, every: u32, at: u64) {
         for i in 0..n {
             let failed = every > 0 && i % every == 0;
-            local.add("i a", "t", 10_000, failed, at);
+            local.add(A, "t", 10_000, failed, at);
         }
     }
 
@@ -300,7 +376,7 @@ mod tests {
         let mut l = Local::default();
         // 30 % failures: 3 of every 10.
         for i in 0..100 {
-            l.add("i a", "t", 10_000, i % 10 < 3, 1_000 + i * 50);
+            l.add(A, "t", 10_000, i % 10 < 3, 1_000 + i * 50);
         }
         let w = shared(&l, 6_000);
         let mut s = Schedule::default();
@@ -309,7 +385,7 @@ mod tests {
 
         let mut l = Local::default();
         for i in 0..100 {
-            l.add("i a", "t", 10_000, i % 10 < 8, 1_000 + i * 50);
+            l.add(A, "t", 10_000, i % 10 < 8, 1_000 + i * 50);
         }
         let w = shared(&l, 6_000);
         let mut s = Schedule::default();
@@ -372,10 +448,27 @@ mod tests {
         assert!(w.series.is_empty());
         w.merge(&l, 1_000);
         let mut other = Local::default();
-        other.add("i a", "t2", 10_000, false, 1_000);
+        other.add(A, "t2", 10_000, false, 1_000);
         w.merge(&other, 1_000);
         assert_eq!(w.get("i a").unwrap().tag, "t2");
         assert_eq!(w.get("i a").unwrap().sum(0, 10_000), (1, 0));
         assert_eq!(Windows::decode(Some(b"x\ty\t0\t1:1:1")), Windows::default());
+    }
+
+    #[test]
+    fn unstamped_successes_land_midway_between_merges() {
+        let mut l = Local::default();
+        l.stamp(1_000);
+        l.clear();
+        for _ in 0..4 {
+            l.add_success(A, "t", 10_000);
+        }
+        l.add(A, "t", 10_000, true, 1_500);
+        l.stamp(3_000);
+        let mut w = Windows::default();
+        w.merge(&l, 3_000);
+        let s = w.get("i a").unwrap();
+        assert_eq!(s.sum(2_000, 3_000), (4, 0), "stamped at 2 000, midway");
+        assert_eq!(s.sum(1_000, 2_000), (1, 1), "a failure keeps its own time");
     }
 }

@@ -121,7 +121,7 @@ fn writes_of(calls: &[Call], key: &str) -> usize {
 }
 
 #[test]
-fn a_success_in_the_initial_state_reads_the_state_and_the_status_and_writes_nothing() {
+fn a_success_in_the_initial_state_reads_the_state_and_the_status_and_nothing_else() {
     let host = FakeHost::new(START);
     seed(&host, &[8080], vec![instance_rule(5, 3, 1)]);
     let mut w = worker(&host, BREAKERS);
@@ -141,12 +141,8 @@ fn a_success_in_the_initial_state_reads_the_state_and_the_status_and_writes_noth
     );
     assert_eq!(
         host.take_calls(),
-        vec![
-            Call::Get(shared::breaker_key(&echo())),
-            Call::Now,
-            Call::Now
-        ],
-        "one shared read per request, the clock at both ends, no write"
+        vec![Call::Get(shared::breaker_key(&echo()))],
+        "one shared read per request; no clock, no write"
     );
 }
 
@@ -691,4 +687,28 @@ fn without_a_probe_cluster_or_an_enabling_rule_nothing_is_probed() {
         assert!(probes(&calls).is_empty());
         assert!(!discover_types(&calls).contains(&13));
     }
+}
+
+#[test]
+fn the_leader_drops_the_state_of_instances_polaris_no_longer_lists() {
+    let host = FakeHost::new(START);
+    seed(&host, &[1, 2], vec![instance_rule(1, 60, 1)]);
+    let mut w = worker(&host, BREAKERS);
+    while w.counters().pending(Counter::BreakerInstanceOpen) == 0 {
+        exchange(&mut w, ECHO, 500, "via_upstream");
+    }
+    let table = || String::from_utf8(host.stored(&shared::breaker_key(&echo())).unwrap()).unwrap();
+    assert!(!table().is_empty());
+    // Both instances are replaced by a third.
+    host.put(&shared::resource_key(Kind::Instances, &echo()), &{
+        let mut r = proto::DiscoverResponse::decode(instances(&[3]).as_slice()).unwrap();
+        if let Some(s) = r.service.as_mut() {
+            s.revision = Some("r2".into());
+        }
+        r.encode_to_vec()
+    });
+    store_bump(&host);
+    w.on_tick();
+    w.on_tick();
+    assert_eq!(table(), "", "entries of gone instances dropped");
 }

@@ -8,6 +8,7 @@
 //! success that changes something (a failure streak to reset, a half-open probe), and when a
 //! half-open probe is taken. A success in the initial state writes nothing.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -17,43 +18,75 @@ use super::request::LocalReply;
 use super::store::{cas_update, Update};
 use super::worker::Worker;
 use crate::breaker::rule::Fallback;
+use crate::breaker::rule::Trigger;
 use crate::breaker::window::{Local, Schedule, Verdict, Windows};
 use crate::breaker::{Effective, Level, Outcome, Resource, Rule, Rules, Table, Transition};
 use crate::decision::Rejection;
 use crate::model::{ServiceKey, ServiceSnapshot};
 use crate::routing::args::path_only;
 use crate::shared;
+use crate::snapshot::Known;
 
 /// Response header of the decision trace naming the breaker state that applied.
 pub const TRACE_HEADER: &str = "x-polaris-breaker";
 
+/// A service's compiled breaker rules with what the request path needs beside them, built once
+/// per change of the rules (the shared-data keys, so no request formats them).
+#[derive(Debug)]
+pub struct Breakers {
+    pub service: ServiceKey,
+    pub rules: Rules,
+    state_key: String,
+    window_key: String,
+    /// Some rule has a DELAY condition: requests need their start time.
+    timed: bool,
+    /// This worker's ERROR_RATE counts since its last merge (a rule change starts a new set; the
+    /// counts of the last tick under the old rules are dropped with it).
+    local: RefCell<Local>,
+}
+
+impl Breakers {
+    pub fn new(service: ServiceKey, rules: Rules) -> Breakers {
+        let timed = rules.all().any(|r| r.needs_latency());
+        Breakers {
+            state_key: shared::breaker_key(&service),
+            window_key: shared::window_key(&service),
+            service,
+            rules,
+            timed,
+            local: RefCell::new(Local::default()),
+        }
+    }
+}
+
 /// What a request's response reports back: where it went and what each breaker was then.
 #[derive(Clone, Debug)]
 pub struct Feedback {
-    service: ServiceKey,
-    rules: Rc<Rules>,
+    breakers: Rc<Breakers>,
     upstream: String,
     method: Option<(Rc<Rule>, String)>,
-    started_ms: u64,
+    /// When the request passed the gate, read only when a DELAY condition needs the latency or a
+    /// breaker was away from its initial state.
+    started_ms: Option<u64>,
     /// The state each level's breaker had when the request passed: instance, service, method.
     states: [Option<Effective>; 3],
 }
 
 impl Feedback {
     pub fn service(&self) -> &ServiceKey {
-        &self.service
+        &self.breakers.service
     }
 
-    /// When the request passed the gate (its latency is measured from then).
-    pub fn started_ms(&self) -> u64 {
+    /// When the request passed the gate, if the clock was read then.
+    pub fn started_ms(&self) -> Option<u64> {
         self.started_ms
     }
 
     /// The decision trace: `level=state/rule` per level with a rule, `dry-run` marked.
     pub fn trace(&self) -> String {
         let rules = [
-            self.rules.instance.as_ref(),
-            self.rules.service.as_ref(),
+            self.breakers.rules.instance.as_ref(),
+            self.breakers.rules.service.as_ref(),
             self.method.as_ref().map(|(r, _)| r),
         ];
         let parts: Vec<String> = rules
@@ -80,9 +113,9 @@ impl Feedback {
 
 /// A request's view of its service's breakers, from the gate to the pick.
 pub struct Guard {
-    rules: Rc<Rules>,
+    breakers: Rc<Breakers>,
     table: Rc<Table>,
-    now_ms: u64,
+    now_ms: Option<u64>,
     method: Option<(Rc<Rule>, String)>,
     service_state: Option<Effective>,
     method_state: Option<Effective>,
@@ -91,7 +124,8 @@ pub struct Guard {
 impl Guard {
     /// Whether the pick must avoid some instance (an enforcing INSTANCE rule with state).
     pub fn filters_instances(&self) -> bool {
-        self.rules
+        self.breakers
+            .rules
             .instance
             .as_ref()
             .is_some_and(|r| !r.dry_run && !self.table.is_empty())
@@ -103,62 +137,66 @@ impl Guard {
         &'a self,
         host: &'a H,
         counters: &'a Counters,
-        service: &'a ServiceKey,
         snapshot: &'a ServiceSnapshot,
     ) -> impl FnMut(usize) -> bool + 'a {
+        let now_ms = self.now_ms.unwrap_or(0);
         move |index| {
-            let (Some(rule), Some(instance)) =
-                (self.rules.instance.as_ref(), snapshot.instances.get(index))
-            else {
+            let (Some(rule), Some(instance)) = (
+                self.breakers.rules.instance.as_ref(),
+                snapshot.instances.get(index),
+            ) else {
                 return false;
             };
             let resource = Resource::Instance(&instance.upstream);
-            match self.table.effective(resource, rule, self.now_ms) {
+            match self.table.effective(resource, rule, now_ms) {
                 Effective::Closed { .. } => false,
                 Effective::Open { .. } | Effective::HalfOpen { free: 0 } => true,
                 Effective::HalfOpen { .. } => {
-                    !admit(host, counters, service, resource, rule, self.now_ms)
+                    !admit(host, counters, &self.breakers, resource, rule, now_ms)
                 }
             }
         }
     }
 
     /// The feedback of a request sent to `upstream`.
-    pub fn feedback(self, service: ServiceKey, upstream: &str) -> Feedback {
-        let instance_state = self.rules.instance.as_ref().map(|r| {
+    pub fn feedback(self, upstream: &str) -> Feedback {
+        let now_ms = self.now_ms.unwrap_or(0);
+        let instance_state = self.breakers.rules.instance.as_ref().map(|r| {
             self.table
-                .effective(Resource::Instance(upstream), r, self.now_ms)
+                .effective(Resource::Instance(upstream), r, now_ms)
         });
         Feedback {
-            service,
             upstream: upstream.to_string(),
             started_ms: self.now_ms,
             states: [instance_state, self.service_state, self.method_state],
             method: self.method,
-            rules: self.rules,
+            breakers: self.breakers,
         }
     }
 }
 
-/// The breaker rules of `key` when any applies (`None` also while they are not loaded yet).
-pub fn rules_for<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Option<Rc<Rules>> {
+/// The breakers of `key` when any applies (`None` also while its rules are not loaded yet).
+pub fn rules_for<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Option<Rc<Breakers>> {
     w.config.breaker.as_ref()?;
-    let rules = w.lookup_breakers(key)?;
-    (!rules.is_empty()).then(|| Rc::clone(rules))
+    let breakers = w.lookup_breakers(key)?;
+    (!breakers.rules.is_empty()).then(|| Rc::clone(breakers))
 }
 
-/// The state table of `key` as shared data holds it now (decoded again only when it changed).
-fn read_table<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Rc<Table> {
-    let (bytes, cas) = w.host.get(&shared::breaker_key(key));
-    if let (Some(cas), Some((seen, table))) = (cas, w.tables.get(key)) {
+/// The state table of a service as shared data holds it now (decoded again only when it
+/// changed; no allocation while it has no entry).
+fn read_table<H: Host>(w: &mut Worker<H>, breakers: &Breakers) -> Rc<Table> {
+    let (bytes, cas) = w.host.get(&breakers.state_key);
+    let Some(cas) = cas else {
+        return Rc::clone(&w.empty_table);
+    };
+    if let Some((seen, table)) = w.tables.get(&breakers.service) {
         if *seen == cas {
             return Rc::clone(table);
         }
     }
     let table = Rc::new(Table::decode(bytes.as_deref()));
-    if let Some(cas) = cas {
-        w.tables.insert(key.clone(), (cas, Rc::clone(&table)));
-    }
+    w.tables
+        .insert(breakers.service.clone(), (cas, Rc::clone(&table)));
     table
 }
 
@@ -166,13 +204,13 @@ fn read_table<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Rc<Table> {
 /// probe for this request).
 pub fn gate<H: Host, S: Stream + ?Sized>(
     w: &mut Worker<H>,
-    key: &ServiceKey,
-    rules: Rc<Rules>,
+    breakers: Rc<Breakers>,
     stream: &mut S,
 ) -> Result<Guard, LocalReply> {
-    let table = read_table(w, key);
-    let now_ms = w.host.now_ms();
-    let method = if rules.methods.is_empty() {
+    let table = read_table(w, &breakers);
+    // The clock only when something is away from its initial state or a DELAY needs it.
+    let now_ms = (!table.is_empty() || breakers.timed).then(|| w.host.now_ms());
+    let method = if breakers.rules.methods.is_empty() {
         None
     } else {
         let verb = stream.request_header(":method").unwrap_or_default();
@@ -180,24 +218,42 @@ pub fn gate<H: Host, S: Stream + ?Sized>(
             .request_header(":path")
             .map(|p| path_only(&p).to_string())
             .unwrap_or_default();
-        rules.method(&verb, &path).map(|r| (Rc::clone(r), path))
+        breakers
+            .rules
+            .method(&verb, &path)
+            .map(|r| (Rc::clone(r), path))
     };
     let mut guard = Guard {
-        rules,
+        breakers,
         table,
         now_ms,
         method,
         service_state: None,
         method_state: None,
     };
-    if let Some(rule) = guard.rules.service.clone() {
-        let state = pass(w, key, Resource::Service, &rule, &guard.table, now_ms)
-            .map_err(|state| open_reply(w, key, &rule, None, state))?;
+    let now = now_ms.unwrap_or(0);
+    if let Some(rule) = guard.breakers.rules.service.clone() {
+        let state = pass(
+            w,
+            &guard.breakers,
+            Resource::Service,
+            &rule,
+            &guard.table,
+            now,
+        )
+        .map_err(|state| open_reply(w, &guard.breakers.service, &rule, None, state))?;
         guard.service_state = Some(state);
     }
     if let Some((rule, path)) = guard.method.clone() {
-        let state = pass(w, key, Resource::Method(&path), &rule, &guard.table, now_ms)
-            .map_err(|state| open_reply(w, key, &rule, Some(&path), state))?;
+        let state = pass(
+            w,
+            &guard.breakers,
+            Resource::Method(&path),
+            &rule,
+            &guard.table,
+            now,
+        )
+        .map_err(|state| open_reply(w, &guard.breakers.service, &rule, Some(&path), state))?;
         guard.method_state = Some(state);
     }
     Ok(guard)
@@ -206,7 +262,7 @@ pub fn gate<H: Host, S: Stream + ?Sized>(
 /// Whether a request passes one SERVICE or METHOD breaker: `Ok` with the state it passed in.
 fn pass<H: Host>(
     w: &Worker<H>,
-    key: &ServiceKey,
+    breakers: &Breakers,
     resource: Resource<'_>,
     rule: &Rule,
     table: &Table,
@@ -220,7 +276,7 @@ fn pass<H: Host>(
         Effective::Closed { .. } => Ok(state),
         Effective::Open { .. } | Effective::HalfOpen { free: 0 } => Err(state),
         Effective::HalfOpen { .. } => {
-            if admit(&w.host, &w.counters, key, resource, rule, now_ms) {
+            if admit(&w.host, &w.counters, breakers, resource, rule, now_ms) {
                 Ok(state)
             } else {
                 Err(state)
@@ -233,12 +289,13 @@ fn pass<H: Host>(
 fn admit<H: Host>(
     host: &H,
     counters: &Counters,
-    key: &ServiceKey,
+    breakers: &Breakers,
     resource: Resource<'_>,
     rule: &Rule,
     now_ms: u64,
 ) -> bool {
-    let result = cas_update(host, &shared::breaker_key(key), |bytes| {
+    let key = &breakers.service;
+    let result = cas_update(host, &breakers.state_key, |bytes| {
         let mut table = Table::decode(bytes);
         let (admitted, transition, wrote) = table.admit(resource, rule, now_ms);
         if wrote {
@@ -300,39 +357,58 @@ fn open_reply<H: Host>(
     }
 }
 
-/// A response arrived: feeds every breaker the request passed.
-pub fn record<H: Host>(w: &mut Worker<H>, feedback: &Feedback, outcome: Outcome, now_ms: u64) {
+/// A response arrived (`status` `None` when there was none; `code_details` read only for a 5xx):
+/// feeds every breaker the request passed. A success in the initial state reads no clock and
+/// writes nothing.
+pub fn respond<H: Host>(
+    w: &mut Worker<H>,
+    feedback: &Feedback,
+    status: Option<u32>,
+    code_details: Option<&str>,
+) {
+    let mut now = feedback.started_ms.map(|_| w.host.now_ms());
+    let latency = match (now, feedback.started_ms) {
+        (Some(n), Some(s)) => n.saturating_sub(s),
+        _ => 0,
+    };
+    let outcome = Outcome::from_response(status, code_details, latency);
     let levels = levels(feedback);
+    let mut failed = [false; 3];
     let mut write = false;
-    let mut verdicts = Vec::with_capacity(levels.len());
-    for (resource, rule, state) in &levels {
-        let failed = rule.is_failure(&outcome);
-        write |= failed || state.success_matters();
-        if let (
-            Some(crate::breaker::rule::Trigger::ErrorRate { interval_ms, .. }),
-            Effective::Closed { .. },
-            Some(key),
-        ) = (rule.error_rate(), state, resource.key())
-        {
-            w.windows.entry(feedback.service.clone()).or_default().add(
-                &key,
-                &rule.tag,
-                interval_ms,
-                failed,
-                now_ms,
-            );
+    for (slot, level) in failed.iter_mut().zip(levels.iter()) {
+        if let Some((_, rule, state)) = level {
+            *slot = rule.is_failure(&outcome);
+            write |= *slot || state.success_matters();
         }
-        verdicts.push(failed);
     }
-    if !write {
+    if write && now.is_none() {
+        now = Some(w.host.now_ms());
+    }
+    let service = &feedback.breakers.service;
+    for (level, failed) in levels.iter().zip(failed.iter()) {
+        let Some((resource, rule, Effective::Closed { .. })) = level else {
+            continue;
+        };
+        let Some(Trigger::ErrorRate { interval_ms, .. }) = rule.error_rate() else {
+            continue;
+        };
+        let mut local = feedback.breakers.local.borrow_mut();
+        match now {
+            Some(t) => local.add(*resource, &rule.tag, interval_ms, *failed, t),
+            None => local.add_success(*resource, &rule.tag, interval_ms),
+        }
+    }
+    let (true, Some(now_ms)) = (write, now) else {
         return;
-    }
-    let key = &feedback.service;
-    let result = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+    };
+    let result = cas_update(&w.host, &feedback.breakers.state_key, |bytes| {
         let mut table = Table::decode(bytes);
         let mut changed = false;
         let mut transitions = Vec::new();
-        for ((resource, rule, _), failed) in levels.iter().zip(verdicts.iter()) {
+        for (level, failed) in levels.iter().zip(failed.iter()) {
+            let Some((resource, rule, _)) = level else {
+                continue;
+            };
             let (transition, wrote) = table.record(*resource, rule, *failed, now_ms);
             changed |= wrote;
             if let Some(t) = transition {
@@ -348,12 +424,12 @@ pub fn record<H: Host>(w: &mut Worker<H>, feedback: &Feedback, outcome: Outcome,
     match result {
         Ok(transitions) => {
             for (resource, rule, t) in transitions {
-                note(&w.counters, key, resource, &rule, t);
+                note(&w.counters, service, resource, &rule, t);
             }
         }
         Err(e) => {
             w.counters.inc(Counter::BreakerContended);
-            log::warn!("circuit breaker of {key}: outcome not recorded: {e}");
+            log::warn!("circuit breaker of {service}: outcome not recorded: {e}");
         }
     }
 }
@@ -366,11 +442,14 @@ pub fn record_probe<H: Host>(
     failed: bool,
     now_ms: u64,
 ) {
-    let Some(rule) = w.lookup_breakers(key).and_then(|r| r.instance.clone()) else {
+    let Some(breakers) = w.lookup_breakers(key).map(Rc::clone) else {
+        return;
+    };
+    let Some(rule) = breakers.rules.instance.clone() else {
         return;
     };
     let resource = Resource::Instance(upstream);
-    let result = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+    let result = cas_update(&w.host, &breakers.state_key, |bytes| {
         let mut table = Table::decode(bytes);
         let (transition, wrote) = table.record(resource, &rule, failed, now_ms);
         if wrote {
@@ -389,20 +468,28 @@ pub fn record_probe<H: Host>(
     }
 }
 
-/// The breakers a response feeds: (resource, rule, state when the request passed).
-fn levels(f: &Feedback) -> Vec<(Resource<'_>, Rc<Rule>, Effective)> {
-    let mut out = Vec::with_capacity(3);
+/// The breakers a response feeds: (resource, rule, state when the request passed), per level.
+type Level3<'f> = [Option<(Resource<'f>, &'f Rc<Rule>, Effective)>; 3];
+
+fn levels(f: &Feedback) -> Level3<'_> {
     let [instance, service, method] = f.states;
-    if let (Some(rule), Some(state)) = (&f.rules.instance, instance) {
-        out.push((Resource::Instance(&f.upstream), Rc::clone(rule), state));
-    }
-    if let (Some(rule), Some(state)) = (&f.rules.service, service) {
-        out.push((Resource::Service, Rc::clone(rule), state));
-    }
-    if let (Some((rule, path)), Some(state)) = (&f.method, method) {
-        out.push((Resource::Method(path), Rc::clone(rule), state));
-    }
-    out
+    let rules = &f.breakers.rules;
+    [
+        rules
+            .instance
+            .as_ref()
+            .zip(instance)
+            .map(|(r, s)| (Resource::Instance(&f.upstream), r, s)),
+        rules
+            .service
+            .as_ref()
+            .zip(service)
+            .map(|(r, s)| (Resource::Service, r, s)),
+        f.method
+            .as_ref()
+            .zip(method)
+            .map(|((r, p), s)| (Resource::Method(p), r, s)),
+    ]
 }
 
 /// Counts and logs a transition.
@@ -441,31 +528,25 @@ fn note(counters: &Counters, key: &ServiceKey, resource: Resource<'_>, rule: &Ru
 
 /// Every worker's tick: merges its ERROR_RATE counts into shared data.
 pub fn flush_windows<H: Host>(w: &mut Worker<H>, now_ms: u64) {
-    let pending: Vec<ServiceKey> = w
-        .windows
-        .iter()
-        .filter(|(_, l)| !l.is_empty())
-        .map(|(k, _)| k.clone())
-        .collect();
-    for key in pending {
-        let Some(local) = w.windows.get(&key) else {
+    for key in w.breakers.keys() {
+        let Some(breakers) = w.breakers.peek(&key).map(Rc::clone) else {
             continue;
         };
-        let merged = cas_update(&w.host, &shared::window_key(&key), |bytes| {
+        let mut local = breakers.local.borrow_mut();
+        if local.is_empty() {
+            continue;
+        }
+        local.stamp(now_ms);
+        let merged = cas_update(&w.host, &breakers.window_key, |bytes| {
             let mut windows = Windows::decode(bytes);
-            windows.merge(local, now_ms);
+            windows.merge(&local, now_ms);
             Update::Write(windows.encode(), ())
         });
         match merged {
-            Ok(()) => {
-                if let Some(l) = w.windows.get_mut(&key) {
-                    l.clear();
-                }
-            }
+            Ok(()) => local.clear(),
             Err(e) => log::warn!("ERROR_RATE counts of {key} kept for the next tick: {e}"),
         }
     }
-    w.windows.retain(|_, l| !l.is_empty());
 }
 
 /// The leader's tick: ERROR_RATE checks, stale entries dropped, the open-breakers gauge.
@@ -479,18 +560,31 @@ pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
     let mut open = 0u64;
     let mut seen: HashMap<(ServiceKey, String), Schedule> = HashMap::new();
     for key in watched {
-        let Some(rules) = w.lookup_breakers(key).map(Rc::clone) else {
+        let Some(breakers) = w.lookup_breakers(key).map(Rc::clone) else {
             continue;
         };
-        let current = |entry_key: &str, tag: &str| rule_of(&rules, entry_key, tag).is_some();
-        let (bytes, _) = w.host.get(&shared::breaker_key(key));
+        let rules = &breakers.rules;
+        // Instances Polaris no longer lists lose their entries too (else a request would keep
+        // reading a non-empty table for an instance that is gone).
+        let listed: Option<Vec<String>> = match w.lookup(key) {
+            Some(Known::Ready(s)) => Some(s.instances.iter().map(|i| i.upstream.clone()).collect()),
+            _ => None,
+        };
+        let current = |entry_key: &str, tag: &str| {
+            let gone = match (entry_key.strip_prefix("i "), &listed) {
+                (Some(addr), Some(listed)) => !listed.iter().any(|u| u == addr),
+                _ => false,
+            };
+            !gone && rule_of(rules, entry_key, tag).is_some()
+        };
+        let (bytes, _) = w.host.get(&breakers.state_key);
         let table = Table::decode(bytes.as_deref());
         open += u64::try_from(
-            table.not_closed(|k, t| rule_of(&rules, k, t).is_some_and(|r| !r.dry_run)),
+            table.not_closed(|k, t| rule_of(rules, k, t).is_some_and(|r| !r.dry_run)),
         )
         .unwrap_or(0);
         if table.entries_stale(&current) {
-            let _ = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+            let _ = cas_update(&w.host, &breakers.state_key, |bytes| {
                 let mut t = Table::decode(bytes);
                 if t.retain(&current) {
                     Update::Write(t.encode(), ())
@@ -502,13 +596,13 @@ pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
         if !rules.all().any(|r| r.error_rate().is_some()) {
             continue;
         }
-        let (bytes, _) = w.host.get(&shared::window_key(key));
+        let (bytes, _) = w.host.get(&breakers.window_key);
         let windows = Windows::decode(bytes.as_deref());
         for (entry_key, series) in &windows.series {
-            let Some(rule) = rule_of(&rules, entry_key, &series.tag) else {
+            let Some(rule) = rule_of(rules, entry_key, &series.tag) else {
                 continue;
             };
-            let Some(crate::breaker::rule::Trigger::ErrorRate {
+            let Some(Trigger::ErrorRate {
                 percent,
                 interval_ms,
                 minimum,
@@ -524,7 +618,7 @@ pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
                 let Some(resource) = resource_of(entry_key) else {
                     continue;
                 };
-                let tripped = cas_update(&w.host, &shared::breaker_key(key), |bytes| {
+                let tripped = cas_update(&w.host, &breakers.state_key, |bytes| {
                     let mut t = Table::decode(bytes);
                     match t.trip(resource, rule, now_ms) {
                         Some(tr) => Update::Write(t.encode(), Some(tr)),
@@ -565,6 +659,3 @@ fn resource_of(entry_key: &str) -> Option<Resource<'_>> {
         _ => None,
     }
 }
-
-/// Keeps `Local` visible to the worker.
-pub type LocalWindows = HashMap<ServiceKey, Local>;

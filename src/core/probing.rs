@@ -59,7 +59,7 @@ pub fn services<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey]) -> Vec<(Kind
 
 fn wants_probes<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> bool {
     w.lookup_breakers(key)
-        .and_then(|r| r.instance.as_ref())
+        .and_then(|b| b.rules.instance.as_ref())
         .is_some_and(|r| r.fault_detect)
 }
 

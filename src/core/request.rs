@@ -148,10 +148,7 @@ impl Exchange {
             } else {
                 None
             };
-            let now = w.host.now_ms();
-            let latency = now.saturating_sub(feedback.started_ms());
-            let outcome = Outcome::from_response(status, details.as_deref(), latency);
-            breaking::record(w, &feedback, outcome, now);
+            breaking::respond(w, &feedback, status, details.as_deref());
         }
         for (name, value) in self.trace.drain(..) {
             if let Err(e) = stream.set_response_header(name, &value) {
@@ -198,7 +195,7 @@ impl Exchange {
             return Route::Load(key);
         }
         let guard = match breaking::rules_for(w, &key) {
-            Some(rules) => match breaking::gate(w, &key, rules, stream) {
+            Some(breakers) => match breaking::gate(w, breakers, stream) {
                 Ok(g) => Some(g),
                 Err(reply) => return Route::Replied(reply),
             },
@@ -220,7 +217,7 @@ impl Exchange {
         let hash = config.balancing(&key).1;
         let decided = match guard.as_ref().filter(|g| g.filters_instances()) {
             Some(g) => {
-                let mut avoid = g.instance_filter(&*host, counters, &key, snapshot);
+                let mut avoid = g.instance_filter(&*host, counters, snapshot);
                 decision::decide_avoiding(plan, snapshot, &mut facts, hash, rng, Some(&mut avoid))
             }
             None => decision::decide(plan, snapshot, &mut facts, hash, rng),
@@ -242,7 +239,7 @@ impl Exchange {
         if decision.recovered_all {
             counters.inc(Counter::RecoverAll);
         }
-        self.feedback = guard.map(|g| g.feedback(key.clone(), upstream));
+        self.feedback = guard.map(|g| g.feedback(upstream));
         if trace {
             self.trace = vec![
                 ("x-polaris-service", key.to_string()),

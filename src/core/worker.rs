@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::breaking::{self, LocalWindows};
+use super::breaking::{self, Breakers};
 use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
@@ -43,11 +43,11 @@ pub struct Worker<H> {
     pub(super) counters: Counters,
     pub(super) leader: Leader,
     /// Compiled circuit-breaker rules by destination.
-    pub(super) breakers: Cache<Rc<breaker::Rules>>,
+    pub(super) breakers: Cache<Rc<Breakers>>,
     /// The last decoded breaker state of each service, by the CAS it was read at.
     pub(super) tables: HashMap<ServiceKey, (u32, Rc<Table>)>,
-    /// ERROR_RATE counts since this worker's last merge.
-    pub(super) windows: LocalWindows,
+    /// The table of a service without breaker state (shared, so reading it allocates nothing).
+    pub(super) empty_table: Rc<Table>,
     /// The leader's ERROR_RATE checks in progress.
     pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
     /// Compiled fault-detection rules by service (the leader's).
@@ -86,7 +86,7 @@ impl<H: Host> Worker<H> {
             counters,
             breakers: Cache::default(),
             tables: HashMap::new(),
-            windows: LocalWindows::default(),
+            empty_table: Rc::new(Table::default()),
             schedules: HashMap::new(),
             detectors: Cache::default(),
             probing: Probing::default(),
@@ -261,13 +261,16 @@ impl<H: Host> Worker<H> {
             &mut self.breakers,
             Kind::CircuitBreaker,
             key,
-            |b| breaker::Rules::compile(key, b, who, settings).map(Rc::new),
+            |b| {
+                breaker::Rules::compile(key, b, who, settings)
+                    .map(|rules| Rc::new(Breakers::new(key.clone(), rules)))
+            },
         );
     }
 
     /// The compiled breaker rules of `key`, filling the cache from shared data on a miss; `None`
     /// until the leader has fetched them.
-    pub(super) fn lookup_breakers(&mut self, key: &ServiceKey) -> Option<&Rc<breaker::Rules>> {
+    pub(super) fn lookup_breakers(&mut self, key: &ServiceKey) -> Option<&Rc<Breakers>> {
         if self.breakers.peek(key).is_none() {
             self.sync_breakers(key);
         }
