@@ -133,7 +133,8 @@ impl Local {
         Some(series)
     }
 
-    /// Stamps the unstamped successes for a merge at `now_ms`.
+    /// Stamps the unstamped successes for a merge at `now_ms` (called on every tick, merge or
+    /// not, so they land midway between two ticks).
     pub fn stamp(&mut self, now_ms: u64) {
         let at = self
             .last_merge_ms

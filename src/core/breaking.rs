@@ -533,10 +533,11 @@ pub fn flush_windows<H: Host>(w: &mut Worker<H>, now_ms: u64) {
             continue;
         };
         let mut local = breakers.local.borrow_mut();
+        // Every tick, so unstamped successes land midway between this tick and the last.
+        local.stamp(now_ms);
         if local.is_empty() {
             continue;
         }
-        local.stamp(now_ms);
         let merged = cas_update(&w.host, &breakers.window_key, |bytes| {
             let mut windows = Windows::decode(bytes);
             windows.merge(&local, now_ms);
