@@ -578,7 +578,15 @@ pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
             };
             !gone && rule_of(rules, entry_key, tag).is_some()
         };
-        let (bytes, _) = w.host.get(&breakers.state_key);
+        let (bytes, cas) = w.host.get(&breakers.state_key);
+        if cas.is_none() && !rules.is_empty() {
+            // Envoy checks no CAS on a missing key, so two workers creating it at once could
+            // lose an update: the leader creates it empty first (reading an empty value copies
+            // nothing into the VM).
+            if let Err(e) = w.host.set(&breakers.state_key, b"", None) {
+                log::warn!("cannot create the breaker state of {key}: {e:?}");
+            }
+        }
         let table = Table::decode(bytes.as_deref());
         open += u64::try_from(
             table.not_closed(|k, t| rule_of(rules, k, t).is_some_and(|r| !r.dry_run)),
