@@ -712,3 +712,23 @@ fn the_leader_drops_the_state_of_instances_polaris_no_longer_lists() {
     w.on_tick();
     assert_eq!(table(), "", "entries of gone instances dropped");
 }
+
+#[test]
+fn the_leader_creates_the_state_entry_empty_so_every_write_is_cas_checked() {
+    let host = FakeHost::new(START);
+    seed(&host, &[1], vec![instance_rule(5, 30, 1)]);
+    let mut w = worker(&host, BREAKERS);
+    assert_eq!(host.stored(&shared::breaker_key(&echo())), None);
+    w.on_tick();
+    assert_eq!(
+        host.stored(&shared::breaker_key(&echo())).as_deref(),
+        Some(&b""[..])
+    );
+    host.take_calls();
+    exchange(&mut w, ECHO, 500, "via_upstream");
+    let cas_of_write = host.take_calls().into_iter().find_map(|c| match c {
+        Call::Set { key, cas } if key == shared::breaker_key(&echo()) => Some(cas),
+        _ => None,
+    });
+    assert!(matches!(cas_of_write, Some(Some(_))), "{cas_of_write:?}");
+}
