@@ -6,6 +6,10 @@ within the round, and the median of those is reported:
   baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
   filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
             pick) writing the ORIGINAL_DST header.
+A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
+polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
+breaker state and every response is classified); the breakers / filter ratio is the cost of the
+success path with a breaker active (issue 10: at most 2 % lower).
 With `--rate-limit` a third Envoy runs our filter with rate limiting on and a local rule on the
 service that never triggers (every request is counted against it), and the limited / filter
 ratios are printed: the cost of the rate limiter on the request path.
@@ -135,6 +139,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=16, help="per wrk, per setup")
     parser.add_argument("--compare", type=Path, help="another build of the module, run alongside")
+    parser.add_argument("--compare-breakers", action="store_true",
+                        help="run the --compare build with circuit breaking on (compare it with breakers)")
     parser.add_argument("--rate-limit", action="store_true",
                         help="also run the filter with a local rate-limit rule that never triggers")
     args = parser.parse_args()
@@ -168,6 +174,9 @@ def main() -> None:
         plugin = {"polaris_cluster": "polaris_grpc"}
         runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
             ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+        listen, admin = free_port(), free_port()
+        breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
+        runs.append(("breakers", breakers, (listen, admin)))
         if args.rate_limit:
             polaris.create_ratelimit([{
                 "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
@@ -180,7 +189,8 @@ def main() -> None:
             runs.append(("limited", render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
         if args.compare:
             listen, admin = free_port(), free_port()
-            text = render(plugin, listen, admin, polaris.grpc_port).replace(
+            compare_plugin = {**plugin, "circuit_breaker": {}} if args.compare_breakers else plugin
+            text = render(compare_plugin, listen, admin, polaris.grpc_port).replace(
                 str(WASM), str(args.compare.resolve()))
             runs.append(("compare", text, (listen, admin)))
         setups = {}
@@ -217,6 +227,14 @@ def main() -> None:
         print(f"\nper-round req/s ratios: {round_ratios}")
         print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
         print(f"median filter / baseline capacity ratio: {capacity:.3f}  (target >= 0.85)")
+        br_pairs = list(zip(results["filter"], results["breakers"]))
+        print("median breakers / filter req/s ratio:    "
+              f"{statistics.median(b['rps'] / f['rps'] for f, b in br_pairs):.3f}")
+        print("median breakers / filter capacity ratio: "
+              f"{statistics.median(f['cpu_us'] / b['cpu_us'] for f, b in br_pairs):.3f}"
+              "  (target >= 0.98)")
+        print("per-round breakers / filter capacity:    "
+              + " ".join(f"{f['cpu_us'] / b['cpu_us']:.3f}" for f, b in br_pairs))
         if "limited" in results:
             lim_pairs = list(zip(results["filter"], results["limited"]))
             print("median limited / filter req/s ratio:     "
@@ -225,13 +243,15 @@ def main() -> None:
                   f"{statistics.median(f['cpu_us'] / l['cpu_us'] for f, l in lim_pairs):.3f}"
                   "  (target >= 0.97)")
         if "compare" in results:
-            cmp_pairs = list(zip(results["compare"], results["filter"]))
+            against = "breakers" if args.compare_breakers else "filter"
+            print(f"(compare ratios against {against})")
+            cmp_pairs = list(zip(results["compare"], results[against]))
             print("median filter / compare req/s ratio:     "
                   f"{statistics.median(f['rps'] / c['rps'] for c, f in cmp_pairs):.3f}")
             print("median filter / compare capacity ratio:  "
                   f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in cmp_pairs):.3f}"
                   f"  (compare = {args.compare})")
-        errors = sum(r["errors"] for r in results["filter"])
+        errors = sum(r["errors"] for r in results["filter"] + results["breakers"])
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
     finally:

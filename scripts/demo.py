@@ -2,7 +2,10 @@
 
 Registers service `echo` with instances weighted 1:2:7, sends traffic through Envoy and prints
 where it went; adds a Polaris routing rule that sends `x-env: gray` to the `version=v2` instance;
-isolates the heaviest instance and shows traffic move; shows what an unknown service gets.
+isolates the heaviest instance and shows traffic move; shows what an unknown service gets; then
+adds a Polaris circuit-breaker rule, makes one instance answer 500 and shows its breaker open
+(traffic moves to the others, the metric counts it), the instance recover and half-open let it
+back in.
 `--hold` keeps everything running for your own curl.
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
 from harness.envoy import Envoy  # noqa: E402
-from harness.polaris import Polaris  # noqa: E402
+from harness.polaris import Polaris, breaker_rule  # noqa: E402
 from harness.upstream import Upstream  # noqa: E402
 
 SERVICE = "echo"
@@ -30,6 +33,48 @@ def show(title: str, counts: dict[str, int]) -> None:
     for name in sorted(counts):
         share = counts[name] / total
         print(f"  {name:<12} {counts[name]:>5}  {share:6.1%}  {'#' * round(share * 50)}")
+
+
+def answers(client, n: int) -> dict[str, int]:
+    """`n` requests; counts by upstream name, a non-200 answer as `name (status)`."""
+    out: dict[str, int] = {}
+    for _ in range(n):
+        status, headers, body = client.request(SERVICE)
+        name = headers.get("x-upstream", body.strip()[:30])
+        key = name if status == 200 else f"{name} ({status})"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def circuit_breaking(polaris, envoy, client, bad: Upstream, bad_id: str) -> None:
+    polaris.update_instance(bad_id, isolate=False)
+    polaris.create_circuitbreaker([
+        breaker_rule("demo-cb", SERVICE, consecutive=5, sleep_window=3, probes=2)
+    ])
+    polaris.wait_for_circuitbreaker(SERVICE, lambda rules: any(r["name"] == "demo-cb" for r in rules))
+    polaris.wait_for(lambda r: not any(i.get("isolate") for i in r.get("instances") or []),
+                     service=SERVICE)
+    time.sleep(2.5)
+    print("\ncircuit breaker rule `demo-cb` created in Polaris: 5 consecutive 5xx open an "
+          "instance for 3 s, then 2 probes decide")
+    _, trace, _ = client.request(SERVICE, headers={"x-polaris-debug": "1"})
+    print(f"decision trace: x-polaris-breaker={trace.get('x-polaris-breaker')}")
+
+    bad.misbehave(status=500)
+    before = bad.served()
+    show(f"{bad.name} now answers 500: 200 requests", answers(client, 200))
+    time.sleep(0.6)
+    print(f"  {bad.name} received {bad.served() - before} of them; "
+          f"breaker_instance_open = {envoy.counter('breaker_instance_open')}, "
+          f"breakers_open = {envoy.stats('breakers_open').get('wasmcustom.polaris_wasm.breakers_open')}")
+
+    bad.misbehave()
+    print(f"\n{bad.name} answers 200 again; after the 3 s sleep window half-open admits 2 probes")
+    time.sleep(3.2)
+    show("200 requests", answers(client, 200))
+    time.sleep(0.6)
+    print(f"  breaker_instance_half_open = {envoy.counter('breaker_instance_half_open')}, "
+          f"breaker_instance_close = {envoy.counter('breaker_instance_close')}")
 
 
 def main() -> None:
@@ -58,7 +103,12 @@ def main() -> None:
 
         envoy = Envoy(
             work / "envoy",
-            {"polaris_cluster": "polaris_grpc", "refresh_interval": "1s", "debug_trace": True},
+            {
+                "polaris_cluster": "polaris_grpc",
+                "refresh_interval": "1s",
+                "debug_trace": True,
+                "circuit_breaker": {"default_rule": False},
+            },
             polaris.grpc_port,
         ).start()
         print(f"Envoy listening on 127.0.0.1:{envoy.listen_port} (admin {envoy.admin_port})")
@@ -102,6 +152,8 @@ def main() -> None:
 
         status, headers, body = client.request("nosuch")
         print(f"\nHost: nosuch -> {status} {headers.get('x-polaris-reason')}: {body.strip()}")
+
+        circuit_breaking(polaris, envoy, client, upstreams[2], ids[2])
 
         time.sleep(0.6)  # the filter hands its counts to Envoy every tick (<= 500 ms)
         stats = envoy.stats()

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::breaker::Settings;
 use crate::lb::{ring_hash, Options, Policy, Spec};
 use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
@@ -58,6 +59,8 @@ pub struct Config {
     /// Rate-limit rules (by name) that are evaluated and counted but never reject
     /// (`rate_limit.dry_run`): the OSS server keeps no rule metadata to mark them there.
     pub rate_limit_dry_run: Vec<String>,
+    /// Circuit breaking (`circuit_breaker`): off when absent.
+    pub breaker: Option<BreakerConfig>,
 }
 
 /// Whose rate-limit rules apply (`rate_limit.rules_of`).
@@ -67,6 +70,16 @@ pub enum RateLimitSide {
     Destination,
     /// This Envoy's own service, `caller` (an inbound, provider-side listener).
     Local,
+}
+
+/// `circuit_breaker` in the plugin configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// `default_rule` (polaris-go's default INSTANCE rule, on by default) and `dry_run` rule names.
+    pub settings: Settings,
+    /// `probe_cluster`: the ORIGINAL_DST cluster fault-detection probes go through; without it no
+    /// instance is probed.
+    pub probe_cluster: Option<String>,
 }
 
 /// Which balancer a service uses: `load_balancer` in the plugin configuration.
@@ -98,13 +111,23 @@ impl Config {
         if self.rate_limit == Some(RateLimitSide::Destination) {
             kinds.push(Kind::RateLimit);
         }
+        if self.breaker.is_some() {
+            kinds.push(Kind::CircuitBreaker);
+        }
         kinds
     }
 
     /// The kinds a request for a service not yet loaded waits for: what its decision needs,
-    /// never more.
+    /// never more. Breaker rules are not among them: every breaker starts closed, so a first
+    /// request is decided the same without them; the leader fetches them on its next tick, and
+    /// outcomes count from then on.
     pub fn first_load_kinds(&self) -> Vec<Kind> {
-        self.kinds()
+        let mut kinds = vec![Kind::Instances, Kind::Routing];
+        if self.rate_limit == Some(RateLimitSide::Destination) {
+            // A first request must not escape its service's limits.
+            kinds.push(Kind::RateLimit);
+        }
+        kinds
     }
 }
 
@@ -196,6 +219,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "nearby",
     "metadata_routing",
     "rate_limit",
+    "circuit_breaker",
 ];
 
 impl Config {
@@ -294,6 +318,7 @@ impl Config {
                 "`local` needs `caller.service`: the service whose rules apply",
             ));
         }
+        let breaker = circuit_breaker(&map)?;
 
         Ok(Config {
             polaris_cluster,
@@ -313,8 +338,72 @@ impl Config {
             metadata,
             rate_limit,
             rate_limit_dry_run,
+            breaker,
         })
     }
+}
+
+fn circuit_breaker(map: &Map<String, Value>) -> Result<Option<BreakerConfig>, ConfigError> {
+    let Some(obj) = object(
+        map,
+        "circuit_breaker",
+        &["default_rule", "dry_run", "probe_cluster"],
+    )?
+    else {
+        return Ok(None);
+    };
+    let default_rule = match obj.get("default_rule") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(err(
+                "circuit_breaker.default_rule",
+                format!("must be a boolean, got {}", kind(other)),
+            ))
+        }
+    };
+    let mut dry_run = Vec::new();
+    match obj.get("dry_run") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(names)) => {
+            for (n, name) in names.iter().enumerate() {
+                match name {
+                    Value::String(s) if !s.is_empty() => dry_run.push(s.clone()),
+                    other => {
+                        return Err(err(
+                            &format!("circuit_breaker.dry_run[{n}]"),
+                            format!(
+                                "must be a rule name (a non-empty string), got {}",
+                                kind(other)
+                            ),
+                        ))
+                    }
+                }
+            }
+        }
+        Some(other) => {
+            return Err(err(
+                "circuit_breaker.dry_run",
+                format!("must be an array of rule names, got {}", kind(other)),
+            ))
+        }
+    }
+    let probe_cluster = nested_string(obj, "circuit_breaker", "probe_cluster")?;
+    if let Some(c) = &probe_cluster {
+        if c.is_empty() || c.len() > MAX_CLUSTER_NAME || !c.is_ascii() {
+            return Err(err(
+                "circuit_breaker.probe_cluster",
+                format!("must be 1 to {MAX_CLUSTER_NAME} ASCII characters"),
+            ));
+        }
+    }
+    Ok(Some(BreakerConfig {
+        settings: Settings {
+            default_rule,
+            dry_run,
+        },
+        probe_cluster,
+    }))
 }
 
 fn metadata_routing(map: &Map<String, Value>) -> Result<MetadataRouting, ConfigError> {
@@ -1091,6 +1180,50 @@ mod tests {
             ),
         ] {
             let e = parse(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn circuit_breaking_is_off_unless_configured_and_then_refreshes_breaker_rules() {
+        let off = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
+        assert_eq!(off.breaker, None);
+        assert!(!off.kinds().contains(&Kind::CircuitBreaker));
+        let on = parse(r#"{"polaris_cluster":"p","circuit_breaker":{}}"#).unwrap();
+        let b = on.breaker.clone().unwrap();
+        assert!(
+            b.settings.default_rule,
+            "polaris-go's default rule is on by default"
+        );
+        assert!(on.kinds().contains(&Kind::CircuitBreaker));
+        assert!(!on.first_load_kinds().contains(&Kind::CircuitBreaker));
+        let tuned = parse(
+            r#"{"polaris_cluster":"p","circuit_breaker":{"default_rule":false,"dry_run":["a","b"],"probe_cluster":"polaris_probe"}}"#,
+        )
+        .unwrap()
+        .breaker
+        .unwrap();
+        assert!(!tuned.settings.default_rule);
+        assert_eq!(
+            tuned.settings.dry_run,
+            vec!["a".to_string(), "b".to_string()]
+        );
+        assert_eq!(tuned.probe_cluster.as_deref(), Some("polaris_probe"));
+    }
+
+    #[test]
+    fn circuit_breaker_errors_name_the_field() {
+        for (json, field) in [
+            (r#"{"default_rule":"yes"}"#, "circuit_breaker.default_rule"),
+            (r#"{"dry_run":"a"}"#, "circuit_breaker.dry_run"),
+            (r#"{"dry_run":[""]}"#, "circuit_breaker.dry_run[0]"),
+            (r#"{"probe_cluster":""}"#, "circuit_breaker.probe_cluster"),
+            (r#"{"sleep":1}"#, "circuit_breaker.sleep"),
+        ] {
+            let e = parse(&format!(
+                r#"{{"polaris_cluster":"p","circuit_breaker":{json}}}"#
+            ))
+            .unwrap_err();
             assert_eq!(e.field, field, "{json}");
         }
     }

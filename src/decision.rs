@@ -54,6 +54,14 @@ pub enum Rejection {
     },
     /// Envoy refused a host call the request needs (e.g. writing the upstream header).
     HostRefused { what: String },
+    /// A SERVICE or METHOD circuit breaker is open (or half-open with its probes taken) and its
+    /// rule has no fallback response.
+    CircuitOpen {
+        service: ServiceKey,
+        method: Option<String>,
+        rule: String,
+        state: &'static str,
+    },
 }
 
 impl Rejection {
@@ -78,6 +86,7 @@ impl Rejection {
             Rejection::TooManyServices { .. } => "too-many-services",
             Rejection::HostRefused { .. } => "host-refused",
             Rejection::RateLimited { .. } => "rate-limited",
+            Rejection::CircuitOpen { .. } => "circuit-open",
         }
     }
 }
@@ -134,6 +143,22 @@ impl fmt::Display for Rejection {
                 "rate limited by rule `{rule}` of service {} in namespace {}",
                 service.name, service.namespace
             ),
+            Rejection::CircuitOpen {
+                service,
+                method,
+                rule,
+                state,
+            } => {
+                write!(
+                    f,
+                    "circuit breaker rule {rule} is {state} for service {} in namespace {}",
+                    service.name, service.namespace
+                )?;
+                match method {
+                    Some(m) => write!(f, ", method {m}"),
+                    None => Ok(()),
+                }
+            }
         }
     }
 }
@@ -183,6 +208,18 @@ pub fn decide<'a>(
     facts: &mut dyn RequestFacts,
     rng: &mut Rng,
 ) -> Result<Decision<'a>, Rejection> {
+    decide_avoiding(plan, snapshot, facts, rng, None)
+}
+
+/// [`decide`], with the last step avoiding the instances `avoid` rejects (by snapshot index: open
+/// instance circuit breakers), as [`crate::routing::Pool::pick_avoiding`] does.
+pub fn decide_avoiding<'a>(
+    plan: &'a Plan,
+    snapshot: &'a ServiceSnapshot,
+    facts: &mut dyn RequestFacts,
+    rng: &mut Rng,
+    avoid: Option<&mut dyn FnMut(usize) -> bool>,
+) -> Result<Decision<'a>, Rejection> {
     let routed = plan
         .route(facts, rng)
         .ok_or_else(|| Rejection::NoRuleMatched {
@@ -212,12 +249,14 @@ pub fn decide<'a>(
     } else {
         None
     };
-    let picked = pool
-        .pick(snapshot, plan.balancer, key, rng)
-        .ok_or_else(|| Rejection::NoInstance {
-            service: snapshot.key.clone(),
-            total: snapshot.instances.len(),
-        })?;
+    let picked = match avoid {
+        Some(avoid) => pool.pick_avoiding(snapshot, plan.balancer, key, rng, avoid),
+        None => pool.pick(snapshot, plan.balancer, key, rng),
+    }
+    .ok_or_else(|| Rejection::NoInstance {
+        service: snapshot.key.clone(),
+        total: snapshot.instances.len(),
+    })?;
     let instance = snapshot
         .instance(picked.index)
         .ok_or_else(|| Rejection::NoInstance {

@@ -28,6 +28,17 @@ pub enum Call {
         id: u32,
         n: u64,
     },
+    SetGauge {
+        id: u32,
+        value: u64,
+    },
+    /// An HTTP callout: the cluster and its headers.
+    Http {
+        cluster: String,
+        headers: Vec<(String, String)>,
+    },
+    ReadResponseHeader(String),
+    StreamProperty(Vec<String>),
     ReadHeader(String),
     WriteHeader(String, String),
     WriteResponseHeader(String, String),
@@ -179,8 +190,21 @@ impl Calls for FakeHost {
         Err(HostError("streams are not faked".into()))
     }
 
-    fn http_call(&self, _call: HttpCall<'_>) -> Result<u32, HostError> {
-        Err(HostError("HTTP callouts are not faked".into()))
+    fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {
+        self.record(Call::Http {
+            cluster: call.cluster.to_string(),
+            headers: call
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        });
+        let mut s = self.0.borrow_mut();
+        if let Some(e) = s.refuse_calls.take() {
+            return Err(HostError(e));
+        }
+        s.next_token += 1;
+        Ok(s.next_token)
     }
 }
 
@@ -194,6 +218,14 @@ impl Metrics for FakeHost {
 
     fn add(&self, id: u32, n: u64) {
         self.record(Call::AddMetric { id, n });
+    }
+
+    fn define_gauge(&self, name: &str) -> Result<u32, HostError> {
+        self.define_counter(name)
+    }
+
+    fn set_gauge(&self, id: u32, value: u64) {
+        self.record(Call::SetGauge { id, value });
     }
 }
 
@@ -211,6 +243,8 @@ pub struct FakeStream {
     pub source: Option<String>,
     pub calls: Vec<Call>,
     pub response_headers: Vec<(String, String)>,
+    /// Stream properties the host answers (`response.code_details`).
+    pub properties: Vec<(Vec<String>, Vec<u8>)>,
 }
 
 impl FakeStream {
@@ -260,5 +294,33 @@ impl Stream for FakeStream {
     fn source_address(&mut self) -> Option<String> {
         self.calls.push(Call::SourceAddress);
         self.source.clone()
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<String> {
+        self.calls.push(Call::ReadResponseHeader(name.to_string()));
+        self.response_headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn stream_property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        let path: Vec<String> = path.iter().map(|p| p.to_string()).collect();
+        self.calls.push(Call::StreamProperty(path.clone()));
+        self.properties
+            .iter()
+            .find(|(p, _)| *p == path)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl FakeStream {
+    /// The upstream answered with `status`; `details` is Envoy's `response.code_details`.
+    pub fn respond(&mut self, status: u32, details: &str) {
+        self.response_headers = vec![(":status".into(), status.to_string())];
+        self.properties = vec![(
+            vec!["response".into(), "code_details".into()],
+            details.as_bytes().to_vec(),
+        )];
     }
 }

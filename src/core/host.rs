@@ -75,6 +75,8 @@ pub trait Calls {
 pub trait Metrics {
     fn define_counter(&self, name: &str) -> Result<u32, HostError>;
     fn add(&self, id: u32, n: u64);
+    fn define_gauge(&self, name: &str) -> Result<u32, HostError>;
+    fn set_gauge(&self, id: u32, value: u64);
 }
 
 /// Host properties outside any request (Envoy's node, for its locality).
@@ -95,6 +97,10 @@ pub trait Stream {
     fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
     /// The downstream peer, `ip:port`.
     fn source_address(&mut self) -> Option<String>;
+    /// A response header (`:status` included), once the response headers have arrived.
+    fn response_header(&mut self, name: &str) -> Option<String>;
+    /// A property of this stream, e.g. `response.code_details`.
+    fn stream_property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
 }
 
 pub use crate::polaris::CallError;

@@ -9,8 +9,7 @@ use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::metrics::{Counter, Counters};
 use super::store::{self, Update};
-use crate::config::{Config, RateLimitSide};
-use crate::model::{Kind, ServiceKey};
+use crate::config::Config;
 use crate::shared::{self, lease};
 use crate::snapshot::{Outcome, Refresher, Resource};
 
@@ -53,15 +52,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Leader {
-    /// Claims or renews the lease, then refreshes what is due while we hold it. `caller` is this
-    /// Envoy's own service, whose outbound rules are refreshed too.
+    /// Claims or renews the lease, then refreshes what is due while we hold it. `extra` are
+    /// resources refreshed beside every watched service's `config.kinds()`: this Envoy's own
+    /// service's routing (its outbound rules), fault-detection rules where breakers want them.
     pub fn tick<H: Host>(
         &mut self,
         host: &H,
         link: &Link,
         config: &Config,
         counters: &Counters,
-        caller: Option<ServiceKey>,
+        extra: Vec<Resource>,
         now: u64,
     ) {
         let holding = self.hold_lease(host, now);
@@ -82,15 +82,9 @@ impl Leader {
             .iter()
             .flat_map(|s| kinds.iter().map(|k| (*k, s.clone())))
             .collect();
-        if let Some(caller) = caller {
-            let mut own = vec![(Kind::Routing, caller.clone())];
-            if config.rate_limit == Some(RateLimitSide::Local) {
-                own.push((Kind::RateLimit, caller));
-            }
-            for resource in own {
-                if !resources.contains(&resource) {
-                    resources.push(resource);
-                }
+        for r in extra {
+            if !resources.contains(&r) {
+                resources.push(r);
             }
         }
         for (resource, revision) in self.refresher.due(&resources, now) {

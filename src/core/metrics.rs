@@ -35,9 +35,39 @@ pub enum Counter {
     RateLimitDryRun,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
+    /// Circuit-breaker transitions into open (closed -> open and half-open -> open), per level.
+    BreakerInstanceOpen,
+    BreakerServiceOpen,
+    BreakerMethodOpen,
+    /// Transitions open -> half-open, per level.
+    BreakerInstanceHalfOpen,
+    BreakerServiceHalfOpen,
+    BreakerMethodHalfOpen,
+    /// Transitions half-open -> closed, per level.
+    BreakerInstanceClose,
+    BreakerServiceClose,
+    BreakerMethodClose,
+    /// Opens of dry-run rules (any level): what they would have ejected or rejected.
+    BreakerDryRunOpen,
+    /// Replies given because a SERVICE or METHOD breaker was open (fallback or 503).
+    BreakerFallbacks,
+    /// Breaker state updates lost to shared-data contention.
+    BreakerContended,
+    /// Fault-detection probes sent, and those that failed.
+    ProbesSent,
+    ProbesFailed,
 }
 
-const ALL: [(Counter, &str); 13] = [
+/// Gauges the leader sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gauge {
+    /// Breakers of enforcing rules now open or half-open, all levels.
+    BreakersOpen,
+}
+
+const GAUGES: [(Gauge, &str); 1] = [(Gauge::BreakersOpen, "polaris_wasm.breakers_open")];
+
+const ALL: [(Counter, &str); 27] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -57,6 +87,50 @@ const ALL: [(Counter, &str); 13] = [
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",
     ),
+    (
+        Counter::BreakerInstanceOpen,
+        "polaris_wasm.breaker_instance_open",
+    ),
+    (
+        Counter::BreakerServiceOpen,
+        "polaris_wasm.breaker_service_open",
+    ),
+    (
+        Counter::BreakerMethodOpen,
+        "polaris_wasm.breaker_method_open",
+    ),
+    (
+        Counter::BreakerInstanceHalfOpen,
+        "polaris_wasm.breaker_instance_half_open",
+    ),
+    (
+        Counter::BreakerServiceHalfOpen,
+        "polaris_wasm.breaker_service_half_open",
+    ),
+    (
+        Counter::BreakerMethodHalfOpen,
+        "polaris_wasm.breaker_method_half_open",
+    ),
+    (
+        Counter::BreakerInstanceClose,
+        "polaris_wasm.breaker_instance_close",
+    ),
+    (
+        Counter::BreakerServiceClose,
+        "polaris_wasm.breaker_service_close",
+    ),
+    (
+        Counter::BreakerMethodClose,
+        "polaris_wasm.breaker_method_close",
+    ),
+    (
+        Counter::BreakerDryRunOpen,
+        "polaris_wasm.breaker_dry_run_open",
+    ),
+    (Counter::BreakerFallbacks, "polaris_wasm.breaker_fallbacks"),
+    (Counter::BreakerContended, "polaris_wasm.breaker_contended"),
+    (Counter::ProbesSent, "polaris_wasm.probes_sent"),
+    (Counter::ProbesFailed, "polaris_wasm.probes_failed"),
 ];
 
 /// The VM's counters; a metric the host refused to define is skipped, never fatal.
@@ -64,6 +138,8 @@ const ALL: [(Counter, &str); 13] = [
 pub struct Counters {
     ids: [Option<u32>; ALL.len()],
     pending: [Cell<u64>; ALL.len()],
+    gauge_ids: [Option<u32>; GAUGES.len()],
+    gauges: [Cell<Option<u64>>; GAUGES.len()],
 }
 
 impl Counters {
@@ -75,7 +151,20 @@ impl Counters {
                 Err(e) => log::warn!("cannot define metric {name}: {e}"),
             }
         }
+        for (slot, (_, name)) in c.gauge_ids.iter_mut().zip(GAUGES.iter()) {
+            match host.define_gauge(name) {
+                Ok(id) => *slot = Some(id),
+                Err(e) => log::warn!("cannot define metric {name}: {e}"),
+            }
+        }
         c
+    }
+
+    /// Sets a gauge (handed to the host on the next flush).
+    pub fn set(&self, gauge: Gauge, value: u64) {
+        if let Some(slot) = self.gauges.get(gauge as usize) {
+            slot.set(Some(value));
+        }
     }
 
     pub fn inc(&self, counter: Counter) {
@@ -106,6 +195,11 @@ impl Counters {
             let n = pending.take();
             if let (Some(id), true) = (id, n > 0) {
                 host.add(*id, n);
+            }
+        }
+        for (id, value) in self.gauge_ids.iter().zip(self.gauges.iter()) {
+            if let (Some(id), Some(v)) = (id, value.take()) {
+                host.set_gauge(*id, v);
             }
         }
     }

@@ -8,22 +8,30 @@
 //!   `on_call_result` for the root context's calls.
 //! - [`Exchange`]: one HTTP stream; `on_request`, `on_call_result`, `on_response`.
 
+pub mod breakers;
+pub mod breaking;
 pub mod discover;
 pub mod facts;
 pub mod host;
 pub mod leader;
 pub mod limiter;
 pub mod metrics;
+pub mod probe_queue;
+pub mod probing;
+pub mod reply;
 pub mod request;
 pub mod store;
+pub mod tick;
 pub mod worker;
 
+#[cfg(test)]
+mod breaker_tests;
 #[cfg(test)]
 pub mod fake;
 #[cfg(test)]
 mod tests;
 
 pub use host::{CallResult, Host, HostError, Stream};
-pub use metrics::{Counter, Counters};
+pub use metrics::{Counter, Counters, Gauge};
 pub use request::{Exchange, LocalReply, Ticket, Verdict};
 pub use worker::{Unusable, Worker};

@@ -5,12 +5,14 @@
 //! the destination header, write the upstream header) and allocates nothing. Rules read only the
 //! request facts they name.
 
+use super::breaking::{self, Feedback};
 use super::facts::StreamFacts;
 use super::host::{CallResult, Host, Stream};
 use super::limiter::Admission;
 use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
+use crate::breaker::Outcome;
 use crate::config::RateLimitSide;
 use crate::decision::{self, Rejection};
 use crate::limit::{CallerFacts, Limits};
@@ -36,16 +38,7 @@ pub enum Verdict {
     Wait,
 }
 
-/// A reply the filter sends itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LocalReply {
-    pub status: u32,
-    /// Sent as `x-polaris-reason`.
-    pub reason: &'static str,
-    /// Headers beyond `content-type` and `x-polaris-reason` (e.g. `retry-after`).
-    pub headers: Vec<(&'static str, String)>,
-    pub body: String,
-}
+pub use super::reply::LocalReply;
 
 /// Where a forwarded request went: what the response feeds back.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +60,8 @@ struct Loading {
 pub struct Exchange {
     loading: Option<Loading>,
     ticket: Option<Ticket>,
+    /// What the response reports to the circuit breakers, when any applies.
+    feedback: Option<Feedback>,
     /// Response headers for the decision trace, when asked for.
     trace: Vec<(&'static str, String)>,
 }
@@ -75,6 +70,8 @@ pub struct Exchange {
 enum Route {
     Sent,
     Reject(Rejection),
+    /// Answered without routing (an open circuit breaker).
+    Replied(LocalReply),
     /// The service or its rules are not loaded yet: discover them first.
     Load(ServiceKey),
 }
@@ -89,6 +86,7 @@ impl Exchange {
         match self.route(w, stream) {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Replied(r) => Verdict::Reply(r),
             Route::Load(key) => self.load(w, key),
         }
     }
@@ -119,6 +117,7 @@ impl Exchange {
         Some(match route {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
+            Route::Replied(r) => Verdict::Reply(r),
             Route::Load(_) => Verdict::Reply(reply(
                 w,
                 &Rejection::DiscoveryFailed {
@@ -129,8 +128,22 @@ impl Exchange {
         })
     }
 
-    /// The response headers have arrived: add the trace, when it was asked for.
-    pub fn on_response<S: Stream + ?Sized>(&mut self, stream: &mut S) {
+    /// The response headers have arrived: feed the circuit breakers the request passed, and add
+    /// the trace when it was asked for. A request the filter answered itself feeds nothing.
+    pub fn on_response<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) {
+        if let Some(feedback) = self.feedback.take() {
+            let status = stream
+                .response_header(":status")
+                .and_then(|s| s.trim().parse::<u32>().ok());
+            let details = if Outcome::needs_details(status) {
+                stream
+                    .stream_property(&["response", "code_details"])
+                    .and_then(|b| String::from_utf8(b).ok())
+            } else {
+                None
+            };
+            breaking::respond(w, &feedback, status, details.as_deref());
+        }
         for (name, value) in self.trace.drain(..) {
             if let Err(e) = stream.set_response_header(name, &value) {
                 log::warn!("cannot add {name} to the response: {e}");
@@ -143,9 +156,9 @@ impl Exchange {
         self.ticket.as_ref()
     }
 
-    /// Whether the response needs the core (the trace, or later the breakers' feedback).
+    /// Whether the response needs the core (the trace, or the breakers' feedback).
     pub fn wants_response(&self) -> bool {
-        !self.trace.is_empty()
+        !self.trace.is_empty() || self.feedback.is_some()
     }
 
     fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {
@@ -175,9 +188,21 @@ impl Exchange {
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {
             return Route::Load(key);
         }
-        let limited = match limits_of(w, &key) {
+        match limits_of(w, &key) {
             Err(()) => return Route::Load(key),
-            Ok(limited) => limited,
+            Ok(Some(side)) => {
+                if let Some(r) = check_limits(w, &key, side, stream) {
+                    return Route::Reject(r);
+                }
+            }
+            Ok(None) => {}
+        }
+        let guard = match breaking::rules_for(w, &key) {
+            Some(breakers) => match breaking::gate(w, breakers, stream) {
+                Ok(g) => Some(g),
+                Err(reply) => return Route::Replied(reply),
+            },
+            None => None,
         };
         let Worker {
             host,
@@ -186,45 +211,20 @@ impl Exchange {
             plans,
             rng,
             counters,
-            limits,
-            limiter,
-            caller: caller_service,
             ..
         } = w;
         let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
             return Route::Load(key);
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
-        let rules_of = match limited {
-            Some(RateLimitSide::Destination) => Some(&key),
-            Some(RateLimitSide::Local) => caller_service.as_ref(),
-            None => None,
-        };
-        if let Some(rules_of) = rules_of {
-            if let Some(l) = limits.peek(rules_of).filter(|l| !l.is_empty()) {
-                let caller = CallerFacts {
-                    namespace: &config.caller.namespace,
-                    service: &config.caller.service,
-                };
-                let admission =
-                    limiter.check(&*host, rules_of, l, &mut facts, &caller, || host.now_ms());
-                counters.add(Counter::RateLimitContended, limiter.take_contended());
-                counters.add(Counter::RateLimitDryRun, limiter.take_dry_run_hits());
-                if let Admission::Limited {
-                    rule,
-                    retry_after_s,
-                } = admission
-                {
-                    counters.inc(Counter::RateLimited);
-                    return Route::Reject(Rejection::RateLimited {
-                        service: rules_of.clone(),
-                        rule,
-                        retry_after_s,
-                    });
-                }
+        let decided = match guard.as_ref().filter(|g| g.filters_instances()) {
+            Some(g) => {
+                let mut avoid = g.instance_filter(&*host, counters, snapshot);
+                decision::decide_avoiding(plan, snapshot, &mut facts, rng, Some(&mut avoid))
             }
-        }
-        let decision = match decision::decide(plan, snapshot, &mut facts, rng) {
+            None => decision::decide(plan, snapshot, &mut facts, rng),
+        };
+        let decision = match decided {
             Ok(d) => d,
             Err(r) => return Route::Reject(r),
         };
@@ -241,6 +241,7 @@ impl Exchange {
         if decision.recovered_all {
             counters.inc(Counter::RecoverAll);
         }
+        self.feedback = guard.map(|g| g.feedback(upstream));
         if trace {
             self.trace = vec![
                 ("x-polaris-service", key.to_string()),
@@ -257,6 +258,12 @@ impl Exchange {
                     decision
                         .metadata
                         .map_or_else(|| "-".to_string(), |m| m.to_string()),
+                ),
+                (
+                    breaking::TRACE_HEADER,
+                    self.feedback
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), Feedback::trace),
                 ),
             ];
             self.ticket = Some(Ticket {
@@ -356,6 +363,50 @@ fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<Rate
     }
 }
 
+/// Applies the rate-limit rules of `side` to the request; the rejection when one limits.
+fn check_limits<H: Host, S: Stream + ?Sized>(
+    w: &mut Worker<H>,
+    key: &ServiceKey,
+    side: RateLimitSide,
+    stream: &mut S,
+) -> Option<Rejection> {
+    let Worker {
+        host,
+        config,
+        counters,
+        limits,
+        limiter,
+        caller,
+        ..
+    } = w;
+    let rules_of = match side {
+        RateLimitSide::Destination => key,
+        RateLimitSide::Local => caller.as_ref()?,
+    };
+    let l = limits.peek(rules_of).filter(|l| !l.is_empty())?;
+    let who = CallerFacts {
+        namespace: &config.caller.namespace,
+        service: &config.caller.service,
+    };
+    let mut facts = StreamFacts::new(stream, &config.caller);
+    let admission = limiter.check(&*host, rules_of, l, &mut facts, &who, || host.now_ms());
+    counters.add(Counter::RateLimitContended, limiter.take_contended());
+    counters.add(Counter::RateLimitDryRun, limiter.take_dry_run_hits());
+    let Admission::Limited {
+        rule,
+        retry_after_s,
+    } = admission
+    else {
+        return None;
+    };
+    counters.inc(Counter::RateLimited);
+    Some(Rejection::RateLimited {
+        service: rules_of.clone(),
+        rule,
+        retry_after_s,
+    })
+}
+
 /// The local reply for a rejection, counted.
 fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
     w.counters.inc(Counter::LocalReplies);
@@ -364,15 +415,15 @@ fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
     }
     let headers = match rejection {
         Rejection::RateLimited { retry_after_s, .. } => {
-            vec![("retry-after", retry_after_s.to_string())]
+            vec![("retry-after".to_string(), retry_after_s.to_string())]
         }
         _ => Vec::new(),
     };
     LocalReply {
         status: rejection.status(),
         reason: rejection.reason(),
-        headers,
         body: format!("polaris-wasm: {rejection}\n"),
+        headers,
     }
 }
 

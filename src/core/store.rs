@@ -89,14 +89,20 @@ pub fn watch<S: Store + ?Sized>(store: &S, key: &ServiceKey, limit: usize) -> wa
     })
 }
 
-/// Stores an answer about a service and tells every worker to resync.
+/// Stores an answer about a service and tells every worker to resync. An answer identical to
+/// the stored one is not written: the server answers a service without rules of some kinds
+/// (CIRCUIT_BREAKER, FAULT_DETECTOR) in full, without a revision, on every refresh.
 pub fn store_answer<S: Store + ?Sized>(
     store: &S,
     kind: Kind,
     key: &ServiceKey,
     answer: &[u8],
 ) -> bool {
-    if let Err(e) = store.set(&shared::resource_key(kind, key), answer, None) {
+    let slot = shared::resource_key(kind, key);
+    if kind_answers_without_revision(kind) && store.get(&slot).0.as_deref() == Some(answer) {
+        return false;
+    }
+    if let Err(e) = store.set(&slot, answer, None) {
         log::warn!("cannot store {} of {key}: {e:?}", kind.name());
         return false;
     }
@@ -104,4 +110,10 @@ pub fn store_answer<S: Store + ?Sized>(
         log::warn!("cannot bump snapshot generation after storing {key}: {e}");
     }
     true
+}
+
+/// Kinds whose "no rules" answer carries no revision, so every refresh of a service without
+/// them comes back in full (seen with server v1.18.1).
+fn kind_answers_without_revision(kind: Kind) -> bool {
+    matches!(kind, Kind::CircuitBreaker | Kind::FaultDetector)
 }

@@ -414,7 +414,7 @@ fn the_trace_is_added_to_the_response_only_when_asked_for() {
     let mut stream = FakeStream::with(&[(":authority", "echo"), ("x-polaris-debug", "1")]);
     traced.on_request(&mut w, &mut stream);
     assert!(traced.wants_response());
-    traced.on_response(&mut stream);
+    traced.on_response(&mut w, &mut stream);
     assert!(stream
         .response_headers
         .contains(&("x-polaris-instance".into(), "127.0.0.1:8080".into())));
@@ -523,7 +523,10 @@ fn requests_over_the_limit_are_answered_429_naming_the_rule_with_retry_after() {
         panic!("{verdicts:?}")
     };
     assert_eq!((reply.status, reply.reason), (429, "rate-limited"));
-    assert_eq!(reply.headers, vec![("retry-after", "1".to_string())]);
+    assert_eq!(
+        reply.headers,
+        vec![("retry-after".to_string(), "1".to_string())]
+    );
     assert!(
         reply.body.contains("rule `two-per-second`"),
         "{}",

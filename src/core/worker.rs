@@ -2,14 +2,20 @@
 //! shared by its root context (ticks, the leader's refresh) and its HTTP streams.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::time::Duration;
 
+use super::breakers::Breakers;
 use super::discover::Link;
-use super::host::{CallResult, Host, Store};
+use super::host::{Host, Store};
 use super::leader::Leader;
 use super::limiter::Limiter;
 use super::metrics::Counters;
+use super::probe_queue::Probing;
 use super::store;
+use crate::breaker::probe::{self, Detector};
+use crate::breaker::window::Schedule;
+use crate::breaker::{self, Table};
 use crate::config::Config;
 use crate::destination::DestinationMemo;
 use crate::lb::Rng;
@@ -42,6 +48,18 @@ pub struct Worker<H> {
     pub(super) rng: Rng,
     pub(super) counters: Counters,
     pub(super) leader: Leader,
+    /// Compiled circuit-breaker rules by destination.
+    pub(super) breakers: Cache<Rc<Breakers>>,
+    /// The last decoded breaker state of each service, by the CAS it was read at.
+    pub(super) tables: HashMap<ServiceKey, (u32, Rc<Table>)>,
+    /// The table of a service without breaker state (shared, so reading it allocates nothing).
+    pub(super) empty_table: Rc<Table>,
+    /// The leader's ERROR_RATE checks in progress.
+    pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
+    /// Compiled fault-detection rules by service (the leader's).
+    pub(super) detectors: Cache<Rc<Vec<Detector>>>,
+    /// The leader's probes.
+    pub(super) probing: Probing,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -81,6 +99,12 @@ impl<H: Host> Worker<H> {
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             counters,
+            breakers: Cache::default(),
+            tables: HashMap::new(),
+            empty_table: Rc::new(Table::default()),
+            schedules: HashMap::new(),
+            detectors: Cache::default(),
+            probing: Probing::default(),
             tick,
             seen_generation: 0,
         })
@@ -100,29 +124,6 @@ impl<H: Host> Worker<H> {
 
     pub fn counters(&self) -> &Counters {
         &self.counters
-    }
-
-    /// The timer: the leader's work when we hold the lease, then resync and metrics.
-    pub fn on_tick(&mut self) {
-        let now = self.host.now_ms();
-        self.settle_location(false);
-        let caller = self.caller_key();
-        self.leader.tick(
-            &self.host,
-            &self.link,
-            &self.config,
-            &self.counters,
-            caller,
-            now,
-        );
-        self.resync();
-        self.counters.flush(&self.host);
-    }
-
-    /// An answer to a call this VM's root context made.
-    pub fn on_call_result(&mut self, token: u32, result: CallResult) {
-        self.leader
-            .on_call_result(&self.host, &self.counters, token, result);
     }
 
     /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
@@ -155,7 +156,7 @@ impl<H: Host> Worker<H> {
 
     /// Re-decodes every cached service and rule set whose shared entry changed since the last
     /// sync, and drops the plans built from them.
-    fn resync(&mut self) {
+    pub(super) fn resync(&mut self) {
         let generation = store::generation(&self.host);
         if generation == self.seen_generation {
             return;
@@ -193,6 +194,59 @@ impl<H: Host> Worker<H> {
                 Limits::from_stored(&key, b, dry_run)
             });
         }
+        for key in self.breakers.keys() {
+            self.sync_breakers(&key);
+        }
+        for key in self.detectors.keys() {
+            sync(
+                &self.host,
+                &mut self.detectors,
+                Kind::FaultDetector,
+                &key,
+                |b| probe::compile(&key, b).map(Rc::new),
+            );
+        }
+    }
+
+    /// The compiled fault-detection rules of `key`, from shared data on a miss.
+    pub(super) fn lookup_detectors(&mut self, key: &ServiceKey) -> Option<&Rc<Vec<Detector>>> {
+        if self.detectors.peek(key).is_none() {
+            sync(
+                &self.host,
+                &mut self.detectors,
+                Kind::FaultDetector,
+                key,
+                |b| probe::compile(key, b).map(Rc::new),
+            );
+        }
+        self.detectors.peek(key)
+    }
+
+    /// Recompiles the breaker rules of `key` if its shared entry changed.
+    fn sync_breakers(&mut self, key: &ServiceKey) {
+        let Some(settings) = self.config.breaker.as_ref().map(|b| &b.settings) else {
+            return;
+        };
+        let who = &self.config.caller;
+        sync(
+            &self.host,
+            &mut self.breakers,
+            Kind::CircuitBreaker,
+            key,
+            |b| {
+                breaker::Rules::compile(key, b, who, settings)
+                    .map(|rules| Rc::new(Breakers::new(key.clone(), rules)))
+            },
+        );
+    }
+
+    /// The compiled breaker rules of `key`, filling the cache from shared data on a miss; `None`
+    /// until the leader has fetched them.
+    pub(super) fn lookup_breakers(&mut self, key: &ServiceKey) -> Option<&Rc<Breakers>> {
+        if self.breakers.peek(key).is_none() {
+            self.sync_breakers(key);
+        }
+        self.breakers.peek(key)
     }
 
     /// The cached answer for `key`, filling the cache from shared data on a miss.

@@ -93,6 +93,14 @@ impl Metrics for Wasm {
     fn add(&self, id: u32, n: u64) {
         let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
     }
+
+    fn define_gauge(&self, name: &str) -> Result<u32, HostError> {
+        hostcalls::define_metric(MetricType::Gauge, name).map_err(refused)
+    }
+
+    fn set_gauge(&self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
 }
 
 impl Properties for Wasm {
@@ -125,6 +133,16 @@ impl Stream for WasmStream {
             .ok()
             .flatten()
             .and_then(|b| String::from_utf8(b).ok())
+    }
+
+    fn response_header(&mut self, name: &str) -> Option<String> {
+        hostcalls::get_map_value(MapType::HttpResponseHeaders, name)
+            .ok()
+            .flatten()
+    }
+
+    fn stream_property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
     }
 }
 

@@ -25,11 +25,11 @@ impl Http {
     }
 
     fn send(&self, reply: &LocalReply) {
-        let mut headers = vec![
-            ("content-type", "text/plain"),
-            ("x-polaris-reason", reply.reason),
-        ];
-        headers.extend(reply.headers.iter().map(|(k, v)| (*k, v.as_str())));
+        let mut headers = vec![("x-polaris-reason", reply.reason)];
+        if !reply.headers.iter().any(|(k, _)| k == "content-type") {
+            headers.push(("content-type", "text/plain"));
+        }
+        headers.extend(reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Err(e) =
             hostcalls::send_http_response(reply.status, headers, Some(reply.body.as_bytes()))
         {
@@ -81,7 +81,8 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.exchange.on_response(&mut WasmStream);
+        self.exchange
+            .on_response(&mut self.worker.borrow_mut(), &mut WasmStream);
         Action::Continue
     }
 }

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::abi::{grpc_result, Wasm};
 use super::http::Http;
@@ -34,6 +34,34 @@ impl Context for Root {
             let result = grpc_result(status_code, response_size);
             worker.borrow_mut().on_call_result(token_id, result);
         }
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let Some(worker) = &self.worker else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.trim().parse::<u32>().ok());
+        // Only Envoy's own 503 needs its body read (it names why the connection failed).
+        let body = if status == Some(503) {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size.min(4096))
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        worker
+            .borrow_mut()
+            .on_http_call_result(token_id, status, &body);
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::metadata::{tuple_key, MetaFailover, MetaOutcome, MetadataRouting};
 use super::nearby::{Level, Nearby};
-use crate::lb::{Balancer, Member, Rng, Spec};
+use crate::lb::{Balancer, Member, Rng, Spec, WeightTable};
 use crate::model::{Instance, ServiceSnapshot};
 
 /// Selectable instances (not isolated, weight > 0) of one subset, with the balancers over its
@@ -246,6 +246,77 @@ impl Pool {
             index,
             recovered_all,
         })
+    }
+
+    /// [`Pool::pick`] around the members `avoid` rejects (open circuit breakers), without
+    /// rebuilding any balancer: the balancer's own pick first, then up to three re-picks (a hash
+    /// key is re-mixed, so each key still lands on one instance), then a weighted pick among the
+    /// members left. `avoid(index)` returning false means the member takes the request (it may
+    /// take a half-open probe), so it is asked once per member at most. When every member is
+    /// avoided, the balancer's pick stands and `recovered_all` is set (polaris-go's recover-all
+    /// keeps circuit-broken instances when nothing else is left).
+    pub fn pick_avoiding(
+        &self,
+        snapshot: &ServiceSnapshot,
+        balancer: Spec,
+        key: Option<u64>,
+        rng: &mut Rng,
+        avoid: &mut dyn FnMut(usize) -> bool,
+    ) -> Option<Picked> {
+        let first = self.pick(snapshot, balancer, key, rng)?;
+        let mut avoided: Vec<usize> = Vec::new();
+        let mut try_one = |index: usize, avoided: &mut Vec<usize>| -> bool {
+            if avoided.contains(&index) {
+                return false;
+            }
+            if avoid(index) {
+                avoided.push(index);
+                return false;
+            }
+            true
+        };
+        if try_one(first.index, &mut avoided) {
+            return Some(first);
+        }
+        for attempt in 1..=3u64 {
+            let remixed =
+                key.map(|k| (k ^ attempt.wrapping_mul(0x9e37_79b9_7f4a_7c15)).rotate_left(17));
+            let again = self.pick(snapshot, balancer, remixed, rng)?;
+            if try_one(again.index, &mut avoided) {
+                return Some(again);
+            }
+        }
+        let list = if first.recovered_all {
+            &self.members
+        } else {
+            &self.healthy
+        };
+        loop {
+            let left = WeightTable::new(
+                list.iter()
+                    .filter(|n| !avoided.contains(n))
+                    .map(|&n| (n, snapshot.instances.get(n).map_or(0, |i| i.weight))),
+            );
+            let Some(index) = (match key {
+                Some(k) if left.total_weight() > 0 => left.at(k % left.total_weight()),
+                _ => left.pick(rng),
+            }) else {
+                return Some(Picked {
+                    index: first.index,
+                    recovered_all: true,
+                });
+            };
+            if try_one(index, &mut avoided) {
+                return Some(Picked {
+                    index,
+                    recovered_all: first.recovered_all,
+                });
+            }
+            if !avoided.contains(&index) {
+                // `avoid` said no without being recorded: cannot happen, but never loop forever.
+                avoided.push(index);
+            }
+        }
     }
 }
 

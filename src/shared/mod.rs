@@ -7,7 +7,9 @@
 //! | `polaris-wasm/seq` | counter handing each root context a unique id |
 //! | `polaris-wasm/watch` | [`watch::WatchList`]: services the leader refreshes |
 //! | `polaris-wasm/gen` | bumped on every snapshot write, so workers resync cheaply |
-//! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`) |
+//! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`, `circuitbreaker`, `faultdetector`) |
+//! | `polaris-wasm/cb/<ns>/<name>` | [`crate::breaker::Table`]: the circuit-breaker state of the service's resources |
+//! | `polaris-wasm/cbw/<ns>/<name>` | [`crate::breaker::window::Windows`]: ERROR_RATE counts, merged by every worker |
 
 pub mod lease;
 pub mod watch;
@@ -29,6 +31,16 @@ pub fn resource_key(kind: Kind, service: &ServiceKey) -> String {
         service.namespace,
         service.name
     )
+}
+
+/// Shared-data key of a service's circuit-breaker state.
+pub fn breaker_key(service: &ServiceKey) -> String {
+    format!("polaris-wasm/cb/{}/{}", service.namespace, service.name)
+}
+
+/// Shared-data key of a service's ERROR_RATE windows.
+pub fn window_key(service: &ServiceKey) -> String {
+    format!("polaris-wasm/cbw/{}/{}", service.namespace, service.name)
 }
 
 /// Counters (`seq`, `gen`) are stored as 8 little-endian bytes.

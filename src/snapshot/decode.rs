@@ -171,6 +171,36 @@ pub fn decode_rate_limits(key: &ServiceKey, bytes: &[u8]) -> Result<Vec<proto::R
     }
 }
 
+/// The circuit-breaker rules of a CIRCUIT_BREAKER answer (empty when the service has none: the
+/// server then answers without a payload).
+pub fn decode_circuit_breaker(
+    key: &ServiceKey,
+    bytes: &[u8],
+) -> Result<Vec<proto::CircuitBreakerRule>, DecodeError> {
+    let response = decode(bytes)?;
+    match check(Kind::CircuitBreaker, key, &response)? {
+        Answer::Changed { .. } => Ok(response
+            .circuit_breaker
+            .map(|c| c.rules)
+            .unwrap_or_default()),
+        Answer::NotFound => Ok(Vec::new()),
+        Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
+    }
+}
+
+/// The fault-detection rules of a FAULT_DETECTOR answer (empty when the service has none).
+pub fn decode_fault_detector(
+    key: &ServiceKey,
+    bytes: &[u8],
+) -> Result<Vec<proto::FaultDetectRule>, DecodeError> {
+    let response = decode(bytes)?;
+    match check(Kind::FaultDetector, key, &response)? {
+        Answer::Changed { .. } => Ok(response.fault_detector.map(|f| f.rules).unwrap_or_default()),
+        Answer::NotFound => Ok(Vec::new()),
+        Answer::Unchanged => Err(DecodeError::Mismatch("stored answer says no-change".into())),
+    }
+}
+
 /// Decodes wire bytes, then classifies them.
 pub fn decode_instances(key: &ServiceKey, bytes: &[u8]) -> Result<Discovered, DecodeError> {
     classify_instances(key, &decode(bytes)?)

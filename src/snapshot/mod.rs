@@ -7,7 +7,7 @@ pub mod refresh;
 
 pub use cache::{Cache, Known, ServiceCache};
 pub use decode::{
-    classify, classify_instances, decode_instances, decode_rate_limits, decode_routing, Answer,
-    DecodeError, Discovered, DiscoveryError,
+    classify, classify_instances, decode_circuit_breaker, decode_fault_detector, decode_instances,
+    decode_rate_limits, decode_routing, Answer, DecodeError, Discovered, DiscoveryError,
 };
 pub use refresh::{Outcome, Refresher, Resource};

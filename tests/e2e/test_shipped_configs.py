@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -235,6 +236,18 @@ def test_upstream_header_is_the_one_the_cluster_reads():
     ]
 
     assert readers and all(r == {"use_http_header": True, "http_header_name": header} for r in readers)
+
+
+def test_no_route_leads_to_the_probe_cluster():
+    """The probe cluster follows the upstream header like the traffic cluster, but only the
+    filter's leader may use it (dispatch_http_call); a route to it would let clients pick hosts."""
+    for path in BOOTSTRAPS:
+        config = yaml.safe_load(path.read_text())
+        routed = set(re.findall(r"'cluster': '([^']+)'", repr(config["static_resources"]["listeners"])))
+        probe_clusters = {
+            c["name"] for c in config["static_resources"]["clusters"] if "probe" in c["name"]
+        }
+        assert not routed & probe_clusters, path
 
 
 def test_all_istio_resources_select_the_same_workloads():

@@ -780,10 +780,115 @@ class Polaris:
     def delete_circuitbreaker(self, ids: Iterable[str]) -> None:
         self._write("POST", "/naming/v1/circuitbreaker/rules/delete", [{"id": i} for i in ids])
 
+    def enable_circuitbreaker(self, ids: Iterable[str], enable: bool) -> None:
+        """PUT /naming/v1/circuitbreaker/rules/enable: the server then serves the rule with
+        `enable` as given (a disabled rule is still delivered, marked `enable: false`)."""
+        self._write(
+            "PUT",
+            "/naming/v1/circuitbreaker/rules/enable",
+            [{"id": i, "enable": enable} for i in ids],
+        )
+
+    def circuitbreaker_rules(self, service: str, namespace: str = "default") -> list[dict]:
+        """The CIRCUIT_BREAKER rules Discover serves for a service right now."""
+        resp = self.discover("CIRCUIT_BREAKER", service, namespace)
+        return ((resp or {}).get("circuitBreaker") or {}).get("rules") or []
+
+    def wait_for_circuitbreaker(
+        self,
+        service: str,
+        predicate: Callable[[list[dict]], bool],
+        namespace: str = "default",
+        timeout: float = 10.0,
+    ) -> list[dict]:
+        """Polls Discover (the server's cache refreshes every second) until the served rules
+        satisfy `predicate`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rules = self.circuitbreaker_rules(service, namespace)
+            if predicate(rules):
+                return rules
+            if time.monotonic() >= deadline:
+                raise PolarisError(f"circuit-breaker rules of {service} never matched: {rules}")
+            time.sleep(0.2)
+
     def create_faultdetector(self, rules: Any) -> list[str]:
         res = self._write("POST", "/naming/v1/faultdetectors", self._rules_list(rules))
         return [(r.get("data") or {}).get("id") for r in res]
 
+    def delete_faultdetector(self, ids: Iterable[str]) -> None:
+        self._write("POST", "/naming/v1/faultdetectors/delete", [{"id": i} for i in ids])
+
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running() else "stopped"
         return f"<Polaris http={self.http_address} grpc={self.grpc_address} {state} {self.workdir}>"
+
+
+def breaker_rule(
+    name: str,
+    service: str,
+    level: str = "INSTANCE",
+    *,
+    namespace: str = "default",
+    ret_code: tuple[str, str] | None = ("RANGE", "500~599"),
+    delay_ms: int | None = None,
+    consecutive: int | None = None,
+    error_rate: tuple[int, int, int] | None = None,
+    sleep_window: int = 2,
+    probes: int = 2,
+    method: tuple[str, str] | None = None,
+    fallback: dict | None = None,
+    fault_detect: bool = False,
+    source: tuple[str, str] = ("*", "*"),
+    enable: bool = True,
+) -> dict:
+    """A CircuitBreakerRule in the admin API's JSON (server v1.18.1: no priority, metadata or
+    block_configs). `ret_code`/`method` are (MatchString type, value); `error_rate` is
+    (error_percent, interval seconds, minimum_request); `fallback` is
+    {"code": 418, "headers": {"k": "v"}, "body": "..."}."""
+    errors = []
+    if ret_code:
+        errors.append({"input_type": "RET_CODE", "condition": {"type": ret_code[0], "value": ret_code[1]}})
+    if delay_ms is not None:
+        errors.append({"input_type": "DELAY", "condition": {"type": "EXACT", "value": str(delay_ms)}})
+    triggers = []
+    if consecutive is not None:
+        triggers.append({"trigger_type": "CONSECUTIVE_ERROR", "error_count": consecutive})
+    if error_rate is not None:
+        percent, interval, minimum = error_rate
+        triggers.append(
+            {
+                "trigger_type": "ERROR_RATE",
+                "error_percent": percent,
+                "interval": interval,
+                "minimum_request": minimum,
+            }
+        )
+    destination: dict[str, Any] = {"service": service, "namespace": namespace}
+    if method:
+        destination["method"] = {"type": method[0], "value": method[1]}
+    rule: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "enable": enable,
+        "level": level,
+        "rule_matcher": {
+            "source": {"service": source[1], "namespace": source[0]},
+            "destination": destination,
+        },
+        "error_conditions": errors,
+        "trigger_condition": triggers,
+        "recoverCondition": {"sleep_window": sleep_window, "consecutiveSuccess": probes},
+        "faultDetectConfig": {"enable": fault_detect},
+        "fallbackConfig": {"enable": False},
+    }
+    if fallback is not None:
+        rule["fallbackConfig"] = {
+            "enable": True,
+            "response": {
+                "code": fallback.get("code", 503),
+                "headers": [{"key": k, "value": v} for k, v in (fallback.get("headers") or {}).items()],
+                "body": fallback.get("body", ""),
+            },
+        }
+    return rule
