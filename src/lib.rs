@@ -10,6 +10,7 @@ pub mod lb;
 pub mod matching;
 pub mod model;
 pub mod polaris;
+pub mod provider;
 pub mod routing;
 pub mod shared;
 pub mod snapshot;

@@ -31,7 +31,9 @@ pub enum Call {
     ReadHeader(String),
     WriteHeader(String, String),
     WriteResponseHeader(String, String),
+    RemoveHeader(String),
     SourceAddress,
+    DestinationAddress,
 }
 
 /// Shared data: key -> (value, cas), one map for every VM of the Envoy.
@@ -209,6 +211,7 @@ impl Properties for FakeHost {
 pub struct FakeStream {
     pub headers: Vec<(String, String)>,
     pub source: Option<String>,
+    pub destination: Option<String>,
     pub calls: Vec<Call>,
     pub response_headers: Vec<(String, String)>,
 }
@@ -221,6 +224,7 @@ impl FakeStream {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             source: Some("10.0.0.9:5555".into()),
+            destination: Some("10.0.0.1:10001".into()),
             ..Default::default()
         }
     }
@@ -257,8 +261,19 @@ impl Stream for FakeStream {
         Ok(())
     }
 
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        self.calls.push(Call::RemoveHeader(name.to_string()));
+        self.headers.retain(|(k, _)| k != name);
+        Ok(())
+    }
+
     fn source_address(&mut self) -> Option<String> {
         self.calls.push(Call::SourceAddress);
         self.source.clone()
+    }
+
+    fn destination_address(&mut self) -> Option<String> {
+        self.calls.push(Call::DestinationAddress);
+        self.destination.clone()
     }
 }

@@ -29,9 +29,29 @@ pub enum Counter {
     LocalReplies,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
+    /// `RegisterInstance` calls Polaris accepted.
+    ProviderRegistrations,
+    /// `RegisterInstance` calls that failed (retried with backoff).
+    ProviderRegisterErrors,
+    /// Heartbeats Polaris accepted.
+    ProviderHeartbeats,
+    /// Heartbeats that failed (retried within the TTL).
+    ProviderHeartbeatErrors,
+    /// Heartbeats answered "unknown instance": registered again.
+    ProviderReregistrations,
+    /// `DeregisterInstance` calls Polaris accepted (offline trigger, configuration removed).
+    ProviderDeregistrations,
+    /// `DeregisterInstance` calls that failed.
+    ProviderDeregisterErrors,
+    /// `ReportClient` calls Polaris accepted.
+    ClientReports,
+    /// `ReportClient` calls that failed.
+    ClientReportErrors,
+    /// Requests for the offline or status path refused because they were not local.
+    ProviderAdminRefused,
 }
 
-const ALL: [(Counter, &str); 10] = [
+const ALL: [(Counter, &str); 20] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -44,6 +64,43 @@ const ALL: [(Counter, &str); 10] = [
     (
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",
+    ),
+    (
+        Counter::ProviderRegistrations,
+        "polaris_wasm.provider_registrations",
+    ),
+    (
+        Counter::ProviderRegisterErrors,
+        "polaris_wasm.provider_register_errors",
+    ),
+    (
+        Counter::ProviderHeartbeats,
+        "polaris_wasm.provider_heartbeats",
+    ),
+    (
+        Counter::ProviderHeartbeatErrors,
+        "polaris_wasm.provider_heartbeat_errors",
+    ),
+    (
+        Counter::ProviderReregistrations,
+        "polaris_wasm.provider_reregistrations",
+    ),
+    (
+        Counter::ProviderDeregistrations,
+        "polaris_wasm.provider_deregistrations",
+    ),
+    (
+        Counter::ProviderDeregisterErrors,
+        "polaris_wasm.provider_deregister_errors",
+    ),
+    (Counter::ClientReports, "polaris_wasm.client_reports"),
+    (
+        Counter::ClientReportErrors,
+        "polaris_wasm.client_report_errors",
+    ),
+    (
+        Counter::ProviderAdminRefused,
+        "polaris_wasm.provider_admin_refused",
     ),
 ];
 

@@ -13,12 +13,16 @@ pub mod facts;
 pub mod host;
 pub mod leader;
 pub mod metrics;
+pub mod node;
+pub mod provider;
 pub mod request;
 pub mod store;
 pub mod worker;
 
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod provider_tests;
 #[cfg(test)]
 mod tests;
 

@@ -13,6 +13,7 @@ use super::worker::Worker;
 use crate::decision::{self, Rejection};
 use crate::matching::RequestFacts;
 use crate::model::{Kind, ServiceKey};
+use crate::provider::is_loopback;
 use crate::routing::{Plan, Rules};
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
@@ -61,6 +62,8 @@ struct Loading {
 #[derive(Default)]
 pub struct Exchange {
     loading: Option<Loading>,
+    /// The offline trigger's deregistration, out.
+    offline: Option<u32>,
     ticket: Option<Ticket>,
     /// Response headers for the decision trace, when asked for.
     trace: Vec<(&'static str, String)>,
@@ -81,6 +84,9 @@ impl Exchange {
         w: &mut Worker<H>,
         stream: &mut S,
     ) -> Verdict {
+        if w.provider.is_some() {
+            return self.inbound(w, stream);
+        }
         match self.route(w, stream) {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
@@ -96,6 +102,17 @@ impl Exchange {
         token: u32,
         result: CallResult,
     ) -> Option<Verdict> {
+        if self.offline == Some(token) {
+            self.offline = None;
+            let p = w.provider.as_ref()?;
+            let r = p.offline_answer(&w.host, &w.counters, &result);
+            let reason = if r.status == 200 {
+                "offline"
+            } else {
+                "offline-failed"
+            };
+            return Some(Verdict::Reply(local_reply(w, r.status, reason, r.body)));
+        }
         let loading = self.loading.as_mut()?;
         let kind = loading
             .tokens
@@ -141,6 +158,57 @@ impl Exchange {
     /// Whether the response needs the core (the trace, or later the breakers' feedback).
     pub fn wants_response(&self) -> bool {
         !self.trace.is_empty()
+    }
+
+    /// A request on the provider's listener: it goes to the service this Envoy fronts, except
+    /// the offline and status paths, which the filter answers itself, to loopback only.
+    fn inbound<H: Host, S: Stream + ?Sized>(
+        &mut self,
+        w: &mut Worker<H>,
+        stream: &mut S,
+    ) -> Verdict {
+        let Some(p) = &w.provider else {
+            return Verdict::Forward;
+        };
+        let raw = stream.request_header(":path").unwrap_or_default();
+        let path = raw.split(['?', '#']).next().unwrap_or_default();
+        let offline = path == p.config().offline_path;
+        if !offline && path != p.config().status_path {
+            // The listener routes to the local service; a pick header from a client (or from
+            // a consumer Envoy in front) has no business going further.
+            if let Err(e) = stream.remove_request_header(&w.config.upstream_header) {
+                log::warn!("cannot remove {}: {e}", w.config.upstream_header);
+            }
+            return Verdict::Forward;
+        }
+        // Both ends of the connection on loopback: the destination is the connection's local
+        // address, which no request header can change (the source alone can come from
+        // x-forwarded-for).
+        let local = stream.source_address().is_some_and(|a| is_loopback(&a))
+            && stream
+                .destination_address()
+                .is_some_and(|a| is_loopback(&a));
+        if !local {
+            w.counters.inc(Counter::ProviderAdminRefused);
+            let body = format!("polaris-wasm: {path} is only answered on loopback\n");
+            return Verdict::Reply(local_reply(w, 403, "not-local", body));
+        }
+        let method = stream.request_header(":method").unwrap_or_default();
+        if !(method == "GET" || (offline && method == "POST")) {
+            let body = format!("polaris-wasm: {method} is not allowed on {path}\n");
+            return Verdict::Reply(local_reply(w, 405, "method-not-allowed", body));
+        }
+        if !offline {
+            let body = p.status(&w.host);
+            return Verdict::Reply(local_reply(w, 200, "status", body));
+        }
+        match p.offline(&w.host, &w.link) {
+            Ok(token) => {
+                self.offline = Some(token);
+                Verdict::Wait
+            }
+            Err(r) => Verdict::Reply(local_reply(w, r.status, "offline-failed", r.body)),
+        }
     }
 
     fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {
@@ -304,6 +372,21 @@ fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
         status: rejection.status(),
         reason: rejection.reason(),
         body: format!("polaris-wasm: {rejection}\n"),
+    }
+}
+
+/// A reply the provider side makes, counted.
+fn local_reply<H: Host>(
+    w: &Worker<H>,
+    status: u32,
+    reason: &'static str,
+    body: String,
+) -> LocalReply {
+    w.counters.inc(Counter::LocalReplies);
+    LocalReply {
+        status,
+        reason,
+        body,
     }
 }
 

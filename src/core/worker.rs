@@ -8,6 +8,8 @@ use super::discover::Link;
 use super::host::{CallResult, Host, Store};
 use super::leader::Leader;
 use super::metrics::Counters;
+use super::node;
+use super::provider::Provider;
 use super::store;
 use crate::config::Config;
 use crate::destination::DestinationMemo;
@@ -36,6 +38,8 @@ pub struct Worker<H> {
     pub(super) rng: Rng,
     pub(super) counters: Counters,
     pub(super) leader: Leader,
+    /// The instance this Envoy registers, when configured.
+    pub(super) provider: Option<Provider>,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -56,6 +60,7 @@ impl<H: Host> Worker<H> {
         let counters = Counters::define(&host);
         Ok(Worker {
             leader: Leader::new(&config, tick),
+            provider: config.provider.clone().map(|p| Provider::new(p, tick)),
             location_pending: !config.nearby.has_location(),
             host,
             config,
@@ -100,14 +105,45 @@ impl<H: Host> Worker<H> {
             caller,
             now,
         );
+        if let Some(p) = &mut self.provider {
+            let here = &self.config.nearby.location;
+            p.tick(&self.host, &self.link, &self.counters, here, now);
+        }
         self.resync();
         self.counters.flush(&self.host);
     }
 
     /// An answer to a call this VM's root context made.
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
+        if let Some(p) = self.provider.as_mut().filter(|p| p.owns(token)) {
+            p.on_call_result(&self.host, &self.link, &self.counters, token, result);
+            return;
+        }
         self.leader
             .on_call_result(&self.host, &self.counters, token, result);
+    }
+
+    /// The host is done with this context (Envoy's `on_done`). False while a deregistration is
+    /// out: the host should wait for [`Worker::on_call_result`] and then [`Worker::done_leaving`].
+    pub fn on_done(&mut self) -> bool {
+        let done = match &mut self.provider {
+            Some(p) => p.on_done(&self.host, &self.link, &self.counters),
+            None => true,
+        };
+        self.counters.flush(&self.host);
+        done
+    }
+
+    /// Whether the answer with `token` ended the wait `on_done` asked for.
+    pub fn done_leaving(&mut self, token: u32) -> bool {
+        let done = self
+            .provider
+            .as_mut()
+            .is_some_and(|p| p.done_leaving(token));
+        if done {
+            self.counters.flush(&self.host);
+        }
+        done
     }
 
     /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
@@ -222,39 +258,8 @@ fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     }
 }
 
-/// The part of `envoy.config.core.v3.Node` we read: `locality` (field 4).
-#[derive(Clone, PartialEq, prost::Message)]
-struct EnvoyNode {
-    #[prost(message, optional, tag = "4")]
-    locality: Option<EnvoyLocality>,
-}
-
-/// `envoy.config.core.v3.Locality`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EnvoyLocality {
-    #[prost(string, tag = "1")]
-    region: String,
-    #[prost(string, tag = "2")]
-    zone: String,
-    #[prost(string, tag = "3")]
-    sub_zone: String,
-}
-
 /// Envoy's node locality, the default location for nearby routing; `None` when the node
-/// property cannot be read. The property is the serialized Node message (Envoy does not walk into
-/// its fields by path): `xds.node` in current Envoy, `node` in older ones.
+/// property cannot be read.
 fn node_locality<H: Host>(host: &H) -> Option<Location> {
-    use prost::Message;
-    let node = [&["xds", "node"][..], &["node"][..]]
-        .into_iter()
-        .find_map(|path| {
-            host.property(path)
-                .and_then(|bytes| EnvoyNode::decode(bytes.as_slice()).ok())
-        })?;
-    let locality = node.locality.unwrap_or_default();
-    Some(Location {
-        region: locality.region,
-        zone: locality.zone,
-        campus: locality.sub_zone,
-    })
+    node::read(host).map(|n| n.locality)
 }

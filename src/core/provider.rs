@@ -1,0 +1,456 @@
+//! The provider side over the host traits: every root context configured with a `provider` runs
+//! the shared record's state machine (`crate::provider::record`) on its tick, and the one holding
+//! that record's lease sends `RegisterInstance`, `Heartbeat` and `ReportClient`. The offline
+//! trigger (an HTTP stream) and `on_done` deregister.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::discover::Link;
+use super::host::{CallResult, Clock, Host, Properties, Store};
+use super::metrics::{Counter, Counters};
+use super::node;
+use super::store::{self, Update};
+use crate::model::Location;
+use crate::polaris::{code, CallError};
+use crate::provider::record::{self, Action, Event, Outcome, Record, Timing};
+use crate::provider::{self as pure, Instance, ProviderConfig, REPORT_INTERVAL};
+use crate::shared;
+
+/// Deadline of one provider call.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// Without a configured host, how long to wait for Envoy's node before saying why nothing is
+/// registered.
+const NODE_GRACE_MS: u64 = 2_000;
+
+/// One root context's part in registering this Envoy's instance.
+pub struct Provider {
+    config: ProviderConfig,
+    timing: Timing,
+    me: Option<u64>,
+    settled: Option<Settled>,
+    /// Calls out: token -> what for.
+    pending: HashMap<u32, Action>,
+    /// `on_done` sent the deregistration; its answer ends this context.
+    leaving: Option<u32>,
+    first_tick_ms: Option<u64>,
+    warned: bool,
+}
+
+/// The instance with its address and location known, and what is sent for it.
+struct Settled {
+    instance: Instance,
+    key: String,
+    fp: u64,
+    label: String,
+    register: Vec<u8>,
+    report: Vec<u8>,
+}
+
+/// The answer to the offline trigger.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfflineReply {
+    pub status: u32,
+    pub body: String,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Provider {
+    pub fn new(config: ProviderConfig, tick: Duration) -> Provider {
+        let timing = Timing {
+            ttl_ms: millis(config.ttl),
+            call_ms: millis(CALL_TIMEOUT) + 500,
+            lease_ms: millis(tick * 4).max(2_000),
+            report_ms: millis(REPORT_INTERVAL),
+        };
+        Provider {
+            config,
+            timing,
+            me: None,
+            settled: None,
+            pending: HashMap::new(),
+            leaving: None,
+            first_tick_ms: None,
+            warned: false,
+        }
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    /// Settles the address and location once Envoy's node can be read (or is not needed).
+    /// `plugin_location` is the plugin's `location` (or the node locality it was filled from).
+    fn settle<P: Properties + ?Sized>(&mut self, host: &P, plugin_location: &Location, now: u64) {
+        if self.settled.is_some() {
+            return;
+        }
+        let first = *self.first_tick_ms.get_or_insert(now);
+        let node = node::read(host);
+        let Some(address) = self
+            .config
+            .host
+            .clone()
+            .or_else(|| node.as_ref().and_then(|n| n.instance_ip.clone()))
+        else {
+            if now.saturating_sub(first) >= NODE_GRACE_MS && !self.warned {
+                self.warned = true;
+                log::error!(
+                    "provider {}: field `provider.host` is not set and Envoy's node metadata has no \
+                     {}: nothing is registered",
+                    self.config.service,
+                    node::INSTANCE_IPS
+                );
+            }
+            return;
+        };
+        let location = self
+            .config
+            .location
+            .clone()
+            .filter(|l| !l.is_empty())
+            .or_else(|| Some(plugin_location.clone()).filter(|l| !l.is_empty()))
+            .or_else(|| node.as_ref().map(|n| n.locality.clone()))
+            .unwrap_or_default();
+        let instance = Instance {
+            config: self.config.clone(),
+            host: address,
+            location,
+        };
+        let version = node.map(|n| n.envoy_version).unwrap_or_default();
+        let l = &instance.location;
+        log::info!(
+            "provider {}: registering with TTL {}s, location {}/{}/{}",
+            instance.label(),
+            self.config.ttl.as_secs(),
+            l.region,
+            l.zone,
+            l.campus
+        );
+        self.settled = Some(Settled {
+            key: instance.record_key(),
+            fp: instance.fingerprint(),
+            label: instance.label(),
+            register: instance.register_message(),
+            report: instance.report_message(&version),
+            instance,
+        });
+    }
+
+    /// The tick: membership, lease, and whatever call is due.
+    pub fn tick<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        counters: &Counters,
+        plugin_location: &Location,
+        now: u64,
+    ) {
+        if self.leaving.is_some() {
+            return;
+        }
+        self.settle(host, plugin_location, now);
+        if self.me.is_none() {
+            self.me = store::increment(host, shared::SEQ_KEY).ok();
+        }
+        let (Some(s), Some(me)) = (&self.settled, self.me) else {
+            return;
+        };
+        let (fp, timing) = (s.fp, self.timing);
+        let stepped = store::cas_update(host, &s.key, |bytes| {
+            let mut r = Record::decode(bytes);
+            let before = r.clone();
+            let actions = record::tick(&mut r, me, fp, now, &timing);
+            let id = r.id.clone();
+            if r == before {
+                Update::Keep((actions, id))
+            } else {
+                Update::Write(r.encode(), (actions, id))
+            }
+        });
+        match stepped {
+            Ok((actions, id)) => {
+                for action in actions {
+                    self.send(host, link, counters, action, &id);
+                }
+            }
+            Err(e) => log::warn!("provider {}: record not updated: {e}", s.label),
+        }
+    }
+
+    fn send<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        counters: &Counters,
+        action: Action,
+        id: &str,
+    ) -> Option<u32> {
+        let s = self.settled.as_ref()?;
+        let message = match action {
+            Action::Register => s.register.clone(),
+            Action::Heartbeat | Action::Deregister => s.instance.identity_message(id),
+            Action::Report => s.report.clone(),
+        };
+        match link.unary(host, action.method(), &message, CALL_TIMEOUT) {
+            Ok(token) => {
+                self.pending.insert(token, action);
+                Some(token)
+            }
+            Err(e) => {
+                // Not sent: the answer handling records the failure and schedules the retry.
+                let outcome = Outcome::Failed(e.to_string());
+                self.apply(host, counters, action, &outcome);
+                None
+            }
+        }
+    }
+
+    /// Applies an answer to the record and logs it; returns the action to send next, if any.
+    fn apply<S: Store + Clock + ?Sized>(
+        &self,
+        host: &S,
+        counters: &Counters,
+        action: Action,
+        outcome: &Outcome,
+    ) -> Option<Action> {
+        let s = self.settled.as_ref()?;
+        let (fp, timing, now) = (s.fp, self.timing, host.now_ms());
+        let applied = store::cas_update(host, &s.key, |bytes| {
+            let mut r = Record::decode(bytes);
+            let (event, next) = record::answer(&mut r, action, fp, outcome, now, &timing);
+            Update::Write(r.encode(), (event, next))
+        });
+        let (event, next) = match applied {
+            Ok(x) => x,
+            Err(e) => {
+                log::warn!(
+                    "provider {}: {} answer not recorded: {e}",
+                    s.label,
+                    action.method()
+                );
+                return None;
+            }
+        };
+        report(&s.label, counters, &event);
+        next
+    }
+
+    /// Whether the call with `token` is ours.
+    pub fn owns(&self, token: u32) -> bool {
+        self.pending.contains_key(&token)
+    }
+
+    /// An answer to a call this context made; false if the token was not ours.
+    pub fn on_call_result<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        counters: &Counters,
+        token: u32,
+        result: CallResult,
+    ) -> bool {
+        let Some(action) = self.pending.remove(&token) else {
+            return false;
+        };
+        let outcome = outcome(&result);
+        if let Some(next) = self.apply(host, counters, action, &outcome) {
+            let id = self.record(host).id;
+            self.send(host, link, counters, next, &id);
+        }
+        true
+    }
+
+    /// `on_done`: leaves the record; the last live member of a registered instance deregisters
+    /// it. False while that deregistration is out (the host then waits for its answer).
+    pub fn on_done<H: Host>(&mut self, host: &H, link: &Link, counters: &Counters) -> bool {
+        let (Some(s), Some(me)) = (&self.settled, self.me) else {
+            return true;
+        };
+        let (now, timing) = (host.now_ms(), self.timing);
+        let left = store::cas_update(host, &s.key, |bytes| {
+            let mut r = Record::decode(bytes);
+            let last = record::leave(&mut r, me, now, &timing);
+            Update::Write(r.encode(), (last, r.id.clone()))
+        });
+        let label = s.label.clone();
+        match left {
+            Ok((true, id)) => {
+                log::info!("provider {label}: configuration removed, deregistering");
+                self.leaving = self.send(host, link, counters, Action::Deregister, &id);
+                self.leaving.is_none()
+            }
+            Ok((false, _)) => true,
+            Err(e) => {
+                log::warn!("provider {label}: could not leave the record: {e}");
+                true
+            }
+        }
+    }
+
+    /// After an answer: whether `on_done`'s deregistration has been answered.
+    pub fn done_leaving(&mut self, token: u32) -> bool {
+        if self.leaving == Some(token) {
+            self.leaving = None;
+            return true;
+        }
+        false
+    }
+
+    /// The offline trigger: marks the record offline and sends `DeregisterInstance`; the answer
+    /// comes back to the caller's stream. `Err` is the reply to send at once.
+    pub fn offline<H: Host>(&self, host: &H, link: &Link) -> Result<u32, OfflineReply> {
+        let Some(s) = &self.settled else {
+            return Err(OfflineReply {
+                status: 503,
+                body: "polaris-wasm: the provider's address is not known yet; nothing is \
+                       registered\n"
+                    .into(),
+            });
+        };
+        let now = host.now_ms();
+        let marked = store::cas_update(host, &s.key, |bytes| {
+            let mut r = Record::decode(bytes);
+            let already = record::go_offline(&mut r, now);
+            Update::Write(r.encode(), (already, r.id.clone()))
+        });
+        let (already, id) = marked.map_err(|e| OfflineReply {
+            status: 503,
+            body: format!("polaris-wasm: cannot mark {} offline: {e}\n", s.label),
+        })?;
+        log::info!(
+            "provider {}: offline requested{}, deregistering",
+            s.label,
+            if already { " again" } else { "" }
+        );
+        link.unary(
+            host,
+            Action::Deregister.method(),
+            &s.instance.identity_message(&id),
+            CALL_TIMEOUT,
+        )
+        .map_err(|e| OfflineReply {
+            status: 503,
+            body: format!("polaris-wasm: {e}\n"),
+        })
+    }
+
+    /// The answer to the offline trigger's deregistration, as the reply to the trigger.
+    pub fn offline_answer<H: Host>(
+        &self,
+        host: &H,
+        counters: &Counters,
+        result: &CallResult,
+    ) -> OfflineReply {
+        let outcome = outcome(result);
+        self.apply(host, counters, Action::Deregister, &outcome);
+        let label = self.settled.as_ref().map_or("", |s| s.label.as_str());
+        match &outcome {
+            Outcome::Code { code: c, .. } if code::is_success(*c) => OfflineReply {
+                status: 200,
+                body: format!(
+                    "polaris-wasm: {label} deregistered from Polaris; heartbeats stopped\n"
+                ),
+            },
+            other => OfflineReply {
+                status: 502,
+                body: format!(
+                    "polaris-wasm: deregistering {label} failed: {}; heartbeats stay stopped, \
+                     call again to retry\n",
+                    other.describe()
+                ),
+            },
+        }
+    }
+
+    fn record<S: Store + ?Sized>(&self, host: &S) -> Record {
+        match &self.settled {
+            Some(s) => Record::decode(host.get(&s.key).0.as_deref()),
+            None => Record::default(),
+        }
+    }
+
+    /// The status answer: this Envoy's instance and whether it is registered, as JSON.
+    pub fn status<S: Store + Clock + ?Sized>(&self, host: &S) -> String {
+        let Some(s) = &self.settled else {
+            return serde_json::json!({
+                "service": self.config.service.to_string(),
+                "state": "address-unknown",
+            })
+            .to_string()
+                + "\n";
+        };
+        let r = self.record(host);
+        let now = host.now_ms();
+        let ago = |t: u64| (t > 0).then(|| now.saturating_sub(t));
+        serde_json::json!({
+            "service": s.instance.config.service.to_string(),
+            "instance": format!("{}:{}", s.instance.host, s.instance.config.port),
+            "id": r.id,
+            "state": r.phase.name(),
+            "ttl_s": self.config.ttl.as_secs(),
+            "registrations": r.registrations,
+            "registered_ms_ago": ago(r.registered_ms),
+            "last_heartbeat_ms_ago": ago(r.beat_ms),
+            "last_error": r.last_error,
+        })
+        .to_string()
+            + "\n"
+    }
+}
+
+fn outcome(result: &CallResult) -> Outcome {
+    match result {
+        Ok(bytes) => match pure::decode_answer(bytes) {
+            Some(a) => Outcome::Code {
+                code: a.code,
+                info: a.info,
+                id: a.id,
+            },
+            None => Outcome::Failed("undecodable answer from Polaris".into()),
+        },
+        Err(e) => Outcome::Failed(CallError::to_string(e)),
+    }
+}
+
+/// Logs an event of the state machine and counts it.
+fn report(label: &str, counters: &Counters, event: &Event) {
+    match event {
+        Event::Registered => {
+            counters.inc(Counter::ProviderRegistrations);
+            log::info!("provider {label}: registered in Polaris");
+        }
+        Event::RegisterFailed { error, retry_ms } => {
+            counters.inc(Counter::ProviderRegisterErrors);
+            log::warn!(
+                "provider {label}: RegisterInstance failed, retrying in {retry_ms} ms: {error}"
+            );
+        }
+        Event::Beat => counters.inc(Counter::ProviderHeartbeats),
+        Event::BeatFailed { error, retry_ms } => {
+            counters.inc(Counter::ProviderHeartbeatErrors);
+            log::warn!("provider {label}: Heartbeat failed, retrying in {retry_ms} ms: {error}");
+        }
+        Event::Forgotten(why) => {
+            counters.inc(Counter::ProviderReregistrations);
+            log::warn!("provider {label}: Heartbeat answered {why}");
+        }
+        Event::Deregistered => {
+            counters.inc(Counter::ProviderDeregistrations);
+            log::info!("provider {label}: deregistered from Polaris");
+        }
+        Event::DeregisterFailed(why) => {
+            counters.inc(Counter::ProviderDeregisterErrors);
+            log::warn!("provider {label}: DeregisterInstance failed: {why}");
+        }
+        Event::Reported => counters.inc(Counter::ClientReports),
+        Event::ReportFailed(why) => {
+            counters.inc(Counter::ClientReportErrors);
+            log::warn!("provider {label}: ReportClient failed: {why}");
+        }
+        Event::Stale => {}
+    }
+}
