@@ -12,7 +12,7 @@ use super::metrics::{Counter, Counters};
 use super::node;
 use super::store::{self, Update};
 use crate::model::Location;
-use crate::polaris::{code, CallError};
+use crate::polaris::CallError;
 use crate::provider::record::{self, Action, Event, Outcome, Record, Timing};
 use crate::provider::{self as pure, Instance, ProviderConfig, REPORT_INTERVAL};
 use crate::shared;
@@ -31,8 +31,9 @@ pub struct Provider {
     settled: Option<Settled>,
     /// Calls out: token -> what for.
     pending: HashMap<u32, Action>,
-    /// `on_done` sent the deregistration; its answer ends this context.
-    leaving: Option<u32>,
+    /// `on_done` found this context the last of a registered instance's: isolating, then
+    /// deregistering; the deregistration's answer ends this context.
+    leaving: Option<Leaving>,
     first_tick_ms: Option<u64>,
     warned: bool,
 }
@@ -45,6 +46,14 @@ struct Settled {
     label: String,
     register: Vec<u8>,
     report: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Leaving {
+    Isolating(u32),
+    Deregistering(u32),
+    /// The answer with this token ended it.
+    Done(u32),
 }
 
 /// The answer to the offline trigger.
@@ -241,7 +250,7 @@ impl Provider {
 
     /// Whether the call with `token` is ours.
     pub fn owns(&self, token: u32) -> bool {
-        self.pending.contains_key(&token)
+        self.pending.contains_key(&token) || self.leaving == Some(Leaving::Isolating(token))
     }
 
     /// An answer to a call this context made; false if the token was not ours.
@@ -253,6 +262,26 @@ impl Provider {
         token: u32,
         result: CallResult,
     ) -> bool {
+        if self.leaving == Some(Leaving::Isolating(token)) {
+            let isolated = outcome(&result);
+            let label = self.settled.as_ref().map_or("", |s| s.label.as_str());
+            if isolated.is_success() {
+                log::info!("provider {label}: isolated in Polaris");
+            } else {
+                log::warn!(
+                    "provider {label}: isolating failed, deregistering anyway: {}",
+                    isolated.describe()
+                );
+            }
+            let id = self.record(host).id;
+            self.leaving = Some(
+                match self.send(host, link, counters, Action::Deregister, &id) {
+                    Some(next) => Leaving::Deregistering(next),
+                    None => Leaving::Done(token),
+                },
+            );
+            return true;
+        }
         let Some(action) = self.pending.remove(&token) else {
             return false;
         };
@@ -260,6 +289,9 @@ impl Provider {
         if let Some(next) = self.apply(host, counters, action, &outcome) {
             let id = self.record(host).id;
             self.send(host, link, counters, next, &id);
+        }
+        if self.leaving == Some(Leaving::Deregistering(token)) {
+            self.leaving = Some(Leaving::Done(token));
         }
         true
     }
@@ -279,8 +311,20 @@ impl Provider {
         let label = s.label.clone();
         match left {
             Ok((true, id)) => {
-                log::info!("provider {label}: configuration removed, deregistering");
-                self.leaving = self.send(host, link, counters, Action::Deregister, &id);
+                log::info!(
+                    "provider {label}: configuration removed: isolating, then deregistering"
+                );
+                let isolate = self.settled.as_ref().map(|s| s.instance.isolate_message());
+                let sent = isolate.and_then(|m| {
+                    link.unary(host, Action::Register.method(), &m, CALL_TIMEOUT)
+                        .ok()
+                });
+                self.leaving = match sent {
+                    Some(token) => Some(Leaving::Isolating(token)),
+                    None => self
+                        .send(host, link, counters, Action::Deregister, &id)
+                        .map(Leaving::Deregistering),
+                };
                 self.leaving.is_none()
             }
             Ok((false, _)) => true,
@@ -293,15 +337,17 @@ impl Provider {
 
     /// After an answer: whether `on_done`'s deregistration has been answered.
     pub fn done_leaving(&mut self, token: u32) -> bool {
-        if self.leaving == Some(token) {
-            self.leaving = None;
-            return true;
-        }
-        false
+        self.leaving == Some(Leaving::Done(token))
     }
 
-    /// The offline trigger: marks the record offline and sends `DeregisterInstance`; the answer
-    /// comes back to the caller's stream. `Err` is the reply to send at once.
+    /// The offline trigger's first step: marks the record offline (no more heartbeats or
+    /// registrations from any VM) and registers the instance again with `isolate: true`, which
+    /// takes it out of every consumer's picks. `Err` is the reply to send at once.
+    ///
+    /// Why isolate first: Polaris v1.18.1 with its default bolt store marks a deleted instance
+    /// without touching the modification time its cache loads changes by, so a deregistration
+    /// alone reaches Discover only if the instance changed in the cache's 5 s look-back (else
+    /// only when it turns unhealthy, 3 × TTL later). An update always does.
     pub fn offline<H: Host>(&self, host: &H, link: &Link) -> Result<u32, OfflineReply> {
         let Some(s) = &self.settled else {
             return Err(OfflineReply {
@@ -315,21 +361,21 @@ impl Provider {
         let marked = store::cas_update(host, &s.key, |bytes| {
             let mut r = Record::decode(bytes);
             let already = record::go_offline(&mut r, now);
-            Update::Write(r.encode(), (already, r.id.clone()))
+            Update::Write(r.encode(), already)
         });
-        let (already, id) = marked.map_err(|e| OfflineReply {
+        let already = marked.map_err(|e| OfflineReply {
             status: 503,
             body: format!("polaris-wasm: cannot mark {} offline: {e}\n", s.label),
         })?;
         log::info!(
-            "provider {}: offline requested{}, deregistering",
+            "provider {}: offline requested{}: isolating, then deregistering",
             s.label,
             if already { " again" } else { "" }
         );
         link.unary(
             host,
-            Action::Deregister.method(),
-            &s.instance.identity_message(&id),
+            Action::Register.method(),
+            &s.instance.isolate_message(),
             CALL_TIMEOUT,
         )
         .map_err(|e| OfflineReply {
@@ -338,31 +384,81 @@ impl Provider {
         })
     }
 
-    /// The answer to the offline trigger's deregistration, as the reply to the trigger.
+    /// The isolation was answered: sends `DeregisterInstance`. Returns the isolation's outcome
+    /// (for the final reply) and the deregistration's token, or the reply to send at once.
+    pub fn offline_isolated<H: Host>(
+        &self,
+        host: &H,
+        link: &Link,
+        result: &CallResult,
+    ) -> (Outcome, Result<u32, OfflineReply>) {
+        let isolated = outcome(result);
+        let Some(s) = &self.settled else {
+            let reply = OfflineReply {
+                status: 503,
+                body: "polaris-wasm: no provider instance\n".into(),
+            };
+            return (isolated, Err(reply));
+        };
+        if isolated.is_success() {
+            log::info!("provider {}: isolated in Polaris", s.label);
+        } else {
+            log::warn!(
+                "provider {}: isolating failed, deregistering anyway: {}",
+                s.label,
+                isolated.describe()
+            );
+        }
+        let id = self.record(host).id;
+        let sent = link
+            .unary(
+                host,
+                Action::Deregister.method(),
+                &s.instance.identity_message(&id),
+                CALL_TIMEOUT,
+            )
+            .map_err(|e| OfflineReply {
+                status: 503,
+                body: format!("polaris-wasm: {e}\n"),
+            });
+        (isolated, sent)
+    }
+
+    /// The deregistration was answered: the reply to the trigger.
     pub fn offline_answer<H: Host>(
         &self,
         host: &H,
         counters: &Counters,
+        isolated: &Outcome,
         result: &CallResult,
     ) -> OfflineReply {
-        let outcome = outcome(result);
-        self.apply(host, counters, Action::Deregister, &outcome);
+        let deregistered = outcome(result);
+        self.apply(host, counters, Action::Deregister, &deregistered);
         let label = self.settled.as_ref().map_or("", |s| s.label.as_str());
-        match &outcome {
-            Outcome::Code { code: c, .. } if code::is_success(*c) => OfflineReply {
+        let isolation = if isolated.is_success() {
+            "isolated, then deregistered".to_string()
+        } else {
+            format!("deregistered (isolating failed: {})", isolated.describe())
+        };
+        if deregistered.is_success() {
+            OfflineReply {
                 status: 200,
-                body: format!(
-                    "polaris-wasm: {label} deregistered from Polaris; heartbeats stopped\n"
-                ),
-            },
-            other => OfflineReply {
+                body: format!("polaris-wasm: {label} {isolation} in Polaris; heartbeats stopped\n"),
+            }
+        } else {
+            OfflineReply {
                 status: 502,
                 body: format!(
-                    "polaris-wasm: deregistering {label} failed: {}; heartbeats stay stopped, \
-                     call again to retry\n",
-                    other.describe()
+                    "polaris-wasm: deregistering {label} failed: {}; {}heartbeats stay \
+                     stopped, call again to retry\n",
+                    deregistered.describe(),
+                    if isolated.is_success() {
+                        "it is isolated (consumers no longer pick it); "
+                    } else {
+                        ""
+                    }
                 ),
-            },
+            }
         }
     }
 

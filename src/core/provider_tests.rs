@@ -251,7 +251,7 @@ fn admin_request(
 }
 
 #[test]
-fn the_offline_trigger_deregisters_replies_with_the_outcome_and_stops_heartbeats() {
+fn the_offline_trigger_isolates_deregisters_replies_and_stops_heartbeats() {
     let mut vms = envoy(2, HOST);
     registered(&mut vms);
     // The trigger arrives on the other VM's worker.
@@ -264,8 +264,15 @@ fn the_offline_trigger_deregisters_replies_with_the_outcome_and_stops_heartbeats
     );
     assert_eq!(verdict, Verdict::Wait);
     let calls = provider_calls(&h.take_calls());
-    assert_eq!(calls.len(), 1);
-    let (method, Some(m)) = &calls[0] else {
+    let [(method, Some(m))] = calls.as_slice() else {
+        panic!("{calls:?}")
+    };
+    assert_eq!(method, "RegisterInstance");
+    assert_eq!(m.isolate, Some(true), "isolated first");
+    let isolated = exchange.on_call_result(w, &mut stream, last_token(h), Ok(answer(200_000, "")));
+    assert_eq!(isolated, None, "still waiting for the deregistration");
+    let calls = provider_calls(&h.take_calls());
+    let [(method, Some(m))] = calls.as_slice() else {
         panic!("{calls:?}")
     };
     assert_eq!(method, "DeregisterInstance");
@@ -275,19 +282,27 @@ fn the_offline_trigger_deregisters_replies_with_the_outcome_and_stops_heartbeats
         panic!("{reply:?}")
     };
     assert_eq!((reply.status, reply.reason), (200, "offline"));
-    assert!(reply.body.contains("deregistered"), "{}", reply.body);
+    assert!(
+        reply.body.contains("isolated, then deregistered"),
+        "{}",
+        reply.body
+    );
     assert_eq!(
         tick_all(&mut vms, START + 60_000),
         vec![Vec::<String>::new(); 2],
         "no heartbeat, no re-registration"
     );
 
-    // Twice is harmless: deregistered again, same answer.
+    // Twice is harmless: the same two calls, the same answer.
     let (h, w) = &mut vms[0];
     let (mut exchange, verdict, mut stream) =
         admin_request(w, "/polaris-wasm/offline", "[::1]:1", "[::1]:10001");
     assert_eq!(verdict, Verdict::Wait);
-    assert_eq!(methods(&h.take_calls()), vec!["DeregisterInstance"]);
+    exchange.on_call_result(w, &mut stream, last_token(h), Ok(answer(200_000, "")));
+    assert_eq!(
+        methods(&h.take_calls()),
+        vec!["RegisterInstance", "DeregisterInstance"]
+    );
     let reply = exchange.on_call_result(w, &mut stream, last_token(h), Ok(answer(200_000, "")));
     assert!(matches!(reply, Some(Verdict::Reply(r)) if r.status == 200));
 }
@@ -299,11 +314,19 @@ fn a_failed_offline_deregistration_says_so() {
     let (h, w) = &mut vms[0];
     let (mut exchange, _, mut stream) =
         admin_request(w, "/polaris-wasm/offline?x=1", "127.0.0.1:1", "127.0.0.1:2");
-    let down = Err(CallError {
-        status: 14,
-        message: None,
-    });
-    let Some(Verdict::Reply(reply)) = exchange.on_call_result(w, &mut stream, last_token(h), down)
+    let down = || {
+        Err(CallError {
+            status: 14,
+            message: None,
+        })
+    };
+    assert_eq!(
+        exchange.on_call_result(w, &mut stream, last_token(h), down()),
+        None,
+        "a failed isolation still deregisters"
+    );
+    let Some(Verdict::Reply(reply)) =
+        exchange.on_call_result(w, &mut stream, last_token(h), down())
     else {
         panic!()
     };
@@ -400,12 +423,22 @@ fn the_last_root_context_to_finish_deregisters_once_and_waits_for_the_answer() {
     assert_eq!(finished, vec![true, true, false]);
     assert_eq!(
         sent,
-        vec![vec![], vec![], vec!["DeregisterInstance".to_string()]]
+        vec![vec![], vec![], vec!["RegisterInstance".to_string()]],
+        "the last one isolates the instance first"
     );
     let (h, w) = &mut vms[2];
+    let isolate = last_token(h);
+    w.on_call_result(isolate, Ok(answer(200_000, "")));
+    assert!(!w.done_leaving(isolate));
+    assert_eq!(methods(&h.take_calls()), vec!["DeregisterInstance"]);
     let token = last_token(h);
     w.on_call_result(token, Ok(answer(200_000, "")));
     assert!(w.done_leaving(token));
+    w.on_tick();
+    assert!(
+        methods(&h.take_calls()).is_empty(),
+        "a finished context sends nothing"
+    );
     assert!(h
         .stored(RECORD)
         .is_some_and(|r| String::from_utf8_lossy(&r).contains("\"phase\":\"unregistered\"")));

@@ -14,6 +14,7 @@ use crate::decision::{self, Rejection};
 use crate::matching::RequestFacts;
 use crate::model::{Kind, ServiceKey};
 use crate::provider::is_loopback;
+use crate::provider::record::Outcome;
 use crate::routing::{Plan, Rules};
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
@@ -58,12 +59,18 @@ struct Loading {
     answers: Vec<(Kind, CallResult)>,
 }
 
+/// Where the offline trigger is: isolating, then deregistering.
+enum OfflineStep {
+    Isolating(u32),
+    Deregistering(u32, Outcome),
+}
+
 /// The core's state for one HTTP stream.
 #[derive(Default)]
 pub struct Exchange {
     loading: Option<Loading>,
-    /// The offline trigger's deregistration, out.
-    offline: Option<u32>,
+    /// The offline trigger's calls, out.
+    offline: Option<OfflineStep>,
     ticket: Option<Ticket>,
     /// Response headers for the decision trace, when asked for.
     trace: Vec<(&'static str, String)>,
@@ -102,16 +109,8 @@ impl Exchange {
         token: u32,
         result: CallResult,
     ) -> Option<Verdict> {
-        if self.offline == Some(token) {
-            self.offline = None;
-            let p = w.provider.as_ref()?;
-            let r = p.offline_answer(&w.host, &w.counters, &result);
-            let reason = if r.status == 200 {
-                "offline"
-            } else {
-                "offline-failed"
-            };
-            return Some(Verdict::Reply(local_reply(w, r.status, reason, r.body)));
+        if let Some(step) = self.offline.take() {
+            return self.offline_step(w, step, token, result);
         }
         let loading = self.loading.as_mut()?;
         let kind = loading
@@ -204,11 +203,46 @@ impl Exchange {
         }
         match p.offline(&w.host, &w.link) {
             Ok(token) => {
-                self.offline = Some(token);
+                self.offline = Some(OfflineStep::Isolating(token));
                 Verdict::Wait
             }
             Err(r) => Verdict::Reply(local_reply(w, r.status, "offline-failed", r.body)),
         }
+    }
+
+    /// An answer to the offline trigger's calls: the next call, or the reply.
+    fn offline_step<H: Host>(
+        &mut self,
+        w: &mut Worker<H>,
+        step: OfflineStep,
+        token: u32,
+        result: CallResult,
+    ) -> Option<Verdict> {
+        let p = w.provider.as_ref()?;
+        let r = match step {
+            OfflineStep::Isolating(t) if t == token => {
+                match p.offline_isolated(&w.host, &w.link, &result) {
+                    (isolated, Ok(next)) => {
+                        self.offline = Some(OfflineStep::Deregistering(next, isolated));
+                        return None;
+                    }
+                    (_, Err(r)) => r,
+                }
+            }
+            OfflineStep::Deregistering(t, isolated) if t == token => {
+                p.offline_answer(&w.host, &w.counters, &isolated, &result)
+            }
+            other => {
+                self.offline = Some(other);
+                return None;
+            }
+        };
+        let reason = if r.status == 200 {
+            "offline"
+        } else {
+            "offline-failed"
+        };
+        Some(Verdict::Reply(local_reply(w, r.status, reason, r.body)))
     }
 
     fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {

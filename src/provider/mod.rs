@@ -108,6 +108,17 @@ impl Instance {
     /// `RegisterInstance`, as polaris-go builds it: identity, attributes, and a heartbeat health
     /// check with our TTL (enable_health_check left unset, as polaris-go does).
     pub fn register_message(&self) -> Vec<u8> {
+        self.registration(false)
+    }
+
+    /// The same registration with `isolate: true`: the offline trigger's first step. Consumers
+    /// (polaris-go, this filter) never pick an isolated instance, and unlike a deletion, an
+    /// update is always seen by Polaris' cache (see `offline` in `crate::core::provider`).
+    pub fn isolate_message(&self) -> Vec<u8> {
+        self.registration(true)
+    }
+
+    fn registration(&self, isolate: bool) -> Vec<u8> {
         let c = &self.config;
         let location = &self.location;
         let mut m = self.identity("");
@@ -115,7 +126,7 @@ impl Instance {
         m.version = (!c.version.is_empty()).then(|| c.version.clone());
         m.weight = Some(c.weight);
         m.healthy = Some(true);
-        m.isolate = Some(false);
+        m.isolate = Some(isolate);
         m.metadata = c.metadata.clone().into_iter().collect();
         if !location.is_empty() {
             m.location = Some(proto::Location {
@@ -255,6 +266,9 @@ mod tests {
             "left to the server, as polaris-go"
         );
         assert_eq!(m.id, None);
+        let isolated = proto::Instance::decode(instance().isolate_message().as_slice()).unwrap();
+        assert_eq!(isolated.isolate, Some(true));
+        assert_eq!(isolated.port, Some(8080));
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl Outcome {
         }
     }
 
+    /// Polaris answered with a success code.
+    pub fn is_success(&self) -> bool {
+        self.code().is_some_and(code::is_success)
+    }
+
     /// The code with its name and meaning, or why there was no answer.
     pub fn describe(&self) -> String {
         match self {

@@ -7,12 +7,15 @@ once" is a claim about the whole Envoy. TTLs are small (1-2 s) to keep the suite
 
 from __future__ import annotations
 
+import http.client
+import socket
+import threading
 import time
 from typing import Callable
 
 import pytest
 
-from conftest import plugin_config
+from conftest import REFRESH, plugin_config
 from harness.envoy import ProviderEnvoy, render_provider, validate
 from harness.polaris import Polaris
 
@@ -139,6 +142,184 @@ def test_polaris_restarted_with_an_empty_store_gets_the_instance_again(
         print(f"registered again {took:.1f}s after Polaris came back empty (TTL {ttl}s)")
     finally:
         own.stop()
+
+
+def test_offline_trigger_takes_the_instance_out_at_once_and_twice_is_harmless(
+    polaris, service, upstreams, provider_envoy
+):
+    (app,) = upstreams("app")
+    e = provider_envoy(
+        polaris.grpc_port, app.port, {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s"}
+    )
+    wait_listed(polaris, service, lambda i: len(i) == 1, timeout=10)
+    status, body = e.local("GET", "/polaris-wasm/status")
+    assert status == 200 and '"state":"registered"' in body, body
+
+    sent = time.monotonic()
+    status, body = e.local("POST", "/polaris-wasm/offline")
+    answered = time.monotonic() - sent
+    assert status == 200, body
+    assert "isolated, then deregistered in Polaris" in body
+    took, _ = wait_listed(polaris, service, lambda i: i == [], timeout=5)
+    print(f"offline trigger answered in {answered * 1000:.0f} ms; gone from Discover after {took:.2f}s")
+
+    # Again (a retried preStop hook): the same answer, nothing comes back.
+    status, body = e.local("GET", "/polaris-wasm/offline")
+    assert status == 200, body
+    time.sleep(3 * TTL)
+    assert listed(polaris, service) == [], "no heartbeat, no re-registration after the trigger"
+    assert '"state":"offline"' in e.local("GET", "/polaris-wasm/status")[1]
+    assert e.counter("provider_deregistrations") == 2
+    assert e.counter("provider_registrations") == 1
+    # The service itself still answers (the trigger only takes it out of discovery).
+    assert e.local("GET", "/") == (200, "app")
+
+
+def non_loopback_address() -> str | None:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("192.0.2.1", 9))  # no packet is sent: picks the outgoing interface
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def test_offline_trigger_is_refused_from_other_hosts_even_with_forwarded_for(
+    polaris, service, upstreams, provider_envoy
+):
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no non-loopback address to call from")
+    (app,) = upstreams("app")
+    e = provider_envoy(
+        polaris.grpc_port, app.port, {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s"}
+    )
+    wait_listed(polaris, service, lambda i: len(i) == 1, timeout=10)
+
+    # The listener is bound to 0.0.0.0: connect to its non-loopback address, as another host
+    # would, claiming loopback in X-Forwarded-For (the connection manager here does not
+    # use_remote_address, so Envoy takes the source address from that header).
+    for method, path in [("POST", "/polaris-wasm/offline"), ("GET", "/polaris-wasm/status")]:
+        conn = http.client.HTTPConnection(address, e.listen_port, timeout=5)
+        try:
+            conn.request(method, path, headers={"X-Forwarded-For": "127.0.0.1"})
+            r = conn.getresponse()
+            body = r.read().decode()
+        finally:
+            conn.close()
+        assert r.status == 403, body
+        assert r.getheader("x-polaris-reason") == "not-local"
+    assert e.local("GET", "/", host=address) == (200, "app"), "other paths still reach the app"
+    time.sleep(1.5)
+    assert len(listed(polaris, service)) == 1, "still registered"
+    assert e.counter("provider_deregistrations") == 0
+    assert e.counter("provider_admin_refused") == 2
+
+
+class Traffic:
+    """Steady traffic through the consumer Envoy from one thread (sequential, keep-alive, about
+    100 requests a second at most): every answer with the time it came back."""
+
+    def __init__(self, port: int, host: str):
+        self.port, self.host = port, host
+        self.results: list[tuple[float, int, str]] = []
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        conn = None
+        deadline = time.monotonic() + 180  # bounded whatever happens
+        while not self.stop_event.is_set() and time.monotonic() < deadline:
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/", headers={"Host": self.host})
+                r = conn.getresponse()
+                body = r.read().decode(errors="replace")
+                self.results.append((time.monotonic(), r.status, body))
+            except (OSError, http.client.HTTPException) as ex:
+                self.results.append((time.monotonic(), 0, repr(ex)))
+                if conn is not None:
+                    conn.close()
+                conn = None
+            time.sleep(0.01)
+        if conn is not None:
+            conn.close()
+
+    def __enter__(self) -> "Traffic":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+
+    def since(self, t: float) -> list[tuple[float, int, str]]:
+        return [r for r in self.results if r[0] >= t]
+
+    def wait_for(self, body: str, after: float, timeout: float) -> float:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(b == body for _, _, b in self.since(after)):
+                return time.monotonic() - after
+            time.sleep(0.1)
+        raise AssertionError(f"no traffic reached {body} within {timeout}s")
+
+
+def test_rolling_restart_of_two_providers_under_steady_traffic_loses_no_request(
+    polaris, service, upstreams, provider_envoy, envoy
+):
+    """The seed's graceful offline: trigger, wait one refresh interval, stop, start, re-register;
+    one provider after the other, while a consumer Envoy (our filter) sends steady traffic."""
+    apps = upstreams("app-a", "app-b")
+    providers = [
+        provider_envoy(
+            polaris.grpc_port, app.port, {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s"}
+        )
+        for app in apps
+    ]
+    wait_listed(polaris, service, lambda i: len(i) == 2 and all(x["healthy"] for x in i), 10)
+    consumer = envoy(polaris.grpc_port)
+    # Allowance for Polaris' cache (1 s) and the consumer's resync tick (500 ms) on top of the
+    # refresh interval.
+    settle = REFRESH + 1.5
+    drained = []
+    events: list[tuple[float, str]] = []
+
+    with Traffic(consumer.listen_port, service) as traffic:
+        start = time.monotonic()
+        for app in apps:
+            traffic.wait_for(app.name, start, timeout=10)
+        for provider, app in zip(providers, apps):
+            triggered = time.monotonic()
+            events.append((triggered, f"trigger {app.name}"))
+            status, body = provider.local("POST", "/polaris-wasm/offline")
+            assert status == 200, body
+            time.sleep(settle)
+            events.append((time.monotonic(), f"stop {app.name}"))
+            provider.stop()
+            last = max((t for t, _, b in traffic.since(start) if b == app.name), default=triggered)
+            drained.append(last - triggered)
+            events.append((time.monotonic(), f"start {app.name}"))
+            provider.start()
+            restarted = time.monotonic()
+            events.append((restarted, f"ready {app.name}"))
+            wait_listed(polaris, service, lambda i: len(i) == 2, timeout=10)
+            back = traffic.wait_for(app.name, restarted, timeout=15)
+            print(f"{app.name}: last request {drained[-1]:.2f}s after the trigger; "
+                  f"traffic back {back:.1f}s after the restart")
+        time.sleep(0.5)
+
+    results = traffic.results
+    failed = [r for r in results if r[1] != 200]
+    print(f"rolling restart: {len(results)} requests, {len(failed)} failed")
+    if failed:
+        for t, what in sorted(events + [(t, f"FAILED {s} {b[:60]}") for t, s, b in failed]):
+            print(f"  {t - start:7.2f}s {what}")
+    assert len(results) > 200, len(results)
+    assert failed == [], failed[:5]
+    assert all(d <= settle for d in drained), drained
 
 
 @pytest.mark.parametrize(
