@@ -311,6 +311,8 @@ const PROVIDER_FIELDS: &[&str] = &[
     "token",
     "offline_path",
     "status_path",
+    "metrics_port",
+    "metrics_path",
 ];
 
 /// Polaris' limits on an instance (`service/utils.go`): names, metadata count.
@@ -457,6 +459,33 @@ fn provider(
                 ));
             }
             *slot = path;
+        }
+    }
+    let metrics_path = text("metrics_path")?;
+    match obj.get("metrics_port") {
+        None | Some(Value::Null) if metrics_path.is_some() => {
+            return Err(err(
+                "provider.metrics_port",
+                "is required when provider.metrics_path is given",
+            ))
+        }
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let port = v
+                .as_u64()
+                .filter(|p| (1..=65_535).contains(p))
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| {
+                    err(
+                        "provider.metrics_port",
+                        "must be an integer from 1 to 65535",
+                    )
+                })?;
+            let path = metrics_path.unwrap_or_else(|| "/stats/prometheus".to_string());
+            if !path.starts_with('/') {
+                return Err(err("provider.metrics_path", "must be an absolute path"));
+            }
+            p.metrics = Some((port, path));
         }
     }
     if p.offline_path == p.status_path {
@@ -1229,6 +1258,18 @@ mod tests {
                 "provider.namespace",
             ),
             (r#""a""#, "provider"),
+            (
+                r#"{"service":"a","port":1,"metrics_port":0}"#,
+                "provider.metrics_port",
+            ),
+            (
+                r#"{"service":"a","port":1,"metrics_path":"/m"}"#,
+                "provider.metrics_port",
+            ),
+            (
+                r#"{"service":"a","port":1,"metrics_port":9,"metrics_path":"m"}"#,
+                "provider.metrics_path",
+            ),
         ] {
             let e = parse(&format!(
                 r#"{{"polaris_cluster":"p","provider":{provider}}}"#

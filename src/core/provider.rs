@@ -132,12 +132,18 @@ impl Provider {
         let version = node.map(|n| n.envoy_version).unwrap_or_default();
         let l = &instance.location;
         log::info!(
-            "provider {}: registering with TTL {}s, location {}/{}/{}",
+            "provider {}: registering with TTL {}s, location {}/{}/{}, reporting as {}{}",
             instance.label(),
             self.config.ttl.as_secs(),
             l.region,
             l.zone,
-            l.campus
+            l.campus,
+            pure::CLIENT_VERSION,
+            if version.is_empty() {
+                String::new()
+            } else {
+                format!(" envoy/{version}")
+            }
         );
         self.settled = Some(Settled {
             key: instance.record_key(),
@@ -312,7 +318,8 @@ impl Provider {
         match left {
             Ok((true, id)) => {
                 log::info!(
-                    "provider {label}: configuration removed: isolating, then deregistering"
+                    "provider {label}: the last root context serving it is finishing \
+                     (configuration removed, or Envoy stopping): isolating, then deregistering"
                 );
                 let isolate = self.settled.as_ref().map(|s| s.instance.isolate_message());
                 let sent = isolate.and_then(|m| {

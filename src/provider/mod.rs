@@ -48,6 +48,9 @@ pub struct ProviderConfig {
     pub offline_path: String,
     /// The local path answering this instance's registration state (loopback only).
     pub status_path: String,
+    /// Where Prometheus can scrape this Envoy's stats (`port`, `path`), reported with
+    /// `ReportClient` as polaris-go reports its own; Polaris lists it in `/prometheus/v1/clients`.
+    pub metrics: Option<(u32, String)>,
 }
 
 impl ProviderConfig {
@@ -65,6 +68,7 @@ impl ProviderConfig {
             token: None,
             offline_path: DEFAULT_OFFLINE_PATH.to_string(),
             status_path: DEFAULT_STATUS_PATH.to_string(),
+            metrics: None,
         }
     }
 }
@@ -165,6 +169,17 @@ impl Instance {
                 "polaris-wasm-{}-{}-{}",
                 self.host, self.config.port, self.config.service.name
             )),
+            stat: self
+                .config
+                .metrics
+                .iter()
+                .map(|(port, path)| proto::StatInfo {
+                    target: Some("prometheus".into()),
+                    port: Some(*port),
+                    path: Some(path.clone()),
+                    protocol: Some("http".into()),
+                })
+                .collect(),
             ..Default::default()
         }
         .encode_to_vec()
@@ -298,6 +313,17 @@ mod tests {
         assert_eq!(m.r#type, 1);
         assert!(m.version.unwrap().ends_with("envoy/1.40.0"));
         assert_eq!(m.id.as_deref(), Some("polaris-wasm-10.0.0.5-8080-echo"));
+        assert!(m.stat.is_empty());
+        let mut i = instance();
+        i.config.metrics = Some((9901, "/stats/prometheus".into()));
+        let m = proto::Client::decode(i.report_message("").as_slice()).unwrap();
+        let stat = &m.stat[0];
+        assert_eq!(stat.target.as_deref(), Some("prometheus"));
+        assert_eq!(
+            (stat.port, stat.path.as_deref()),
+            (Some(9901), Some("/stats/prometheus"))
+        );
+        assert_eq!(m.version.as_deref(), Some(CLIENT_VERSION));
     }
 
     #[test]

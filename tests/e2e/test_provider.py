@@ -8,12 +8,16 @@ once" is a claim about the whole Envoy. TTLs are small (1-2 s) to keep the suite
 from __future__ import annotations
 
 import http.client
+import json
+import os
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
+import yaml
 
 from conftest import REFRESH, plugin_config
 from harness.envoy import ProviderEnvoy, render_provider, validate
@@ -67,7 +71,7 @@ def test_provider_registers_once_healthy_with_metadata_and_node_locality(
         polaris.grpc_port,
         app.port,
         {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s", "version": "v7",
-         "metadata": {"env": "gray"}},
+         "metadata": {"env": "gray"}, "metrics_port": 9999},
         node=node,
     )
 
@@ -87,6 +91,15 @@ def test_provider_registers_once_healthy_with_metadata_and_node_locality(
     assert len(listed(polaris, service)) == 1
     assert e.local("GET", "/")[1] == "app", "other requests reach the local service"
     print(f"registered {took:.2f}s after Envoy was ready")
+
+    # ReportClient: this Envoy as a Polaris client, with its version, and its stats endpoint
+    # listed for Prometheus discovery (the only place the OSS server shows reported clients).
+    assert e.wait_counter("client_reports", lambda n: n == 1) == 1
+    assert "reporting as polaris-wasm/0.1.0 envoy/1.40." in e.log_text()
+    targets = polaris.request("GET", "/prometheus/v1/clients")
+    ours = [t for t in targets if t["labels"].get("__meta_polaris_client_id", "").endswith(service)]
+    assert [t["targets"] for t in ours] == [["127.0.0.1:9999"]], targets
+    assert ours[0]["labels"]["__metrics_path__"] == "/stats/prometheus"
 
 
 def test_heartbeats_keep_it_healthy_and_sigkill_makes_it_unhealthy_after_3_ttl(
@@ -320,6 +333,101 @@ def test_rolling_restart_of_two_providers_under_steady_traffic_loses_no_request(
     assert len(results) > 200, len(results)
     assert failed == [], failed[:5]
     assert all(d <= settle for d in drained), drained
+
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+
+
+def write_lds(path: Path, listeners: list[dict], plugin: dict) -> None:
+    """The listeners, with this plugin JSON in their wasm filter, as a file-based LDS answer
+    (written aside and renamed in: Envoy watches the directory for moves)."""
+    for listener in listeners:
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        wasm = hcm["http_filters"][0]["typed_config"]["config"]
+        wasm["configuration"]["value"] = json.dumps(plugin)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump({"resources": [{"@type": LISTENER_TYPE, **l} for l in listeners]}))
+    os.rename(tmp, path)
+
+
+def test_listener_update_keeping_the_vm_re_registers_changes_and_deregisters_removal_once(
+    polaris, service, upstreams, tmp_path
+):
+    """The provider's listener comes from a file (LDS). Changing the filter's plugin
+    configuration keeps the VM: the new root contexts join, the old ones leave after the drain
+    time (on_done, once per thread). A changed instance is registered again by the new
+    configuration and not deregistered by the old; a removed provider is deregistered by the
+    last old root context, once for the whole Envoy."""
+    (app,) = upstreams("app")
+    provider = {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s", "metadata": {"env": "gray"}}
+    e = ProviderEnvoy(tmp_path / "lds-envoy", plugin_config(provider=provider), polaris.grpc_port, app.port)
+    config = yaml.safe_load(e.config_text)
+    listeners = config["static_resources"].pop("listeners")
+    lds_dir = tmp_path / "lds"
+    lds_dir.mkdir()
+    lds = lds_dir / "listeners.yaml"
+    write_lds(lds, listeners, e.plugin)
+    config["node"] = {"id": "provider-lds", "cluster": "provider"}
+    config["dynamic_resources"] = {
+        "lds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {"path": str(lds), "watched_directory": {"path": str(lds_dir)}},
+        }
+    }
+    e.config_text = yaml.safe_dump(config)
+    e.extra_args = ["--drain-time-s", "1"]
+    e.start()
+    try:
+        wait_listed(polaris, service, lambda i: len(i) == 1 and i[0]["metadata"]["env"] == "gray", 10)
+
+        changed = json.loads(json.dumps(e.plugin))
+        changed["provider"]["metadata"] = {"env": "blue"}
+        write_lds(lds, listeners, changed)
+        took, _ = wait_listed(
+            polaris, service, lambda i: len(i) == 1 and i[0]["metadata"]["env"] == "blue", 10
+        )
+        print(f"changed metadata registered {took:.1f}s after the listener update")
+        # The old root contexts finish after the drain time: the instance stays.
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:
+            (instance,) = listed(polaris, service)
+            assert instance["healthy"] and not instance.get("isolate"), instance
+            time.sleep(0.5)
+        assert "isolating, then deregistering" not in e.log_text()
+
+        removed = {k: v for k, v in changed.items() if k != "provider"}
+        write_lds(lds, listeners, removed)
+        took, _ = wait_listed(polaris, service, lambda i: i == [], timeout=15)
+        print(f"removed provider deregistered {took:.1f}s after the listener update")
+        log = e.log_text()
+        assert log.count("(configuration removed, or Envoy stopping): isolating, then deregistering") == 1, log[-3000:]
+        assert e.wait_counter("provider_deregistrations", lambda n: n == 1) == 1
+        time.sleep(3 * TTL)
+        assert listed(polaris, service) == [], "nothing registers it again"
+    finally:
+        e.stop()
+    assert e.returncode == 0, e.log_tail()
+
+
+def test_sigterm_without_the_trigger_exits_cleanly_and_leaves_the_instance_to_its_ttl(
+    polaris, service, upstreams, provider_envoy
+):
+    """On SIGTERM Envoy runs on_done but does not wait: the deregistration the last root
+    context sends never leaves, and Polaris marks the instance unhealthy after ~3 x TTL. That is
+    why the offline trigger exists; this shows the fallback, and that trying does no harm."""
+    (app,) = upstreams("app")
+    e = provider_envoy(
+        polaris.grpc_port, app.port, {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s"}
+    )
+    wait_listed(polaris, service, lambda i: len(i) == 1, timeout=10)
+    e.stop()
+    assert e.returncode == 0, e.log_tail()
+    assert "(configuration removed, or Envoy stopping): isolating, then deregistering" in e.log_text()
+    time.sleep(2)
+    instances = listed(polaris, service)
+    print(f"2 s after SIGTERM Polaris lists {instances and {k: instances[0][k] for k in ('healthy', 'isolate') if k in instances[0]}}")
+    took, _ = wait_listed(polaris, service, lambda i: i == [] or not i[0]["healthy"], 6 * TTL + 5)
+    print(f"unhealthy or gone {took + 2:.1f}s after SIGTERM")
 
 
 @pytest.mark.parametrize(

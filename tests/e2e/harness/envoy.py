@@ -99,6 +99,8 @@ class Envoy:
         )
         self.log_path = self.workdir / f"envoy-{self.listen_port}.log"
         self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.extra_args: list[str] = []
 
     def start(self, timeout: float = 30.0) -> "Envoy":
         config = self.workdir / f"envoy-{self.listen_port}.yaml"
@@ -111,6 +113,7 @@ class Envoy:
                 "--concurrency", str(self.concurrency),
                 "--disable-hot-restart",
                 "--log-level", "info",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -146,6 +149,8 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        if self.proc:
+            self.returncode = self.proc.returncode
         self.proc = None
 
     def __enter__(self) -> "Envoy":
