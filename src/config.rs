@@ -14,7 +14,7 @@ use crate::lb::{ring_hash, Options, Policy, Spec};
 use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
 use crate::polaris::client::MAX_CLUSTER_NAME;
-use crate::provider::ProviderConfig;
+use crate::provider::{ProviderConfig, Readiness};
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
 
@@ -313,6 +313,7 @@ const PROVIDER_FIELDS: &[&str] = &[
     "status_path",
     "metrics_port",
     "metrics_path",
+    "readiness",
 ];
 
 /// Polaris' limits on an instance (`service/utils.go`): names, metadata count.
@@ -487,6 +488,35 @@ fn provider(
             }
             p.metrics = Some((port, path));
         }
+    }
+    if let Some(r) = object(obj, "readiness", &["cluster", "path", "timeout"])
+        .map_err(|e| err(&format!("provider.{}", e.field), e.reason))?
+    {
+        let part = |f: &str| nested_string(r, "provider.readiness", f);
+        let cluster = part("cluster")?.filter(|c| !c.is_empty()).ok_or_else(|| {
+            err(
+                "provider.readiness.cluster",
+                "is required (the Envoy cluster of the local service)",
+            )
+        })?;
+        let path = part("path")?.unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') {
+            return Err(err("provider.readiness.path", "must be an absolute path"));
+        }
+        let timeout = duration(r, "timeout")
+            .map_err(|e| err("provider.readiness.timeout", e.reason))?
+            .unwrap_or(Duration::from_secs(1));
+        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(10) {
+            return Err(err(
+                "provider.readiness.timeout",
+                "must be between 10ms and 10s",
+            ));
+        }
+        p.readiness = Some(Readiness {
+            cluster,
+            path,
+            timeout,
+        });
     }
     if p.offline_path == p.status_path {
         return Err(err(
@@ -1258,6 +1288,22 @@ mod tests {
                 "provider.namespace",
             ),
             (r#""a""#, "provider"),
+            (
+                r#"{"service":"a","port":1,"readiness":{}}"#,
+                "provider.readiness.cluster",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","path":"x"}}"#,
+                "provider.readiness.path",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","timeout":"1m"}}"#,
+                "provider.readiness.timeout",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","url":"/"}}"#,
+                "provider.readiness.url",
+            ),
             (
                 r#"{"service":"a","port":1,"metrics_port":0}"#,
                 "provider.metrics_port",

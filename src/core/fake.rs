@@ -21,6 +21,11 @@ pub enum Call {
         method: String,
         message: Vec<u8>,
     },
+    /// An HTTP callout: cluster and `:path`.
+    Http {
+        cluster: String,
+        path: String,
+    },
     Now,
     Property(Vec<String>),
     DefineMetric(String),
@@ -181,8 +186,19 @@ impl Calls for FakeHost {
         Err(HostError("streams are not faked".into()))
     }
 
-    fn http_call(&self, _call: HttpCall<'_>) -> Result<u32, HostError> {
-        Err(HostError("HTTP callouts are not faked".into()))
+    fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {
+        let path = call
+            .headers
+            .iter()
+            .find(|(k, _)| *k == ":path")
+            .map_or("", |(_, v)| v);
+        self.record(Call::Http {
+            cluster: call.cluster.to_string(),
+            path: path.to_string(),
+        });
+        let mut s = self.0.borrow_mut();
+        s.next_token += 1;
+        Ok(s.next_token)
     }
 }
 

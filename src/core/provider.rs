@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::discover::Link;
-use super::host::{CallResult, Clock, Host, Properties, Store};
+use super::host::{CallResult, Clock, Host, HttpCall, Properties, Store};
 use super::metrics::{Counter, Counters};
 use super::node;
 use super::store::{self, Update};
@@ -175,10 +175,11 @@ impl Provider {
             return;
         };
         let (fp, timing) = (s.fp, self.timing);
+        let gated = self.config.readiness.is_some();
         let stepped = store::cas_update(host, &s.key, |bytes| {
             let mut r = Record::decode(bytes);
             let before = r.clone();
-            let actions = record::tick(&mut r, me, fp, now, &timing);
+            let actions = record::tick(&mut r, me, fp, gated, now, &timing);
             let id = r.id.clone();
             if r == before {
                 Update::Keep((actions, id))
@@ -209,6 +210,7 @@ impl Provider {
             Action::Register => s.register.clone(),
             Action::Heartbeat | Action::Deregister => s.instance.identity_message(id),
             Action::Report => s.report.clone(),
+            Action::Probe => return self.probe(host, link, counters),
         };
         match link.unary(host, action.method(), &message, CALL_TIMEOUT) {
             Ok(token) => {
@@ -221,6 +223,84 @@ impl Provider {
                 self.apply(host, counters, action, &outcome);
                 None
             }
+        }
+    }
+
+    /// The readiness gate's probe: `GET path` through the local service's cluster.
+    fn probe<H: Host>(&mut self, host: &H, link: &Link, counters: &Counters) -> Option<u32> {
+        let r = self.config.readiness.as_ref()?;
+        let headers = [
+            (":method", "GET"),
+            (":path", r.path.as_str()),
+            (":authority", self.config.service.name.as_str()),
+            ("user-agent", pure::CLIENT_VERSION),
+        ];
+        let sent = host.http_call(HttpCall {
+            cluster: &r.cluster,
+            headers: &headers,
+            body: None,
+            timeout: r.timeout,
+        });
+        match sent {
+            Ok(token) => {
+                self.pending.insert(token, Action::Probe);
+                Some(token)
+            }
+            Err(e) => {
+                let why = format!("cannot call cluster {}: {e}", r.cluster);
+                self.on_probe(host, link, counters, Err(why));
+                None
+            }
+        }
+    }
+
+    /// A readiness probe's answer: the HTTP status, or why there was none.
+    pub fn on_http_result<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        counters: &Counters,
+        token: u32,
+        status: Result<u32, String>,
+    ) -> bool {
+        if self.pending.get(&token) != Some(&Action::Probe) {
+            return false;
+        }
+        self.pending.remove(&token);
+        self.on_probe(host, link, counters, status);
+        true
+    }
+
+    fn on_probe<H: Host>(
+        &mut self,
+        host: &H,
+        link: &Link,
+        counters: &Counters,
+        status: Result<u32, String>,
+    ) {
+        let Some(s) = &self.settled else {
+            return;
+        };
+        let (ok, why) = match status {
+            Ok(code) if (200..300).contains(&code) => (true, String::new()),
+            Ok(code) => (false, format!("answered {code}")),
+            Err(why) => (false, why),
+        };
+        let (fp, timing, now) = (s.fp, self.timing, host.now_ms());
+        let stepped = store::cas_update(host, &s.key, |bytes| {
+            let mut r = Record::decode(bytes);
+            let (event, next) = record::probed(&mut r, fp, ok, &why, now, &timing);
+            Update::Write(r.encode(), (event, next, r.id.clone()))
+        });
+        let label = s.label.clone();
+        match stepped {
+            Ok((event, next, id)) => {
+                report(&label, counters, &event);
+                if let Some(next) = next {
+                    self.send(host, link, counters, next, &id);
+                }
+            }
+            Err(e) => log::warn!("provider {label}: probe answer not recorded: {e}"),
         }
     }
 
@@ -554,6 +634,11 @@ fn report(label: &str, counters: &Counters, event: &Event) {
             counters.inc(Counter::ClientReportErrors);
             log::warn!("provider {label}: ReportClient failed: {why}");
         }
+        Event::Ready => log::info!("provider {label}: the local service is ready"),
+        Event::NotReady(why) => log::warn!(
+            "provider {label}: the local service is not ready ({why}): no registration or \
+             heartbeat until it is"
+        ),
         Event::Stale => {}
     }
 }

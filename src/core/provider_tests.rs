@@ -530,3 +530,32 @@ fn without_a_host_or_node_metadata_nothing_is_registered() {
     }
     assert!(methods(&host.take_calls()).is_empty());
 }
+
+#[test]
+fn a_readiness_gate_registers_only_once_the_local_service_answers() {
+    let gate = r#","host":"127.0.0.1","readiness":{"cluster":"local_app","path":"/healthz"}"#;
+    let mut vms = envoy(1, gate);
+    let (h, w) = &mut vms[0];
+    w.on_tick();
+    let calls = h.take_calls();
+    assert_eq!(methods(&calls), vec!["ReportClient"], "no registration yet");
+    let probes: Vec<&Call> = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Http { .. }))
+        .collect();
+    assert_eq!(
+        probes,
+        vec![&Call::Http {
+            cluster: "local_app".into(),
+            path: "/healthz".into()
+        }]
+    );
+    let probe = last_token(h) - 1;
+    w.on_http_result(probe, Ok(503));
+    assert!(methods(&h.take_calls()).is_empty());
+    h.set_now(START + 1_000);
+    w.on_tick();
+    h.take_calls();
+    w.on_http_result(last_token(h), Ok(200));
+    assert_eq!(methods(&h.take_calls()), vec!["RegisterInstance"]);
+}

@@ -123,6 +123,13 @@ impl<H: Host> Worker<H> {
             .on_call_result(&self.host, &self.counters, token, result);
     }
 
+    /// An answer to an HTTP callout this VM's root context made: the status, or why none came.
+    pub fn on_http_result(&mut self, token: u32, status: Result<u32, String>) {
+        if let Some(p) = &mut self.provider {
+            p.on_http_result(&self.host, &self.link, &self.counters, token, status);
+        }
+    }
+
     /// The host is done with this context (Envoy's `on_done`). False while a deregistration is
     /// out: the host should wait for [`Worker::on_call_result`] and then [`Worker::done_leaving`].
     pub fn on_done(&mut self) -> bool {

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{BufferType, ContextType};
+use proxy_wasm::types::{BufferType, ContextType, MapType};
 
 use super::abi::{grpc_result, Wasm};
 use super::http::Http;
@@ -39,6 +39,24 @@ impl Context for Root {
                     log::warn!("root context {}: done() refused: {e:?}", self.context_id);
                 }
             }
+        }
+    }
+
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        _body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if let Some(worker) = &self.worker {
+            // No `:status` means the call failed (connection refused, timeout, no cluster).
+            let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+                .ok()
+                .flatten()
+                .ok_or_else(|| "no answer (connection failed or timed out)".to_string())
+                .and_then(|s| s.parse::<u32>().map_err(|_| format!("bad status {s}")));
+            worker.borrow_mut().on_http_result(token_id, status);
         }
     }
 

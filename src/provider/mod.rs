@@ -51,6 +51,17 @@ pub struct ProviderConfig {
     /// Where Prometheus can scrape this Envoy's stats (`port`, `path`), reported with
     /// `ReportClient` as polaris-go reports its own; Polaris lists it in `/prometheus/v1/clients`.
     pub metrics: Option<(u32, String)>,
+    /// The readiness gate: register only once the local service answers this probe with a 2xx,
+    /// and heartbeat only while it does.
+    pub readiness: Option<Readiness>,
+}
+
+/// `provider.readiness`: `GET path` through an Envoy cluster that reaches the local service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    pub cluster: String,
+    pub path: String,
+    pub timeout: Duration,
 }
 
 impl ProviderConfig {
@@ -69,6 +80,7 @@ impl ProviderConfig {
             offline_path: DEFAULT_OFFLINE_PATH.to_string(),
             status_path: DEFAULT_STATUS_PATH.to_string(),
             metrics: None,
+            readiness: None,
         }
     }
 }

@@ -85,6 +85,8 @@ pub struct Record {
     pub beat_ms: u64,
     pub registrations: u64,
     pub last_error: String,
+    /// The readiness gate's last probe passed (only used when a gate is configured).
+    pub ready: bool,
 }
 
 /// A call the step asks the driver to make.
@@ -94,6 +96,8 @@ pub enum Action {
     Heartbeat,
     Deregister,
     Report,
+    /// The readiness gate's probe of the local service, before a registration or heartbeat.
+    Probe,
 }
 
 impl Action {
@@ -103,6 +107,7 @@ impl Action {
             Action::Heartbeat => "Heartbeat",
             Action::Deregister => "DeregisterInstance",
             Action::Report => "ReportClient",
+            Action::Probe => "readiness probe",
         }
     }
 }
@@ -168,6 +173,11 @@ pub enum Event {
     DeregisterFailed(String),
     Reported,
     ReportFailed(String),
+    /// The readiness probe passed after failing (or for the first time).
+    Ready,
+    /// The readiness probe failed after passing (or for the first time): no registration or
+    /// heartbeat until it passes.
+    NotReady(String),
     /// The answer came after the phase moved on; nothing to do.
     Stale,
 }
@@ -202,9 +212,18 @@ impl Record {
     }
 }
 
+/// The registration or heartbeat due for configuration `fp`.
+fn next_call(r: &Record, fp: u64) -> Action {
+    match r.phase {
+        Phase::Registered if r.registered_fp == fp => Action::Heartbeat,
+        _ => Action::Register,
+    }
+}
+
 /// One root context's tick: keeps its membership fresh, takes or renews the lease when its
-/// configuration leads, and returns the calls due (marking them in flight).
-pub fn tick(r: &mut Record, me: u64, fp: u64, now: u64, t: &Timing) -> Vec<Action> {
+/// configuration leads, and returns the calls due (marking them in flight). With a readiness
+/// gate (`gated`), a probe goes first and its answer ([`probed`]) makes the call.
+pub fn tick(r: &mut Record, me: u64, fp: u64, gated: bool, now: u64, t: &Timing) -> Vec<Action> {
     r.members
         .retain(|m| m.ctx == me || m.seen_ms.saturating_add(PRUNE_MS) > now);
     match r.members.iter_mut().find(|m| m.ctx == me) {
@@ -262,9 +281,10 @@ pub fn tick(r: &mut Record, me: u64, fp: u64, now: u64, t: &Timing) -> Vec<Actio
     // A registration of other attributes (a new configuration) is redone at once.
     let stale = r.phase == Phase::Registered && r.registered_fp != fp;
     if now >= r.busy_ms && (now >= r.due_ms || stale) {
-        actions.push(match r.phase {
-            Phase::Registered if !stale => Action::Heartbeat,
-            _ => Action::Register,
+        actions.push(if gated {
+            Action::Probe
+        } else {
+            next_call(r, fp)
         });
         r.busy_ms = now.saturating_add(t.call_ms);
     }
@@ -368,6 +388,8 @@ pub fn answer(
                 (Event::DeregisterFailed(outcome.describe()), None)
             }
         }
+        // Probe answers go through `probed`.
+        Action::Probe => (Event::Stale, None),
         Action::Report => {
             r.report_due_ms = now.saturating_add(t.report_ms);
             if ok {
@@ -377,6 +399,46 @@ pub fn answer(
             }
         }
     }
+}
+
+const PROBE_ERROR: &str = "readiness probe";
+
+/// How often a failing readiness probe is retried (at most; a shorter TTL wins).
+pub const PROBE_RETRY_MS: u64 = 1_000;
+
+/// The readiness probe's answer: `ok` when the local service answered 2xx. Passing, the call it
+/// gated is returned to be sent now; failing, nothing is sent (a registered instance misses its
+/// heartbeat, so Polaris marks it unhealthy after 3 × TTL) and the probe is retried.
+pub fn probed(
+    r: &mut Record,
+    fp: u64,
+    ok: bool,
+    why: &str,
+    now: u64,
+    t: &Timing,
+) -> (Event, Option<Action>) {
+    let was = r.ready;
+    r.ready = ok;
+    let event = match (was, ok) {
+        (false, true) => Event::Ready,
+        // Said once per change: on the first failure, and when a passing probe fails.
+        (true, false) => Event::NotReady(why.to_string()),
+        (false, false) if !r.last_error.starts_with(PROBE_ERROR) => {
+            Event::NotReady(why.to_string())
+        }
+        _ => Event::Stale,
+    };
+    if !ok {
+        r.last_error = format!("{PROBE_ERROR}: {why}");
+        r.busy_ms = 0;
+        r.due_ms = now.saturating_add(PROBE_RETRY_MS.min(t.ttl_ms));
+        return (event, None);
+    }
+    if matches!(r.phase, Phase::Offline | Phase::Leaving) {
+        r.busy_ms = 0;
+        return (event, None);
+    }
+    (event, Some(next_call(r, fp)))
 }
 
 /// The offline trigger: no more registrations or heartbeats for this configuration. Returns
@@ -444,7 +506,7 @@ mod tests {
     fn registered(now: u64) -> Record {
         let mut r = Record::default();
         assert_eq!(
-            tick(&mut r, 1, 7, now, &T),
+            tick(&mut r, 1, 7, false, now, &T),
             vec![Action::Register, Action::Report]
         );
         answer(&mut r, Action::Register, 7, &ok("i1"), now, &T);
@@ -456,9 +518,13 @@ mod tests {
         let mut r = registered(1000);
         assert_eq!(r.phase, Phase::Registered);
         assert_eq!(r.id, "i1");
-        assert_eq!(tick(&mut r, 1, 7, 2999, &T), vec![], "not due");
-        assert_eq!(tick(&mut r, 1, 7, 3000, &T), vec![Action::Heartbeat]);
-        assert_eq!(tick(&mut r, 1, 7, 3500, &T), vec![], "heartbeat in flight");
+        assert_eq!(tick(&mut r, 1, 7, false, 2999, &T), vec![], "not due");
+        assert_eq!(tick(&mut r, 1, 7, false, 3000, &T), vec![Action::Heartbeat]);
+        assert_eq!(
+            tick(&mut r, 1, 7, false, 3500, &T),
+            vec![],
+            "heartbeat in flight"
+        );
         let (e, _) = answer(&mut r, Action::Heartbeat, 7, &ok(""), 3100, &T);
         assert_eq!(e, Event::Beat);
         assert_eq!(r.due_ms, 5100);
@@ -468,19 +534,31 @@ mod tests {
     #[test]
     fn only_the_lease_holder_acts() {
         let mut r = registered(1000);
-        assert_eq!(tick(&mut r, 2, 7, 1100, &T), vec![], "1 holds the lease");
-        assert_eq!(tick(&mut r, 1, 7, 2500, &T), vec![], "renewed, nothing due");
-        assert_eq!(tick(&mut r, 3, 7, 3100, &T), vec![]);
+        assert_eq!(
+            tick(&mut r, 2, 7, false, 1100, &T),
+            vec![],
+            "1 holds the lease"
+        );
+        assert_eq!(
+            tick(&mut r, 1, 7, false, 2500, &T),
+            vec![],
+            "renewed, nothing due"
+        );
+        assert_eq!(tick(&mut r, 3, 7, false, 3100, &T), vec![]);
         assert_eq!(r.owner, 1);
     }
 
     #[test]
     fn a_takeover_continues_the_schedule_without_registering_again() {
         let mut r = registered(1000);
-        tick(&mut r, 2, 7, 1100, &T);
+        tick(&mut r, 2, 7, false, 1100, &T);
         // Member 1 stops ticking; its lease (2 s) runs out, then member 2 takes over.
-        assert_eq!(tick(&mut r, 2, 7, 2999, &T), vec![], "lease still 1's");
-        assert_eq!(tick(&mut r, 2, 7, 3000, &T), vec![Action::Heartbeat]);
+        assert_eq!(
+            tick(&mut r, 2, 7, false, 2999, &T),
+            vec![],
+            "lease still 1's"
+        );
+        assert_eq!(tick(&mut r, 2, 7, false, 3000, &T), vec![Action::Heartbeat]);
         assert_eq!(r.owner, 2);
         assert_eq!(r.registrations, 1);
     }
@@ -491,7 +569,7 @@ mod tests {
         let mut now = 0;
         let mut delays = Vec::new();
         for _ in 0..7 {
-            let actions = tick(&mut r, 1, 7, now, &T);
+            let actions = tick(&mut r, 1, 7, false, now, &T);
             assert!(actions.contains(&Action::Register), "at {now}");
             let (e, _) = answer(&mut r, Action::Register, 7, &code(500_000), now, &T);
             let Event::RegisterFailed { retry_ms, error } = e else {
@@ -512,7 +590,7 @@ mod tests {
     #[test]
     fn an_existing_instance_counts_as_registered() {
         let mut r = Record::default();
-        tick(&mut r, 1, 7, 0, &T);
+        tick(&mut r, 1, 7, false, 0, &T);
         let (e, _) = answer(&mut r, Action::Register, 7, &code(400_201), 0, &T);
         assert_eq!(e, Event::Registered);
     }
@@ -521,17 +599,17 @@ mod tests {
     fn a_forgotten_instance_is_registered_again_at_once() {
         for c in [400_202, 400_303, 400_140] {
             let mut r = registered(0);
-            assert_eq!(tick(&mut r, 1, 7, 2000, &T), vec![Action::Heartbeat]);
+            assert_eq!(tick(&mut r, 1, 7, false, 2000, &T), vec![Action::Heartbeat]);
             let (e, _) = answer(&mut r, Action::Heartbeat, 7, &code(c), 2100, &T);
             assert!(matches!(e, Event::Forgotten(_)), "{c}: {e:?}");
-            assert_eq!(tick(&mut r, 1, 7, 2100, &T), vec![Action::Register]);
+            assert_eq!(tick(&mut r, 1, 7, false, 2100, &T), vec![Action::Register]);
         }
     }
 
     #[test]
     fn a_failed_heartbeat_is_retried_within_the_ttl() {
         let mut r = registered(0);
-        tick(&mut r, 1, 7, 2000, &T);
+        tick(&mut r, 1, 7, false, 2000, &T);
         let (e, _) = answer(
             &mut r,
             Action::Heartbeat,
@@ -553,14 +631,14 @@ mod tests {
     #[test]
     fn offline_stops_everything_and_a_late_registration_is_taken_back() {
         let mut r = Record::default();
-        tick(&mut r, 1, 7, 0, &T);
+        tick(&mut r, 1, 7, false, 0, &T);
         assert!(!go_offline(&mut r, 100));
         assert!(go_offline(&mut r, 150), "twice is harmless");
         let (e, again) = answer(&mut r, Action::Register, 7, &ok("i"), 200, &T);
         assert_eq!((e, again), (Event::Stale, Some(Action::Deregister)));
         assert_eq!(r.phase, Phase::Offline);
         r.report_due_ms = u64::MAX;
-        assert_eq!(tick(&mut r, 1, 7, 60_000, &T), vec![]);
+        assert_eq!(tick(&mut r, 1, 7, false, 60_000, &T), vec![]);
         let (e, _) = answer(&mut r, Action::Heartbeat, 7, &code(400_202), 60_000, &T);
         assert_eq!(e, Event::Stale, "no re-registration after the trigger");
     }
@@ -570,9 +648,17 @@ mod tests {
         let mut r = registered(0);
         go_offline(&mut r, 100);
         r.report_due_ms = u64::MAX;
-        assert_eq!(tick(&mut r, 2, 9, 120, &T), vec![], "1 holds the lease");
-        assert_eq!(tick(&mut r, 1, 7, 150, &T), vec![], "1 no longer leads");
-        assert_eq!(tick(&mut r, 2, 9, 200, &T), vec![Action::Register]);
+        assert_eq!(
+            tick(&mut r, 2, 9, false, 120, &T),
+            vec![],
+            "1 holds the lease"
+        );
+        assert_eq!(
+            tick(&mut r, 1, 7, false, 150, &T),
+            vec![],
+            "1 no longer leads"
+        );
+        assert_eq!(tick(&mut r, 2, 9, false, 200, &T), vec![Action::Register]);
         assert_eq!(r.owner, 2);
         assert_eq!(r.phase, Phase::Unregistered);
     }
@@ -583,19 +669,23 @@ mod tests {
         r.report_due_ms = u64::MAX;
         // A listener update: member 5 joins with new attributes (fp 9).
         assert_eq!(
-            tick(&mut r, 5, 9, 500, &T),
+            tick(&mut r, 5, 9, false, 500, &T),
             vec![],
             "1 still holds the lease"
         );
-        assert_eq!(tick(&mut r, 1, 7, 600, &T), vec![], "1 no longer leads");
+        assert_eq!(
+            tick(&mut r, 1, 7, false, 600, &T),
+            vec![],
+            "1 no longer leads"
+        );
         assert_eq!(r.owner, 0, "and let the lease go");
         assert_eq!(
-            tick(&mut r, 5, 9, 700, &T),
+            tick(&mut r, 5, 9, false, 700, &T),
             vec![Action::Register],
             "upsert with the new attributes"
         );
         answer(&mut r, Action::Register, 9, &ok("i1"), 800, &T);
-        assert_eq!(tick(&mut r, 5, 9, 2800, &T), vec![Action::Heartbeat]);
+        assert_eq!(tick(&mut r, 5, 9, false, 2800, &T), vec![Action::Heartbeat]);
         // The old member leaves after the drain: the new one is live, nothing is deregistered.
         assert!(!leave(&mut r, 1, 2900, &T));
     }
@@ -603,8 +693,8 @@ mod tests {
     #[test]
     fn the_last_member_to_leave_deregisters_once() {
         let mut r = registered(0);
-        tick(&mut r, 2, 7, 100, &T);
-        tick(&mut r, 3, 7, 100, &T);
+        tick(&mut r, 2, 7, false, 100, &T);
+        tick(&mut r, 3, 7, false, 100, &T);
         assert!(!leave(&mut r, 2, 500, &T));
         assert!(!leave(&mut r, 1, 500, &T));
         assert!(leave(&mut r, 3, 500, &T), "the last one out");
@@ -618,7 +708,7 @@ mod tests {
     #[test]
     fn members_that_stopped_ticking_do_not_hold_the_instance() {
         let mut r = registered(0);
-        tick(&mut r, 2, 7, 0, &T);
+        tick(&mut r, 2, 7, false, 0, &T);
         // 2 crashed (no on_done): 1 leaves after 2's stamp went stale.
         assert!(leave(&mut r, 1, LIVE_MS + 1, &T));
     }
@@ -629,7 +719,7 @@ mod tests {
         go_offline(&mut r, 10);
         assert!(!leave(&mut r, 1, 20, &T));
         let mut fresh = Record::default();
-        tick(&mut fresh, 1, 7, 0, &T);
+        tick(&mut fresh, 1, 7, false, 0, &T);
         assert!(!leave(&mut fresh, 1, 10, &T));
     }
 
@@ -639,11 +729,11 @@ mod tests {
         assert!(leave(&mut r, 1, 100, &T));
         r.report_due_ms = u64::MAX;
         assert_eq!(
-            tick(&mut r, 4, 7, 200, &T),
+            tick(&mut r, 4, 7, false, 200, &T),
             vec![],
             "deregistration in flight"
         );
-        assert_eq!(tick(&mut r, 4, 7, 3100, &T), vec![Action::Register]);
+        assert_eq!(tick(&mut r, 4, 7, false, 3100, &T), vec![Action::Register]);
     }
 
     #[test]
@@ -652,7 +742,45 @@ mod tests {
         answer(&mut r, Action::Report, 7, &ok(""), 50, &T);
         assert_eq!(r.report_due_ms, 120_050);
         r.due_ms = u64::MAX;
-        assert_eq!(tick(&mut r, 1, 7, 120_050, &T), vec![Action::Report]);
+        assert_eq!(tick(&mut r, 1, 7, false, 120_050, &T), vec![Action::Report]);
+    }
+
+    #[test]
+    fn a_readiness_gate_probes_before_registering_and_heartbeating() {
+        let mut r = Record::default();
+        assert_eq!(
+            tick(&mut r, 1, 7, true, 0, &T),
+            vec![Action::Probe, Action::Report]
+        );
+        r.report_due_ms = u64::MAX;
+        let (e, next) = probed(&mut r, 7, false, "503", 10, &T);
+        assert_eq!((e, next), (Event::NotReady("503".into()), None));
+        assert_eq!(
+            tick(&mut r, 1, 7, true, 500, &T),
+            vec![],
+            "retried after 1 s"
+        );
+        assert_eq!(tick(&mut r, 1, 7, true, 1010, &T), vec![Action::Probe]);
+        let (e, next) = probed(&mut r, 7, false, "503", 1020, &T);
+        assert_eq!((e, next), (Event::Stale, None), "logged once");
+        assert_eq!(tick(&mut r, 1, 7, true, 2020, &T), vec![Action::Probe]);
+        let (e, next) = probed(&mut r, 7, true, "", 2030, &T);
+        assert_eq!((e, next), (Event::Ready, Some(Action::Register)));
+        answer(&mut r, Action::Register, 7, &ok("i"), 2040, &T);
+        assert_eq!(tick(&mut r, 1, 7, true, 4040, &T), vec![Action::Probe]);
+        assert_eq!(
+            probed(&mut r, 7, true, "", 4050, &T).1,
+            Some(Action::Heartbeat)
+        );
+        answer(&mut r, Action::Heartbeat, 7, &ok(""), 4060, &T);
+        // The service stops answering: no heartbeat while it does not.
+        assert_eq!(tick(&mut r, 1, 7, true, 6060, &T), vec![Action::Probe]);
+        let (e, next) = probed(&mut r, 7, false, "connection refused", 6070, &T);
+        assert_eq!(
+            (e, next),
+            (Event::NotReady("connection refused".into()), None)
+        );
+        assert_eq!(r.phase, Phase::Registered, "left to expire in Polaris");
     }
 
     #[test]

@@ -21,7 +21,8 @@ import yaml
 
 from conftest import REFRESH, plugin_config
 from harness.envoy import ProviderEnvoy, render_provider, validate
-from harness.polaris import Polaris
+from harness.polaris import Polaris, free_port
+from harness.upstream import Upstream
 
 TTL = 2  # seconds
 
@@ -333,6 +334,40 @@ def test_rolling_restart_of_two_providers_under_steady_traffic_loses_no_request(
     assert len(results) > 200, len(results)
     assert failed == [], failed[:5]
     assert all(d <= settle for d in drained), drained
+
+
+def test_readiness_gate_registers_when_the_service_answers_and_heartbeats_only_while_it_does(
+    polaris, service, provider_envoy
+):
+    ttl = 1
+    app = Upstream("app", port=free_port())  # not started yet
+    e = provider_envoy(
+        polaris.grpc_port,
+        app.port,
+        {"service": service, "host": "127.0.0.1", "ttl": f"{ttl}s",
+         "readiness": {"cluster": "local_app", "path": "/ready"}},
+    )
+    try:
+        time.sleep(3)
+        assert listed(polaris, service) == [], "not registered while the service is down"
+        assert "the local service is not ready" in e.log_text()
+        assert '"state":"unregistered"' in e.local("GET", "/polaris-wasm/status")[1]
+
+        app.start()
+        took, (instance,) = wait_listed(polaris, service, lambda i: len(i) == 1, timeout=10)
+        assert instance["healthy"] is True
+        print(f"registered {took:.1f}s after the service came up")
+
+        app.stop()
+        took, _ = wait_listed(polaris, service, lambda i: not i[0]["healthy"], timeout=6 * ttl + 5)
+        print(f"service down: unhealthy in Polaris after {took:.1f}s (no heartbeats, TTL {ttl}s)")
+
+        app.start()
+        took, _ = wait_listed(polaris, service, lambda i: i[0]["healthy"], timeout=10)
+        print(f"service back: healthy again after {took:.1f}s")
+        assert e.counter("provider_registrations") == 1, "heartbeats resumed, no new registration"
+    finally:
+        app.stop()
 
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
