@@ -25,7 +25,7 @@ WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
 # it (tests/e2e/test_module.py checks).
 WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_memory_allocate \
                   proxy_on_context_create proxy_on_delete proxy_on_request_headers \
-                  proxy_on_response_headers proxy_on_http_call_response \
+                  proxy_on_response_headers proxy_on_done proxy_on_http_call_response \
                   proxy_on_grpc_receive proxy_on_grpc_close \
                   proxy_on_grpc_receive_initial_metadata proxy_on_grpc_receive_trailing_metadata
 PYTEST_ARGS ?=

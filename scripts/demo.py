@@ -5,7 +5,9 @@ where it went; adds a Polaris routing rule that sends `x-env: gray` to the `vers
 isolates the heaviest instance and shows traffic move; shows what an unknown service gets; then
 adds a Polaris circuit-breaker rule, makes one instance answer 500 and shows its breaker open
 (traffic moves to the others, the metric counts it), the instance recover and half-open let it
-back in.
+back in; then the
+provider side: two provider Envoys register service `cart` themselves, and one is restarted with
+the offline trigger under steady traffic, losing no request.
 `--hold` keeps everything running for your own curl.
 """
 
@@ -14,17 +16,19 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-from harness.envoy import Envoy  # noqa: E402
+from harness.envoy import Client, Envoy, ProviderEnvoy  # noqa: E402
 from harness.polaris import Polaris, breaker_rule  # noqa: E402
 from harness.upstream import Upstream  # noqa: E402
 
 SERVICE = "echo"
 REQUESTS = 1000
+PROVIDED = "cart"
 
 
 def show(title: str, counts: dict[str, int]) -> None:
@@ -77,6 +81,70 @@ def circuit_breaking(polaris, envoy, client, bad: Upstream, bad_id: str) -> None
           f"breaker_instance_close = {envoy.counter('breaker_instance_close')}")
 
 
+apps: list[Upstream] = []
+
+
+def provider_side(
+    work: Path, polaris: Polaris, consumer: Envoy, providers: list[ProviderEnvoy]
+) -> None:
+    """Two provider Envoys register `cart` themselves; a rolling restart of one with the offline
+    trigger under steady traffic through the consumer Envoy."""
+    apps.extend(Upstream(name).start() for name in ("cart-a", "cart-b"))
+    for app in apps:
+        plugin = {"polaris_cluster": "polaris_grpc",
+                  "provider": {"service": PROVIDED, "host": "127.0.0.1", "ttl": "2s"}}
+        providers.append(ProviderEnvoy(work / app.name, plugin, polaris.grpc_port, app.port).start())
+    print(f"\nprovider side: two Envoys in front of {apps[0].name} and {apps[1].name}, each "
+          f"registering itself as an instance of {PROVIDED} (no SDK, no registration script)")
+    found = polaris.wait_for(
+        lambda r: len(r.get("instances") or []) == 2, service=PROVIDED, timeout=15
+    )
+    for i in found["instances"]:
+        print(f"  Polaris lists {PROVIDED} {i['host']}:{i['port']} healthy={i['healthy']} "
+              f"ttl={i['healthCheck']['heartbeat']['ttl']}s")
+    client = consumer.client()
+    show(f"200 requests with Host: {PROVIDED} through the consumer Envoy", client.counts(PROVIDED, 200))
+
+    results: list[str] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        c = Client(consumer.listen_port)
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _, body = c.request(PROVIDED)
+                results.append(body if status == 200 else f"failed: {status}")
+            except OSError as e:
+                results.append(f"failed: {e}")
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    first = providers[0]
+    print(f"\nrolling restart of the Envoy in front of {apps[0].name}, under steady traffic:")
+    status, body = first.local("POST", "/polaris-wasm/offline")
+    print(f"  curl -X POST 127.0.0.1:{first.listen_port}/polaris-wasm/offline -> {status} {body.strip()}")
+    time.sleep(2.5)
+    print("  waited 2.5 s (refresh_interval 1 s + 1.5 s), stopping it (SIGTERM)")
+    first.stop()
+    time.sleep(1)
+    print("  starting it again: it registers itself")
+    first.start()
+    back = time.monotonic()
+    while time.monotonic() - back < 15 and apps[0].name not in results[-50:]:
+        time.sleep(0.1)
+    print(f"  {apps[0].name} takes traffic again {time.monotonic() - back:.1f} s after the start")
+    time.sleep(0.5)
+    stop.set()
+    thread.join(timeout=10)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r] = counts.get(r, 0) + 1
+    failed = sum(n for k, n in counts.items() if k.startswith("failed"))
+    show(f"{len(results)} requests during the restart, {failed} failed", counts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--hold", action="store_true", help="keep running until Ctrl-C")
@@ -86,6 +154,7 @@ def main() -> None:
     polaris = Polaris(work / "polaris")
     upstreams = [Upstream(f"echo-w{w}") for w in (1, 2, 7)]
     envoy = None
+    providers: list[ProviderEnvoy] = []
     try:
         print(f"starting Polaris (HTTP {polaris.http_port}, gRPC {polaris.grpc_port}) ...")
         polaris.start()
@@ -154,12 +223,20 @@ def main() -> None:
         print(f"\nHost: nosuch -> {status} {headers.get('x-polaris-reason')}: {body.strip()}")
 
         circuit_breaking(polaris, envoy, client, upstreams[2], ids[2])
+        provider_side(work, polaris, envoy, providers)
 
         time.sleep(0.6)  # the filter hands its counts to Envoy every tick (<= 500 ms)
+        provider_only = ("provider_", "client_report")
         stats = envoy.stats()
-        print("\nfilter metrics (Envoy stats):")
+        print("\nfilter metrics of the consumer Envoy (Envoy stats):")
         for name in sorted(stats):
-            print(f"  {name}: {stats[name]}")
+            if not any(p in name for p in provider_only):
+                print(f"  {name}: {stats[name]}")
+        stats = providers[1].stats()
+        print(f"\nprovider metrics of the Envoy in front of {apps[1].name}:")
+        for name in sorted(stats):
+            if any(p in name for p in provider_only):
+                print(f"  {name}: {stats[name]}")
 
         if args.hold:
             print(f"\ntry: curl -H 'Host: {SERVICE}' http://127.0.0.1:{envoy.listen_port}/  (Ctrl-C to stop)")
@@ -168,6 +245,10 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
+        for p in providers:
+            p.stop()
+        for u in apps:
+            u.stop()
         if envoy:
             envoy.stop()
         for u in upstreams:

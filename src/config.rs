@@ -15,6 +15,7 @@ use crate::lb::{ring_hash, Options, Policy, Spec};
 use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
 use crate::polaris::client::MAX_CLUSTER_NAME;
+use crate::provider::{ProviderConfig, Readiness};
 use crate::routing::metadata::MAX_KEYS;
 use crate::routing::{Caller, Failover, Level, MetaFailover, MetadataRouting, Nearby};
 
@@ -61,6 +62,10 @@ pub struct Config {
     pub rate_limit_dry_run: Vec<String>,
     /// Circuit breaking (`circuit_breaker`): off when absent.
     pub breaker: Option<BreakerConfig>,
+    /// The instance this Envoy registers for the service it fronts. With it, the filter's
+    /// listener is that service's inbound side: requests pass to the route's cluster untouched
+    /// (no pick), and only the offline and status paths are answered by the filter.
+    pub provider: Option<ProviderConfig>,
 }
 
 /// Whose rate-limit rules apply (`rate_limit.rules_of`).
@@ -220,6 +225,7 @@ const KNOWN_FIELDS: &[&str] = &[
     "metadata_routing",
     "rate_limit",
     "circuit_breaker",
+    "provider",
 ];
 
 impl Config {
@@ -312,13 +318,17 @@ impl Config {
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
         let (rate_limit, rate_limit_dry_run) = rate_limit(&map)?;
-        if rate_limit == Some(RateLimitSide::Local) && caller.service.is_empty() {
+        if rate_limit == Some(RateLimitSide::Local)
+            && caller.service.is_empty()
+            && !map.contains_key("provider")
+        {
             return Err(err(
                 "rate_limit.rules_of",
-                "`local` needs `caller.service`: the service whose rules apply",
+                "`local` needs `caller.service` or `provider`: the service whose rules apply",
             ));
         }
         let breaker = circuit_breaker(&map)?;
+        let provider = provider(&map, &namespace)?;
 
         Ok(Config {
             polaris_cluster,
@@ -339,6 +349,7 @@ impl Config {
             rate_limit,
             rate_limit_dry_run,
             breaker,
+            provider,
         })
     }
 }
@@ -404,6 +415,236 @@ fn circuit_breaker(map: &Map<String, Value>) -> Result<Option<BreakerConfig>, Co
         },
         probe_cluster,
     }))
+}
+
+const PROVIDER_FIELDS: &[&str] = &[
+    "service",
+    "namespace",
+    "host",
+    "port",
+    "protocol",
+    "version",
+    "weight",
+    "metadata",
+    "location",
+    "ttl",
+    "token",
+    "offline_path",
+    "status_path",
+    "metrics_port",
+    "metrics_path",
+    "readiness",
+];
+
+/// Polaris' limits on an instance (`service/utils.go`): names, metadata count.
+const MAX_NAME: usize = 128;
+const MAX_METADATA: usize = 64;
+
+fn provider(
+    map: &Map<String, Value>,
+    namespace: &str,
+) -> Result<Option<ProviderConfig>, ConfigError> {
+    let Some(obj) = object(map, "provider", PROVIDER_FIELDS)? else {
+        return Ok(None);
+    };
+    let text = |field: &str| nested_string(obj, "provider", field);
+    let name_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= MAX_NAME
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:".contains(&b))
+    };
+    let service = text("service")?.ok_or_else(|| {
+        err(
+            "provider.service",
+            "is required (the service this Envoy fronts)",
+        )
+    })?;
+    if !name_ok(&service) {
+        return Err(err(
+            "provider.service",
+            format!("`{service}` must be 1 to {MAX_NAME} of A-Z a-z 0-9 - . _ :"),
+        ));
+    }
+    let ns = text("namespace")?.unwrap_or_else(|| namespace.to_string());
+    if !name_ok(&ns) {
+        return Err(err(
+            "provider.namespace",
+            format!("`{ns}` must be 1 to {MAX_NAME} of A-Z a-z 0-9 - . _ :"),
+        ));
+    }
+    let port = obj
+        .get("port")
+        .ok_or_else(|| {
+            err(
+                "provider.port",
+                "is required (the port consumers call: this Envoy's inbound listener)",
+            )
+        })?
+        .as_u64()
+        .filter(|p| (1..=65_535).contains(p))
+        .and_then(|p| u32::try_from(p).ok())
+        .ok_or_else(|| err("provider.port", "must be an integer from 1 to 65535"))?;
+    let mut p = ProviderConfig::new(ServiceKey::new(ns, service), port);
+    if let Some(host) = text("host")? {
+        let ok = !host.is_empty()
+            && host.len() <= MAX_NAME
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b));
+        if !ok {
+            return Err(err(
+                "provider.host",
+                format!("`{host}` is not an IP address or host name"),
+            ));
+        }
+        p.host = Some(host);
+    }
+    for (field, slot) in [("protocol", &mut p.protocol), ("version", &mut p.version)] {
+        if let Some(v) = text(field)? {
+            if v.len() > MAX_NAME {
+                return Err(err(
+                    &format!("provider.{field}"),
+                    format!("must be at most {MAX_NAME} characters"),
+                ));
+            }
+            *slot = v;
+        }
+    }
+    if let Some(w) = obj.get("weight") {
+        p.weight = w
+            .as_u64()
+            .filter(|w| *w <= 10_000)
+            .and_then(|w| u32::try_from(w).ok())
+            .ok_or_else(|| err("provider.weight", "must be an integer from 0 to 10000"))?;
+    }
+    match obj.get("metadata") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(meta)) if meta.len() <= MAX_METADATA => {
+            for (k, v) in meta {
+                let field = format!("provider.metadata.{k}");
+                let Value::String(v) = v else {
+                    return Err(err(&field, format!("must be a string, got {}", kind(v))));
+                };
+                if k.is_empty() || k.len() > MAX_NAME || v.len() > 4096 {
+                    return Err(err(
+                        &field,
+                        format!("keys are 1 to {MAX_NAME} characters, values at most 4096"),
+                    ));
+                }
+                p.metadata.insert(k.clone(), v.clone());
+            }
+        }
+        Some(_) => {
+            return Err(err(
+                "provider.metadata",
+                format!("must be an object of at most {MAX_METADATA} strings"),
+            ))
+        }
+    }
+    if let Some(loc) = object(obj, "location", &["region", "zone", "campus"])
+        .map_err(|e| err(&format!("provider.{}", e.field), e.reason))?
+    {
+        let part =
+            |f: &str| nested_string(loc, "provider.location", f).map(Option::unwrap_or_default);
+        p.location = Some(Location {
+            region: part("region")?,
+            zone: part("zone")?,
+            campus: part("campus")?,
+        });
+    }
+    if let Some(ttl) = duration(obj, "ttl").map_err(|e| err("provider.ttl", e.reason))? {
+        if ttl.subsec_nanos() != 0 || !(1..=60).contains(&ttl.as_secs()) {
+            return Err(err(
+                "provider.ttl",
+                "must be whole seconds from 1s to 60s (Polaris replaces anything else with 5s)",
+            ));
+        }
+        p.ttl = ttl;
+    }
+    p.token = text("token")?.filter(|t| !t.is_empty());
+    for (field, slot) in [
+        ("offline_path", &mut p.offline_path),
+        ("status_path", &mut p.status_path),
+    ] {
+        if let Some(path) = text(field)? {
+            let ok = path.starts_with('/')
+                && path.len() <= 256
+                && path
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#');
+            if !ok {
+                return Err(err(
+                    &format!("provider.{field}"),
+                    format!("`{path}` must be an absolute path without query"),
+                ));
+            }
+            *slot = path;
+        }
+    }
+    let metrics_path = text("metrics_path")?;
+    match obj.get("metrics_port") {
+        None | Some(Value::Null) if metrics_path.is_some() => {
+            return Err(err(
+                "provider.metrics_port",
+                "is required when provider.metrics_path is given",
+            ))
+        }
+        None | Some(Value::Null) => {}
+        Some(v) => {
+            let port = v
+                .as_u64()
+                .filter(|p| (1..=65_535).contains(p))
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or_else(|| {
+                    err(
+                        "provider.metrics_port",
+                        "must be an integer from 1 to 65535",
+                    )
+                })?;
+            let path = metrics_path.unwrap_or_else(|| "/stats/prometheus".to_string());
+            if !path.starts_with('/') {
+                return Err(err("provider.metrics_path", "must be an absolute path"));
+            }
+            p.metrics = Some((port, path));
+        }
+    }
+    if let Some(r) = object(obj, "readiness", &["cluster", "path", "timeout"])
+        .map_err(|e| err(&format!("provider.{}", e.field), e.reason))?
+    {
+        let part = |f: &str| nested_string(r, "provider.readiness", f);
+        let cluster = part("cluster")?.filter(|c| !c.is_empty()).ok_or_else(|| {
+            err(
+                "provider.readiness.cluster",
+                "is required (the Envoy cluster of the local service)",
+            )
+        })?;
+        let path = part("path")?.unwrap_or_else(|| "/".to_string());
+        if !path.starts_with('/') {
+            return Err(err("provider.readiness.path", "must be an absolute path"));
+        }
+        let timeout = duration(r, "timeout")
+            .map_err(|e| err("provider.readiness.timeout", e.reason))?
+            .unwrap_or(Duration::from_secs(1));
+        if timeout < Duration::from_millis(10) || timeout > Duration::from_secs(10) {
+            return Err(err(
+                "provider.readiness.timeout",
+                "must be between 10ms and 10s",
+            ));
+        }
+        p.readiness = Some(Readiness {
+            cluster,
+            path,
+            timeout,
+        });
+    }
+    if p.offline_path == p.status_path {
+        return Err(err(
+            "provider.status_path",
+            "must differ from provider.offline_path",
+        ));
+    }
+    Ok(Some(p))
 }
 
 fn metadata_routing(map: &Map<String, Value>) -> Result<MetadataRouting, ConfigError> {
@@ -1138,6 +1379,108 @@ mod tests {
         let e = parse(r#"{"polaris_cluster":"p","metadata_routing":{"headers":{"x-v":"v"},"failover":"some"}}"#)
             .unwrap_err();
         assert_eq!(e.field, "metadata_routing.failover");
+    }
+
+    #[test]
+    fn provider_parses_with_sidecar_defaults() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","namespace":"prod",
+                "provider":{"service":"echo","port":10001,"metadata":{"env":"gray"},
+                            "location":{"zone":"z1"},"ttl":"2s","version":"v2"}}"#,
+        )
+        .unwrap();
+        let p = c.provider.unwrap();
+        assert_eq!(p.service, ServiceKey::new("prod", "echo"));
+        assert_eq!((p.host, p.port, p.weight), (None, 10001, 100));
+        assert_eq!(p.ttl, Duration::from_secs(2));
+        assert_eq!(p.metadata.get("env").map(String::as_str), Some("gray"));
+        assert_eq!(p.location.unwrap().zone, "z1");
+        assert_eq!(p.offline_path, "/polaris-wasm/offline");
+        assert_eq!(p.status_path, "/polaris-wasm/status");
+        assert!(parse(r#"{"polaris_cluster":"p"}"#)
+            .unwrap()
+            .provider
+            .is_none());
+    }
+
+    #[test]
+    fn bad_provider_fields_are_named() {
+        for (provider, field) in [
+            (r#"{"port":1}"#, "provider.service"),
+            (r#"{"service":"a b","port":1}"#, "provider.service"),
+            (r#"{"service":"a"}"#, "provider.port"),
+            (r#"{"service":"a","port":70000}"#, "provider.port"),
+            (r#"{"service":"a","port":"80"}"#, "provider.port"),
+            (r#"{"service":"a","port":1,"host":""}"#, "provider.host"),
+            (r#"{"service":"a","port":1,"host":"a/b"}"#, "provider.host"),
+            (
+                r#"{"service":"a","port":1,"weight":10001}"#,
+                "provider.weight",
+            ),
+            (r#"{"service":"a","port":1,"ttl":"500ms"}"#, "provider.ttl"),
+            (r#"{"service":"a","port":1,"ttl":"61s"}"#, "provider.ttl"),
+            (r#"{"service":"a","port":1,"ttl":5}"#, "provider.ttl"),
+            (
+                r#"{"service":"a","port":1,"metadata":{"k":1}}"#,
+                "provider.metadata.k",
+            ),
+            (
+                r#"{"service":"a","port":1,"metadata":[]}"#,
+                "provider.metadata",
+            ),
+            (
+                r#"{"service":"a","port":1,"location":{"city":"x"}}"#,
+                "provider.location.city",
+            ),
+            (
+                r#"{"service":"a","port":1,"offline_path":"x"}"#,
+                "provider.offline_path",
+            ),
+            (
+                r#"{"service":"a","port":1,"status_path":"/polaris-wasm/offline"}"#,
+                "provider.status_path",
+            ),
+            (r#"{"service":"a","port":1,"ports":1}"#, "provider.ports"),
+            (
+                r#"{"service":"a","port":1,"namespace":""}"#,
+                "provider.namespace",
+            ),
+            (r#""a""#, "provider"),
+            (
+                r#"{"service":"a","port":1,"readiness":{}}"#,
+                "provider.readiness.cluster",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","path":"x"}}"#,
+                "provider.readiness.path",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","timeout":"1m"}}"#,
+                "provider.readiness.timeout",
+            ),
+            (
+                r#"{"service":"a","port":1,"readiness":{"cluster":"c","url":"/"}}"#,
+                "provider.readiness.url",
+            ),
+            (
+                r#"{"service":"a","port":1,"metrics_port":0}"#,
+                "provider.metrics_port",
+            ),
+            (
+                r#"{"service":"a","port":1,"metrics_path":"/m"}"#,
+                "provider.metrics_port",
+            ),
+            (
+                r#"{"service":"a","port":1,"metrics_port":9,"metrics_path":"m"}"#,
+                "provider.metrics_path",
+            ),
+        ] {
+            let e = parse(&format!(
+                r#"{{"polaris_cluster":"p","provider":{provider}}}"#
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, field, "{provider}: {e}");
+        }
     }
 
     #[test]

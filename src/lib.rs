@@ -12,6 +12,7 @@ pub mod limit;
 pub mod matching;
 pub mod model;
 pub mod polaris;
+pub mod provider;
 pub mod routing;
 pub mod shared;
 pub mod snapshot;

@@ -604,7 +604,9 @@ fn probes(calls: &[Call]) -> Vec<(String, String)> {
     calls
         .iter()
         .filter_map(|c| match c {
-            Call::Http { cluster, headers } => Some((
+            Call::Http {
+                cluster, headers, ..
+            } => Some((
                 cluster.clone(),
                 headers
                     .iter()

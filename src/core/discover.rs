@@ -1,4 +1,5 @@
-//! Sending `Discover` to Polaris: the one place that builds the call.
+//! Sending calls to Polaris (`Discover`, and the provider's unary calls): the one place that
+//! builds them.
 
 use std::time::Duration;
 
@@ -53,6 +54,18 @@ impl Link {
         timeout: Duration,
     ) -> Result<u32, DispatchError> {
         let message = client::discover_request(kind, key, revision);
+        counters.inc(Counter::DiscoverRequests);
+        self.unary(host, client::DISCOVER_METHOD, &message, timeout)
+    }
+
+    /// Sends one `v1.PolarisGRPC` call; the answer arrives in the calling context.
+    pub fn unary<C: Calls + ?Sized>(
+        &self,
+        host: &C,
+        method: &str,
+        message: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, DispatchError> {
         let token;
         let metadata: &[(&str, &[u8])] = match &self.token {
             Some(t) => {
@@ -61,13 +74,12 @@ impl Link {
             }
             None => &[],
         };
-        counters.inc(Counter::DiscoverRequests);
         host.grpc_unary(GrpcCall {
             upstream: &self.upstream,
             service: client::GRPC_SERVICE,
-            method: client::DISCOVER_METHOD,
+            method,
             metadata,
-            message: &message,
+            message,
             timeout,
         })
         .map_err(|error| DispatchError {

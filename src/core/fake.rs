@@ -21,6 +21,13 @@ pub enum Call {
         method: String,
         message: Vec<u8>,
     },
+    /// An HTTP callout: cluster and `:path`.
+    /// An HTTP callout: the cluster, its `:path`, and every header sent.
+    Http {
+        cluster: String,
+        path: String,
+        headers: Vec<(String, String)>,
+    },
     Now,
     Property(Vec<String>),
     DefineMetric(String),
@@ -33,16 +40,14 @@ pub enum Call {
         value: u64,
     },
     /// An HTTP callout: the cluster and its headers.
-    Http {
-        cluster: String,
-        headers: Vec<(String, String)>,
-    },
     ReadResponseHeader(String),
     StreamProperty(Vec<String>),
     ReadHeader(String),
     WriteHeader(String, String),
     WriteResponseHeader(String, String),
+    RemoveHeader(String),
     SourceAddress,
+    DestinationAddress,
 }
 
 /// Shared data: key -> (value, cas), one map for every VM of the Envoy.
@@ -191,8 +196,14 @@ impl Calls for FakeHost {
     }
 
     fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {
+        let path = call
+            .headers
+            .iter()
+            .find(|(k, _)| *k == ":path")
+            .map_or("", |(_, v)| v);
         self.record(Call::Http {
             cluster: call.cluster.to_string(),
+            path: path.to_string(),
             headers: call
                 .headers
                 .iter()
@@ -241,6 +252,7 @@ impl Properties for FakeHost {
 pub struct FakeStream {
     pub headers: Vec<(String, String)>,
     pub source: Option<String>,
+    pub destination: Option<String>,
     pub calls: Vec<Call>,
     pub response_headers: Vec<(String, String)>,
     /// Stream properties the host answers (`response.code_details`).
@@ -255,6 +267,7 @@ impl FakeStream {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             source: Some("10.0.0.9:5555".into()),
+            destination: Some("10.0.0.1:10001".into()),
             ..Default::default()
         }
     }
@@ -291,9 +304,20 @@ impl Stream for FakeStream {
         Ok(())
     }
 
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        self.calls.push(Call::RemoveHeader(name.to_string()));
+        self.headers.retain(|(k, _)| k != name);
+        Ok(())
+    }
+
     fn source_address(&mut self) -> Option<String> {
         self.calls.push(Call::SourceAddress);
         self.source.clone()
+    }
+
+    fn destination_address(&mut self) -> Option<String> {
+        self.calls.push(Call::DestinationAddress);
+        self.destination.clone()
     }
 
     fn response_header(&mut self, name: &str) -> Option<String> {

@@ -95,12 +95,18 @@ pub trait Stream {
     /// Sets (replacing) a request header.
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
     fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
-    /// The downstream peer, `ip:port`.
+    /// Removes a request header (if present).
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError>;
+    /// The downstream peer, `ip:port`. Envoy may take it from `x-forwarded-for` (when the
+    /// connection manager does not `use_remote_address`), so never trust it alone.
     fn source_address(&mut self) -> Option<String>;
     /// A response header (`:status` included), once the response headers have arrived.
     fn response_header(&mut self, name: &str) -> Option<String>;
     /// A property of this stream, e.g. `response.code_details`.
     fn stream_property(&mut self, path: &[&str]) -> Option<Vec<u8>>;
+    /// The local address the downstream connection arrived at, `ip:port` (the listener's, or the
+    /// original destination): never taken from request headers.
+    fn destination_address(&mut self) -> Option<String>;
 }
 
 pub use crate::polaris::CallError;

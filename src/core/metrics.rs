@@ -56,6 +56,26 @@ pub enum Counter {
     /// Fault-detection probes sent, and those that failed.
     ProbesSent,
     ProbesFailed,
+    /// `RegisterInstance` calls Polaris accepted.
+    ProviderRegistrations,
+    /// `RegisterInstance` calls that failed (retried with backoff).
+    ProviderRegisterErrors,
+    /// Heartbeats Polaris accepted.
+    ProviderHeartbeats,
+    /// Heartbeats that failed (retried within the TTL).
+    ProviderHeartbeatErrors,
+    /// Heartbeats answered "unknown instance": registered again.
+    ProviderReregistrations,
+    /// `DeregisterInstance` calls Polaris accepted (offline trigger, configuration removed).
+    ProviderDeregistrations,
+    /// `DeregisterInstance` calls that failed.
+    ProviderDeregisterErrors,
+    /// `ReportClient` calls Polaris accepted.
+    ClientReports,
+    /// `ReportClient` calls that failed.
+    ClientReportErrors,
+    /// Requests for the offline or status path refused because they were not local.
+    ProviderAdminRefused,
 }
 
 /// Gauges the leader sets.
@@ -67,7 +87,7 @@ pub enum Gauge {
 
 const GAUGES: [(Gauge, &str); 1] = [(Gauge::BreakersOpen, "polaris_wasm.breakers_open")];
 
-const ALL: [(Counter, &str); 27] = [
+const ALL: [(Counter, &str); 37] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -131,15 +151,63 @@ const ALL: [(Counter, &str); 27] = [
     (Counter::BreakerContended, "polaris_wasm.breaker_contended"),
     (Counter::ProbesSent, "polaris_wasm.probes_sent"),
     (Counter::ProbesFailed, "polaris_wasm.probes_failed"),
+    (
+        Counter::ProviderRegistrations,
+        "polaris_wasm.provider_registrations",
+    ),
+    (
+        Counter::ProviderRegisterErrors,
+        "polaris_wasm.provider_register_errors",
+    ),
+    (
+        Counter::ProviderHeartbeats,
+        "polaris_wasm.provider_heartbeats",
+    ),
+    (
+        Counter::ProviderHeartbeatErrors,
+        "polaris_wasm.provider_heartbeat_errors",
+    ),
+    (
+        Counter::ProviderReregistrations,
+        "polaris_wasm.provider_reregistrations",
+    ),
+    (
+        Counter::ProviderDeregistrations,
+        "polaris_wasm.provider_deregistrations",
+    ),
+    (
+        Counter::ProviderDeregisterErrors,
+        "polaris_wasm.provider_deregister_errors",
+    ),
+    (Counter::ClientReports, "polaris_wasm.client_reports"),
+    (
+        Counter::ClientReportErrors,
+        "polaris_wasm.client_report_errors",
+    ),
+    (
+        Counter::ProviderAdminRefused,
+        "polaris_wasm.provider_admin_refused",
+    ),
 ];
 
 /// The VM's counters; a metric the host refused to define is skipped, never fatal.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     ids: [Option<u32>; ALL.len()],
     pending: [Cell<u64>; ALL.len()],
     gauge_ids: [Option<u32>; GAUGES.len()],
     gauges: [Cell<Option<u64>>; GAUGES.len()],
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            ids: [None; ALL.len()],
+            pending: std::array::from_fn(|_| Cell::new(0)),
+            gauge_ids: [None; GAUGES.len()],
+            gauges: std::array::from_fn(|_| Cell::new(None)),
+        }
+    }
 }
 
 impl Counters {

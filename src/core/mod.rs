@@ -16,8 +16,10 @@ pub mod host;
 pub mod leader;
 pub mod limiter;
 pub mod metrics;
+pub mod node;
 pub mod probe_queue;
 pub mod probing;
+pub mod provider;
 pub mod reply;
 pub mod request;
 pub mod store;
@@ -28,6 +30,8 @@ pub mod worker;
 mod breaker_tests;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod provider_tests;
 #[cfg(test)]
 mod tests;
 

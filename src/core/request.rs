@@ -18,6 +18,8 @@ use crate::decision::{self, Rejection};
 use crate::limit::{CallerFacts, Limits};
 use crate::matching::RequestFacts;
 use crate::model::{Kind, ServiceKey};
+use crate::provider::is_loopback;
+use crate::provider::record::Outcome as ProviderOutcome;
 use crate::routing::{Plan, Rules};
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
@@ -55,10 +57,18 @@ struct Loading {
     answers: Vec<(Kind, CallResult)>,
 }
 
+/// Where the offline trigger is: isolating, then deregistering.
+enum OfflineStep {
+    Isolating(u32),
+    Deregistering(u32, ProviderOutcome),
+}
+
 /// The core's state for one HTTP stream.
 #[derive(Default)]
 pub struct Exchange {
     loading: Option<Loading>,
+    /// The offline trigger's calls, out.
+    offline: Option<OfflineStep>,
     ticket: Option<Ticket>,
     /// What the response reports to the circuit breakers, when any applies.
     feedback: Option<Feedback>,
@@ -83,6 +93,9 @@ impl Exchange {
         w: &mut Worker<H>,
         stream: &mut S,
     ) -> Verdict {
+        if w.provider.is_some() {
+            return self.inbound(w, stream);
+        }
         match self.route(w, stream) {
             Route::Sent => Verdict::Forward,
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
@@ -99,6 +112,9 @@ impl Exchange {
         token: u32,
         result: CallResult,
     ) -> Option<Verdict> {
+        if let Some(step) = self.offline.take() {
+            return self.offline_step(w, step, token, result);
+        }
         let loading = self.loading.as_mut()?;
         let kind = loading
             .tokens
@@ -159,6 +175,99 @@ impl Exchange {
     /// Whether the response needs the core (the trace, or the breakers' feedback).
     pub fn wants_response(&self) -> bool {
         !self.trace.is_empty() || self.feedback.is_some()
+    }
+
+    /// A request on the provider's listener: it goes to the service this Envoy fronts, except
+    /// the offline and status paths, which the filter answers itself, to loopback only.
+    fn inbound<H: Host, S: Stream + ?Sized>(
+        &mut self,
+        w: &mut Worker<H>,
+        stream: &mut S,
+    ) -> Verdict {
+        let Some(p) = &w.provider else {
+            return Verdict::Forward;
+        };
+        let raw = stream.request_header(":path").unwrap_or_default();
+        let path = raw.split(['?', '#']).next().unwrap_or_default();
+        let offline = path == p.config().offline_path;
+        if !offline && path != p.config().status_path {
+            // The listener routes to the local service; a pick header from a client (or from
+            // a consumer Envoy in front) has no business going further.
+            if let Err(e) = stream.remove_request_header(&w.config.upstream_header) {
+                log::warn!("cannot remove {}: {e}", w.config.upstream_header);
+            }
+            if let Some(local) = w.local_service() {
+                if let Ok(Some(side)) = limits_of(w, &local) {
+                    if let Some(r) = check_limits(w, &local, side, stream) {
+                        return Verdict::Reply(reply(w, &r));
+                    }
+                }
+            }
+            return Verdict::Forward;
+        }
+        // Both ends of the connection on loopback: the destination is the connection's local
+        // address, which no request header can change (the source alone can come from
+        // x-forwarded-for).
+        let local = stream.source_address().is_some_and(|a| is_loopback(&a))
+            && stream
+                .destination_address()
+                .is_some_and(|a| is_loopback(&a));
+        if !local {
+            w.counters.inc(Counter::ProviderAdminRefused);
+            let body = format!("polaris-wasm: {path} is only answered on loopback\n");
+            return Verdict::Reply(local_reply(w, 403, "not-local", body));
+        }
+        let method = stream.request_header(":method").unwrap_or_default();
+        if !(method == "GET" || (offline && method == "POST")) {
+            let body = format!("polaris-wasm: {method} is not allowed on {path}\n");
+            return Verdict::Reply(local_reply(w, 405, "method-not-allowed", body));
+        }
+        if !offline {
+            let body = p.status(&w.host);
+            return Verdict::Reply(local_reply(w, 200, "status", body));
+        }
+        match p.offline(&w.host, &w.link) {
+            Ok(token) => {
+                self.offline = Some(OfflineStep::Isolating(token));
+                Verdict::Wait
+            }
+            Err(r) => Verdict::Reply(local_reply(w, r.status, "offline-failed", r.body)),
+        }
+    }
+
+    /// An answer to the offline trigger's calls: the next call, or the reply.
+    fn offline_step<H: Host>(
+        &mut self,
+        w: &mut Worker<H>,
+        step: OfflineStep,
+        token: u32,
+        result: CallResult,
+    ) -> Option<Verdict> {
+        let p = w.provider.as_ref()?;
+        let r = match step {
+            OfflineStep::Isolating(t) if t == token => {
+                match p.offline_isolated(&w.host, &w.link, &result) {
+                    (isolated, Ok(next)) => {
+                        self.offline = Some(OfflineStep::Deregistering(next, isolated));
+                        return None;
+                    }
+                    (_, Err(r)) => r,
+                }
+            }
+            OfflineStep::Deregistering(t, isolated) if t == token => {
+                p.offline_answer(&w.host, &w.counters, &isolated, &result)
+            }
+            other => {
+                self.offline = Some(other);
+                return None;
+            }
+        };
+        let reason = if r.status == 200 {
+            "offline"
+        } else {
+            "offline-failed"
+        };
+        Some(Verdict::Reply(local_reply(w, r.status, reason, r.body)))
     }
 
     fn route<H: Host, S: Stream + ?Sized>(&mut self, w: &mut Worker<H>, stream: &mut S) -> Route {
@@ -355,7 +464,7 @@ fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<Rate
             None => Err(()),
         },
         Some(RateLimitSide::Local) => {
-            let Some(local) = w.caller.clone() else {
+            let Some(local) = w.local_service() else {
                 return Ok(None);
             };
             Ok(w.lookup_limits(&local).map(|_| RateLimitSide::Local))
@@ -370,19 +479,19 @@ fn check_limits<H: Host, S: Stream + ?Sized>(
     side: RateLimitSide,
     stream: &mut S,
 ) -> Option<Rejection> {
+    let local = match side {
+        RateLimitSide::Destination => None,
+        RateLimitSide::Local => Some(w.local_service()?),
+    };
     let Worker {
         host,
         config,
         counters,
         limits,
         limiter,
-        caller,
         ..
     } = w;
-    let rules_of = match side {
-        RateLimitSide::Destination => key,
-        RateLimitSide::Local => caller.as_ref()?,
-    };
+    let rules_of = local.as_ref().unwrap_or(key);
     let l = limits.peek(rules_of).filter(|l| !l.is_empty())?;
     let who = CallerFacts {
         namespace: &config.caller.namespace,
@@ -424,6 +533,22 @@ fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
         reason: rejection.reason(),
         body: format!("polaris-wasm: {rejection}\n"),
         headers,
+    }
+}
+
+/// A reply the provider side makes, counted.
+fn local_reply<H: Host>(
+    w: &Worker<H>,
+    status: u32,
+    reason: &'static str,
+    body: String,
+) -> LocalReply {
+    w.counters.inc(Counter::LocalReplies);
+    LocalReply {
+        status,
+        reason,
+        body,
+        headers: Vec::new(),
     }
 }
 

@@ -19,7 +19,9 @@ impl<H: Host> Worker<H> {
             .map(|c| (Kind::Routing, c))
             .into_iter()
             .collect();
-        if let (Some(RateLimitSide::Local), Some(c)) = (self.config.rate_limit, self.caller_key()) {
+        if let (Some(RateLimitSide::Local), Some(c)) =
+            (self.config.rate_limit, self.local_service())
+        {
             extra.push((Kind::RateLimit, c));
         }
         if self.config.breaker.is_some() && self.leader.holds_lease() {
@@ -34,6 +36,10 @@ impl<H: Host> Worker<H> {
             extra,
             now,
         );
+        if let Some(p) = &mut self.provider {
+            let here = &self.config.nearby.location;
+            p.tick(&self.host, &self.link, &self.counters, here, now);
+        }
         self.resync();
         if self.config.breaker.is_some() {
             breaking::flush_windows(self, now);
@@ -48,13 +54,25 @@ impl<H: Host> Worker<H> {
 
     /// An answer to a call this VM's root context made.
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
+        if let Some(p) = self.provider.as_mut().filter(|p| p.owns(token)) {
+            p.on_call_result(&self.host, &self.link, &self.counters, token, result);
+            return;
+        }
         self.leader
             .on_call_result(&self.host, &self.counters, token, result);
     }
 
-    /// The answer to an HTTP callout this VM's root context made (a fault-detection probe):
-    /// the `:status` (`None` when the call failed or timed out) and the body.
+    /// The answer to an HTTP callout this VM's root context made (the provider's readiness probe
+    /// or a fault-detection probe): the `:status` (`None` when the call failed or timed out) and
+    /// the body.
     pub fn on_http_call_result(&mut self, token: u32, status: Option<u32>, body: &[u8]) {
+        if let Some(p) = &mut self.provider {
+            let answer =
+                status.ok_or_else(|| "no answer (connection failed or timed out)".to_string());
+            if p.on_http_result(&self.host, &self.link, &self.counters, token, answer) {
+                return;
+            }
+        }
         let now = self.host.now_ms();
         if !probing::on_result(self, token, status, body, now) {
             log::debug!("HTTP callout answer {token} matches no probe");

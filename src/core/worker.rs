@@ -11,7 +11,9 @@ use super::host::{Host, Store};
 use super::leader::Leader;
 use super::limiter::Limiter;
 use super::metrics::Counters;
+use super::node;
 use super::probe_queue::Probing;
+use super::provider::Provider;
 use super::store;
 use crate::breaker::probe::{self, Detector};
 use crate::breaker::window::Schedule;
@@ -60,6 +62,8 @@ pub struct Worker<H> {
     pub(super) detectors: Cache<Rc<Vec<Detector>>>,
     /// The leader's probes.
     pub(super) probing: Probing,
+    /// The instance this Envoy registers, when configured.
+    pub(super) provider: Option<Provider>,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -86,6 +90,7 @@ impl<H: Host> Worker<H> {
         });
         Ok(Worker {
             leader: Leader::new(&config, tick),
+            provider: config.provider.clone().map(|p| Provider::new(p, tick)),
             location_pending: !config.nearby.has_location(),
             host,
             config,
@@ -126,6 +131,29 @@ impl<H: Host> Worker<H> {
         &self.counters
     }
 
+    /// The host is done with this context (Envoy's `on_done`). False while a deregistration is
+    /// out: the host should wait for [`Worker::on_call_result`] and then [`Worker::done_leaving`].
+    pub fn on_done(&mut self) -> bool {
+        let done = match &mut self.provider {
+            Some(p) => p.on_done(&self.host, &self.link, &self.counters),
+            None => true,
+        };
+        self.counters.flush(&self.host);
+        done
+    }
+
+    /// Whether the answer with `token` ended the wait `on_done` asked for.
+    pub fn done_leaving(&mut self, token: u32) -> bool {
+        let done = self
+            .provider
+            .as_mut()
+            .is_some_and(|p| p.done_leaving(token));
+        if done {
+            self.counters.flush(&self.host);
+        }
+        done
+    }
+
     /// Fills an unconfigured location from Envoy's node locality, once. A root context may not
     /// see the node property yet; a request always does, so a request's attempt is the last.
     pub(super) fn settle_location(&mut self, from_request: bool) {
@@ -152,6 +180,15 @@ impl<H: Host> Worker<H> {
     /// This Envoy's own service, whose outbound rules apply to every destination.
     pub(super) fn caller_key(&self) -> Option<ServiceKey> {
         self.caller.clone()
+    }
+
+    /// The service this Envoy fronts, whose rules `rate_limit.rules_of: local` applies: the
+    /// provider's service when this listener registers one, else `caller`.
+    pub(super) fn local_service(&self) -> Option<ServiceKey> {
+        match &self.config.provider {
+            Some(p) => Some(p.service.clone()),
+            None => self.caller.clone(),
+        }
     }
 
     /// Re-decodes every cached service and rule set whose shared entry changed since the last
@@ -307,39 +344,8 @@ fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     }
 }
 
-/// The part of `envoy.config.core.v3.Node` we read: `locality` (field 4).
-#[derive(Clone, PartialEq, prost::Message)]
-struct EnvoyNode {
-    #[prost(message, optional, tag = "4")]
-    locality: Option<EnvoyLocality>,
-}
-
-/// `envoy.config.core.v3.Locality`.
-#[derive(Clone, PartialEq, prost::Message)]
-struct EnvoyLocality {
-    #[prost(string, tag = "1")]
-    region: String,
-    #[prost(string, tag = "2")]
-    zone: String,
-    #[prost(string, tag = "3")]
-    sub_zone: String,
-}
-
 /// Envoy's node locality, the default location for nearby routing; `None` when the node
-/// property cannot be read. The property is the serialized Node message (Envoy does not walk into
-/// its fields by path): `xds.node` in current Envoy, `node` in older ones.
+/// property cannot be read.
 fn node_locality<H: Host>(host: &H) -> Option<Location> {
-    use prost::Message;
-    let node = [&["xds", "node"][..], &["node"][..]]
-        .into_iter()
-        .find_map(|path| {
-            host.property(path)
-                .and_then(|bytes| EnvoyNode::decode(bytes.as_slice()).ok())
-        })?;
-    let locality = node.locality.unwrap_or_default();
-    Some(Location {
-        region: locality.region,
-        zone: locality.zone,
-        campus: locality.sub_zone,
-    })
+    node::read(host).map(|n| n.locality)
 }

@@ -128,11 +128,8 @@ impl Stream for WasmStream {
         hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).map_err(refused)
     }
 
-    fn source_address(&mut self) -> Option<String> {
-        hostcalls::get_property(vec!["source", "address"])
-            .ok()
-            .flatten()
-            .and_then(|b| String::from_utf8(b).ok())
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).map_err(refused)
     }
 
     fn response_header(&mut self, name: &str) -> Option<String> {
@@ -144,6 +141,21 @@ impl Stream for WasmStream {
     fn stream_property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
     }
+
+    fn source_address(&mut self) -> Option<String> {
+        address_property("source")
+    }
+
+    fn destination_address(&mut self) -> Option<String> {
+        address_property("destination")
+    }
+}
+
+fn address_property(side: &str) -> Option<String> {
+    hostcalls::get_property(vec![side, "address"])
+        .ok()
+        .flatten()
+        .and_then(|b| String::from_utf8(b).ok())
 }
 
 /// The answer of the gRPC call that just completed in this context.

@@ -32,7 +32,25 @@ impl Context for Root {
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         if let Some(worker) = &self.worker {
             let result = grpc_result(status_code, response_size);
-            worker.borrow_mut().on_call_result(token_id, result);
+            let mut worker = worker.borrow_mut();
+            worker.on_call_result(token_id, result);
+            if worker.done_leaving(token_id) {
+                if let Err(e) = hostcalls::done() {
+                    log::warn!("root context {}: done() refused: {e:?}", self.context_id);
+                }
+            }
+        }
+    }
+
+    /// Envoy is done with this root context: on a listener update that keeps the VM, after the
+    /// drain time, once per thread. Returning false keeps it alive until the provider's
+    /// deregistration is answered; `done()` then ends it. On shutdown (SIGTERM,
+    /// `/quitquitquit`) Envoy does not wait and nothing sent here leaves Envoy: the offline
+    /// trigger is the way to deregister before stopping.
+    fn on_done(&mut self) -> bool {
+        match &self.worker {
+            Some(worker) => worker.borrow_mut().on_done(),
+            None => true,
         }
     }
 

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[3]
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("POLARIS_WASM", ROOT / "target/wasm32-wasip1/release/polaris_wasm.wasm"))
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
+PROVIDER = ROOT / "envoy" / "provider.yaml"
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
@@ -40,6 +41,11 @@ def render(
     text = _replace_once(text, "port_value: 9901", f"port_value: {admin_port}")
     text = _replace_once(text, "port_value: 10000", f"port_value: {listen_port}")
     text = _replace_once(text, "port_value: 8091", f"port_value: {polaris_grpc_port}")
+    return _with_plugin(text, plugin)
+
+
+def _with_plugin(text: str, plugin: dict) -> str:
+    """Our wasm path and this plugin JSON in place of the shipped ones."""
     text = _replace_once(
         text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
     )
@@ -47,6 +53,18 @@ def render(
     end = text.index("'\n", start)
     plugin_json = json.dumps(plugin).replace("'", "''")
     return text[:start] + f"value: '{plugin_json}'" + text[end + 1 :]
+
+
+def render_provider(
+    plugin: dict, listen_port: int, admin_port: int, polaris_grpc_port: int, app_port: int
+) -> str:
+    """The shipped provider config (envoy/provider.yaml) with our ports and plugin JSON."""
+    text = PROVIDER.read_text()
+    text = _replace_once(text, "port_value: 9902", f"port_value: {admin_port}")
+    text = _replace_once(text, "port_value: 10001", f"port_value: {listen_port}")
+    text = _replace_once(text, "port_value: 8080", f"port_value: {app_port}")
+    text = _replace_once(text, "port_value: 8091", f"port_value: {polaris_grpc_port}")
+    return _with_plugin(text, plugin)
 
 
 def validate(config_text: str, workdir: Path) -> subprocess.CompletedProcess:
@@ -81,6 +99,8 @@ class Envoy:
         )
         self.log_path = self.workdir / f"envoy-{self.listen_port}.log"
         self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self.extra_args: list[str] = []
 
     def start(self, timeout: float = 30.0) -> "Envoy":
         config = self.workdir / f"envoy-{self.listen_port}.yaml"
@@ -93,6 +113,7 @@ class Envoy:
                 "--concurrency", str(self.concurrency),
                 "--disable-hot-restart",
                 "--log-level", "info",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -113,6 +134,13 @@ class Envoy:
         self.stop()
         raise RuntimeError(f"envoy not ready in {timeout}s:\n{self.log_tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL: no on_done, nothing deregistered."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -121,6 +149,8 @@ class Envoy:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
+        if self.proc:
+            self.returncode = self.proc.returncode
         self.proc = None
 
     def __enter__(self) -> "Envoy":
@@ -171,6 +201,38 @@ class Envoy:
 
     def client(self) -> "Client":
         return Client(self.listen_port)
+
+
+class ProviderEnvoy(Envoy):
+    """An Envoy in front of a local application (envoy/provider.yaml): its listener's port is
+    the registered instance's port unless the plugin's `provider.port` says otherwise."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        plugin: dict,
+        polaris_grpc_port: int,
+        app_port: int,
+        concurrency: int = 2,
+        node: str = "",
+    ):
+        super().__init__(workdir, plugin, polaris_grpc_port, concurrency, config_text="-")
+        plugin = json.loads(json.dumps(plugin))
+        plugin.get("provider", {}).setdefault("port", self.listen_port)
+        self.plugin = plugin
+        self.config_text = node + render_provider(
+            plugin, self.listen_port, self.admin_port, polaris_grpc_port, app_port
+        )
+
+    def local(self, method: str, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
+        """A request to the provider listener (from loopback unless `host` says otherwise)."""
+        conn = http.client.HTTPConnection(host, self.listen_port, timeout=10)
+        try:
+            conn.request(method, path)
+            r = conn.getresponse()
+            return r.status, r.read().decode(errors="replace")
+        finally:
+            conn.close()
 
 
 class Client:
