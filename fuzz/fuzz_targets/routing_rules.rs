@@ -38,11 +38,13 @@ use prost::Message;
 struct Input {
     inbound: Vec<RouteSpec>,
     outbound: Vec<RouteSpec>,
-    instances: Vec<InstanceSpec>,
+    instance: InstanceSpec,
+    more_instances: Vec<InstanceSpec>,
     nearby_enabled: Option<bool>,
     caller: CallerSpec,
     options: RoutingOptions,
-    requests: Vec<FactsSpec>,
+    request: FactsSpec,
+    more_requests: Vec<FactsSpec>,
     seed: u64,
 }
 
@@ -81,7 +83,11 @@ fuzz_target!(|input: Input| {
     assert_eq!(rules.inbound.len(), inb.len());
     assert_eq!(rules.outbound.len(), outb.len());
 
-    let answer = instance_answer(&input.instances, input.nearby_enabled);
+    let instances: Vec<InstanceSpec> = std::iter::once(&input.instance)
+        .chain(&input.more_instances)
+        .cloned()
+        .collect();
+    let answer = instance_answer(&instances, input.nearby_enabled);
     let snapshot = match classify_instances(&key, &answer) {
         Ok(Discovered::Changed(s)) => s,
         other => panic!("a well-formed INSTANCE answer gave {other:?}"),
@@ -101,7 +107,8 @@ fuzz_target!(|input: Input| {
     plan.hash_key = input.options.hash_key();
     let selectable = snapshot.instances.iter().any(|i| i.is_selectable());
 
-    for (n, request) in input.requests.iter().take(4).enumerate() {
+    let requests = std::iter::once(&input.request).chain(input.more_requests.iter().take(3));
+    for (n, request) in requests.enumerate() {
         let seed = input.seed.wrapping_add(n as u64);
         let mut facts = request.to_facts(&caller);
         let decided = decide(&plan, &snapshot, &mut facts, &mut Rng::new(seed));

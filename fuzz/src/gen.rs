@@ -220,9 +220,18 @@ impl InstanceSpec {
                 .as_ref()
                 .map(|t| t.pick(&["a", "b", "c", "", "a"]))
                 .or_else(|| Some(format!("i{n}"))),
-            host: self.host.as_ref().map(|t| t.pick(HOSTS)),
+            // An instance without a host or port is dropped: most have them, so decisions are
+            // made among several.
+            host: Some(
+                self.host
+                    .as_ref()
+                    .map_or("127.0.0.1".into(), |t| t.pick(HOSTS)),
+            ),
             // Mostly valid ports; sometimes 0 or out of range.
-            port: self.port.map(|p| if p > 70_000 { p % 70_000 } else { p }),
+            port: Some(
+                self.port
+                    .map_or(8000 + n as u32, |p| if p > 70_000 { p % 70_000 } else { p }),
+            ),
             weight: self.weight.map(|w| match w % 4 {
                 0 => 0,
                 1 => 100,
