@@ -5,8 +5,9 @@
 #
 #   make fuzz          every target for FUZZ_SECONDS (default 120) each, one after the other;
 #                      prints executions, rate, coverage (cov/ft) and corpus per target, and the total
-#   make fuzz-smoke    every target for FUZZ_SMOKE_SECONDS (default 3) each: part of `make test`,
-#                      so the targets cannot rot
+#   make fuzz-smoke    every target for FUZZ_SMOKE_SECONDS (default 3) each from the committed
+#                      seeds, built without optimizations (quick to build, slow to run): part of
+#                      `make test`, so the targets cannot rot
 #   make fuzz-seeds    records real Polaris answers as discover_response seeds (scripts/fuzz_seeds.py)
 #
 # On a fresh machine these install the nightly toolchain (rustup, minimal profile) and cargo-fuzz
@@ -29,8 +30,11 @@ $(CARGO_FUZZ):
 fuzz: fuzz-tools
 	python3 scripts/fuzz_run.py --seconds $(FUZZ_SECONDS) --cargo-fuzz $(CARGO_FUZZ)
 
+# Unoptimized (its build is what a fresh clone, as CI uses, pays on every `make test`), and from
+# the committed seeds alone (so its cost does not grow with what `make fuzz` found).
 fuzz-smoke: fuzz-tools
-	python3 scripts/fuzz_run.py --seconds $(FUZZ_SMOKE_SECONDS) --cargo-fuzz $(CARGO_FUZZ)
+	python3 scripts/fuzz_run.py --dev --seeds-only --seconds $(FUZZ_SMOKE_SECONDS) \
+		--cargo-fuzz $(CARGO_FUZZ)
 
 fuzz-seeds: polaris-server
 	python3 scripts/fuzz_seeds.py
