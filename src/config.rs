@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::breaker::Settings;
+use crate::destination::valid_name;
 use crate::lb::{ring_hash, Options, Policy, Spec};
 use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
@@ -206,7 +207,8 @@ fn err(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-const KNOWN_FIELDS: &[&str] = &[
+/// The top-level fields of the plugin JSON; any other is rejected.
+pub const KNOWN_FIELDS: &[&str] = &[
     "polaris_cluster",
     "namespace",
     "refresh_interval",
@@ -265,8 +267,15 @@ impl Config {
             ));
         }
         let namespace = string(&map, "namespace")?.unwrap_or_else(|| "default".to_string());
-        if namespace.is_empty() {
-            return Err(err("namespace", "must not be empty"));
+        // Requests naming a bare service are looked up here, so it must be a name they can use.
+        if !valid_name(&namespace) {
+            return Err(err(
+                "namespace",
+                format!(
+                    "`{namespace}` is not a Polaris namespace name (1 to 128 letters, digits, \
+                     `-`, `_`, `.`, `:`)"
+                ),
+            ));
         }
         let refresh_interval =
             duration(&map, "refresh_interval")?.unwrap_or(Duration::from_secs(2));
@@ -1174,6 +1183,20 @@ mod tests {
             parse(r#"{"polaris_cluster":"p","destination":{"from":"header","header":"x-svc"}}"#)
                 .unwrap();
         assert_eq!(c.destination, DestinationSource::Header("x-svc".into()));
+    }
+
+    #[test]
+    fn a_namespace_no_request_could_be_looked_up_in_is_rejected() {
+        // Found by the config fuzz target: such a namespace was accepted, and then every request
+        // naming a bare service got 400 no-destination.
+        let with = |ns: &str| serde_json::json!({"polaris_cluster": "p", "namespace": ns});
+        for ns in ["", "a/b", "my ns", "\0\u{1b}", "ünï"] {
+            let e = parse(&with(ns).to_string()).unwrap_err();
+            assert_eq!(e.field, "namespace", "{ns:?}");
+        }
+        for ns in ["default", "Polaris", "team-a.prod", "ns_1:x"] {
+            assert_eq!(parse(&with(ns).to_string()).unwrap().namespace, ns);
+        }
     }
 
     #[test]

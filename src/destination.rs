@@ -54,7 +54,7 @@ impl DestinationMemo {
 
 /// Polaris names: letters, digits, `-`, `_`, `.`, `:`; never `/` or control characters, which our
 /// shared-data keys and watch list rely on.
-fn valid_name(s: &str) -> bool {
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
         && s.bytes()

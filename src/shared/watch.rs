@@ -1,6 +1,9 @@
 //! The watch list: services the leader keeps refreshed. Workers add a service the first time a
 //! request for it is answered by Polaris; the list is bounded by `max_services`.
 
+use std::collections::HashSet;
+
+use crate::destination::valid_name;
 use crate::model::ServiceKey;
 
 /// Services as `namespace/name` lines (names never contain `/` or newlines; see `destination`).
@@ -18,14 +21,20 @@ pub enum Added {
 }
 
 impl WatchList {
+    /// The services of a stored list, each once. Only lines naming a service a request could
+    /// have named are kept (see `destination::valid_name`): anything else in shared data (a torn
+    /// or foreign write) would have the leader ask Polaris about junk, and would not survive
+    /// `encode`; a service listed twice would be refreshed twice.
     pub fn decode(bytes: Option<&[u8]>) -> WatchList {
         let text = bytes
             .and_then(|b| std::str::from_utf8(b).ok())
             .unwrap_or("");
+        let mut seen = HashSet::new();
         let services = text
             .lines()
             .filter_map(|l| l.split_once('/'))
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
+            .filter(|(ns, name)| valid_name(ns) && valid_name(name))
+            .filter(|entry| seen.insert(*entry))
             .map(|(ns, name)| ServiceKey::new(ns, name))
             .collect();
         WatchList { services }
@@ -83,6 +92,31 @@ mod tests {
         let mut w = WatchList::default();
         assert_eq!(w.add(&ServiceKey::new("d", "a"), 1), Added::New);
         assert_eq!(w.add(&ServiceKey::new("d", "b"), 1), Added::Full);
+    }
+
+    #[test]
+    fn lines_that_name_no_valid_service_are_dropped_so_what_decodes_round_trips() {
+        // Found by the shared_records fuzz target: a control character in a namespace, and a
+        // name ending in a bare CR (which `lines` strips once a line feed follows it, so the
+        // re-encoded list decoded differently).
+        let w = WatchList::decode(Some(b"\x02/*\nd/b\r\nd/a b\nd/x/y\nd/ok"));
+        assert_eq!(
+            w.services(),
+            &[ServiceKey::new("d", "b"), ServiceKey::new("d", "ok")]
+        );
+        let w = WatchList::decode(Some(b"d/b\r"));
+        assert_eq!(w.services().len(), 0);
+        assert_eq!(WatchList::decode(Some(w.encode().as_bytes())), w);
+    }
+
+    #[test]
+    fn a_service_listed_twice_is_watched_once() {
+        // Found by the shared_records fuzz target.
+        let w = WatchList::decode(Some(b"d/a\nd/b\nd/a\n"));
+        assert_eq!(
+            w.services(),
+            &[ServiceKey::new("d", "a"), ServiceKey::new("d", "b")]
+        );
     }
 
     #[test]
