@@ -27,32 +27,13 @@ fn worker(host: &FakeHost, extra: &str) -> Worker<FakeHost> {
     w
 }
 
+/// An answer of `kind` about echo at revision r1 (the core tests' builder).
 fn response(kind: Kind) -> proto::DiscoverResponse {
-    proto::DiscoverResponse {
-        code: Some(200_000),
-        r#type: crate::polaris::client::request_type(kind) as i32,
-        service: Some(proto::Service {
-            name: Some("echo".into()),
-            namespace: Some("default".into()),
-            revision: Some("r1".into()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    super::tests::response(kind, 200_000, "r1")
 }
 
 fn instances(ports: &[u32]) -> Vec<u8> {
-    let mut r = response(Kind::Instances);
-    r.instances = ports
-        .iter()
-        .map(|&p| proto::Instance {
-            id: Some(format!("i{p}")),
-            host: Some("127.0.0.1".into()),
-            port: Some(p),
-            ..Default::default()
-        })
-        .collect();
-    r.encode_to_vec()
+    super::tests::instances("r1", ports)
 }
 
 fn breakers(rules: Vec<proto::CircuitBreakerRule>) -> Vec<u8> {

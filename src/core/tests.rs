@@ -31,7 +31,7 @@ fn worker(host: &FakeHost, extra: &str) -> Worker<FakeHost> {
     w
 }
 
-fn response(kind: Kind, code: u32, revision: &str) -> proto::DiscoverResponse {
+pub(super) fn response(kind: Kind, code: u32, revision: &str) -> proto::DiscoverResponse {
     proto::DiscoverResponse {
         code: Some(code),
         r#type: crate::polaris::client::request_type(kind) as i32,
@@ -45,7 +45,7 @@ fn response(kind: Kind, code: u32, revision: &str) -> proto::DiscoverResponse {
     }
 }
 
-fn instances(revision: &str, ports: &[u32]) -> Vec<u8> {
+pub(super) fn instances(revision: &str, ports: &[u32]) -> Vec<u8> {
     let mut r = response(Kind::Instances, 200_000, revision);
     r.instances = ports
         .iter()
