@@ -18,18 +18,22 @@ PY          := $(VENV)/bin/python
 ENVOY       := $(VENV)/bin/envoy
 TOOLS       := .tools
 WASM        := target/wasm32-wasip1/release/polaris_wasm.wasm
+WASM_LEAN   := target/wasm32-wasip1/release/polaris_wasm_lean.wasm
 # wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
 WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
-# The proxy-wasm callbacks the host layer implements. Envoy enters the VM only for exported
-# callbacks, and the SDK exports all of them: `make wasm` drops the rest (scripts/wasm_exports.py),
-# which took a GET from seven VM entries to three. Add a callback here when a context implements
-# it (tests/e2e/test_module.py checks).
+# The proxy-wasm callbacks Envoy may enter the VM through. The filter dispatches them itself
+# (src/host/dispatch.rs, `polaris_on_*`); `make wasm` exports those under the ABI's names and drops
+# the SDK's (scripts/wasm_exports.py): a GET enters the VM for its request headers (plus one
+# allocation for the header read), its response headers and its end, and nothing else. Context
+# create/delete are not exported: a VM runs one plugin (tests/e2e/test_module.py checks).
 WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_memory_allocate \
-                  proxy_on_context_create proxy_on_delete proxy_on_request_headers \
-                  proxy_on_response_headers proxy_on_done proxy_on_http_call_response \
-                  proxy_on_grpc_receive proxy_on_grpc_close \
+                  proxy_on_request_headers proxy_on_response_headers proxy_on_done \
+                  proxy_on_http_call_response proxy_on_grpc_receive proxy_on_grpc_close \
                   proxy_on_grpc_receive_initial_metadata proxy_on_grpc_receive_trailing_metadata
+# The lean build (same compile) leaves out the callbacks only the breakers' feedback, the trace and
+# the provider need: one VM entry per request, and it refuses those features.
+WASM_LEAN_LEAVES_OUT := proxy_on_response_headers proxy_on_done
 PYTEST_ARGS ?=
 
 include mk/polaris.mk
@@ -62,7 +66,9 @@ $(WBG_RUNNER):
 
 wasm: rust-targets
 	cargo build --release --target wasm32-wasip1
+	cp $(WASM) $(WASM_LEAN)
 	python3 scripts/wasm_exports.py $(WASM) --keep $(WASM_CALLBACKS)
+	python3 scripts/wasm_exports.py $(WASM_LEAN) --lean --keep $(filter-out $(WASM_LEAN_LEAVES_OUT),$(WASM_CALLBACKS))
 	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
 
 lint: rust-targets
@@ -93,10 +99,16 @@ test-parity: venv wasm polaris-server parity-oracle
 demo: venv wasm polaris-server
 	$(PY) scripts/demo.py
 
-bench: venv wasm polaris-server
+# The bench's reference: the least a wasm filter that writes an upstream header costs.
+CONSTANT_WASM := benches/constant-header/target/wasm32-wasip1/release/constant_header.wasm
+
+$(CONSTANT_WASM): benches/constant-header/Cargo.toml benches/constant-header/src/lib.rs
+	cd benches/constant-header && cargo build --release --target wasm32-wasip1
+
+bench: venv wasm polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)
 	cargo bench --bench decision
 
 clean: clean-polaris-server clean-parity-oracle clean-fuzz

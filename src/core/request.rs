@@ -172,6 +172,18 @@ impl Exchange {
         self.ticket.as_ref()
     }
 
+    /// The calls this stream waits on: their answers go to [`Exchange::on_call_result`].
+    pub fn pending_calls(&self) -> Vec<u32> {
+        let loading = self
+            .loading
+            .iter()
+            .flat_map(|l| l.tokens.iter().map(|(t, _)| *t));
+        let offline = self.offline.iter().map(|step| match step {
+            OfflineStep::Isolating(t) | OfflineStep::Deregistering(t, _) => *t,
+        });
+        loading.chain(offline).collect()
+    }
+
     /// Whether the response needs the core (the trace, or the breakers' feedback).
     pub fn wants_response(&self) -> bool {
         !self.trace.is_empty() || self.feedback.is_some()

@@ -1,9 +1,10 @@
 //! Per-VM state: one Envoy thread's configuration, decoded snapshots, compiled rules and plans,
 //! shared by its root context (ticks, the leader's refresh) and its HTTP streams.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use super::breakers::Breakers;
 use super::discover::Link;
@@ -45,7 +46,7 @@ pub struct Worker<H> {
     /// This Envoy's own service (`caller`), when configured.
     pub(super) caller: Option<ServiceKey>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
-    pub(super) plans: HashMap<ServiceKey, Plan>,
+    pub(super) plans: FxHashMap<ServiceKey, Plan>,
     pub(super) destinations: DestinationMemo,
     pub(super) rng: Rng,
     pub(super) counters: Counters,
@@ -53,11 +54,11 @@ pub struct Worker<H> {
     /// Compiled circuit-breaker rules by destination.
     pub(super) breakers: Cache<Rc<Breakers>>,
     /// The last decoded breaker state of each service, by the CAS it was read at.
-    pub(super) tables: HashMap<ServiceKey, (u32, Rc<Table>)>,
+    pub(super) tables: FxHashMap<ServiceKey, (u32, Rc<Table>)>,
     /// The table of a service without breaker state (shared, so reading it allocates nothing).
     pub(super) empty_table: Rc<Table>,
     /// The leader's ERROR_RATE checks in progress.
-    pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
+    pub(super) schedules: FxHashMap<(ServiceKey, String), Schedule>,
     /// Compiled fault-detection rules by service (the leader's).
     pub(super) detectors: Cache<Rc<Vec<Detector>>>,
     /// The leader's probes.
@@ -100,14 +101,14 @@ impl<H: Host> Worker<H> {
             limits: Cache::default(),
             limiter: Limiter::default(),
             caller,
-            plans: HashMap::new(),
+            plans: FxHashMap::default(),
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             counters,
             breakers: Cache::default(),
-            tables: HashMap::new(),
+            tables: FxHashMap::default(),
             empty_table: Rc::new(Table::default()),
-            schedules: HashMap::new(),
+            schedules: FxHashMap::default(),
             detectors: Cache::default(),
             probing: Probing::default(),
             tick,
