@@ -36,8 +36,9 @@ include mk/polaris.mk
 include mk/parity.mk
 include mk/oci.mk
 include mk/fuzz.mk
+include mk/istio.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
 
 help:
 	@sed -n '3,7p' Makefile
@@ -71,7 +72,7 @@ lint: rust-targets
 	cargo clippy --no-default-features --lib -- -D warnings
 	python3 scripts/module_cycles.py
 
-test: lint test-native test-wasm fuzz-smoke test-e2e
+test: lint test-native test-wasm fuzz-smoke test-e2e test-istio
 
 test-native:
 	cargo test
@@ -86,6 +87,12 @@ test-wasm: rust-targets $(WBG_RUNNER)
 test-e2e: venv wasm polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
 
+# Istio for real (tests/istio): istiod and pilot-agent built from Istio's Go module (mk/istio.mk),
+# our image in a local registry (Debian's docker-registry, filled with skopeo). Its own pytest
+# session: it moves itself into private network and mount namespaces (needs root).
+test-istio: venv oci oci-tools istio-tools istio polaris-server
+	$(PY) -m pytest tests/istio $(PYTEST_ARGS)
+
 # The parity suite alone.
 test-parity: venv wasm polaris-server parity-oracle
 	$(PY) -m pytest tests/parity $(PYTEST_ARGS)
@@ -99,6 +106,6 @@ bench: venv wasm polaris-server
 	$(PY) scripts/bench.py
 	cargo bench --bench decision
 
-clean: clean-polaris-server clean-parity-oracle clean-fuzz
+clean: clean-polaris-server clean-parity-oracle clean-fuzz clean-istio
 	cargo clean
 	rm -rf $(VENV) $(TOOLS)
