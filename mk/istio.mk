@@ -39,15 +39,16 @@ $(ISTIOD_BIN): $(ISTIO_DEPS)
 		-o $(abspath $@).tmp .
 	mv -f $@.tmp $@
 
-$(PILOT_AGENT_BIN): $(ISTIO_DEPS)
+# The stock agent: only the pinned module matters.
+$(PILOT_AGENT_BIN): $(ISTIO_SRC)/go.mod $(ISTIO_SRC)/go.sum
 	@mkdir -p $(dir $@)
 	cd $(ISTIO_SRC) && $(ISTIO_GOENV) $(GO) build -mod=readonly -buildvcs=false -trimpath \
 		-o $(abspath $@).tmp istio.io/istio/pilot/cmd/pilot-agent
 	mv -f $@.tmp $@
 
-$(ISTIO_BOOTSTRAP): $(ISTIO_DEPS)
+$(ISTIO_BOOTSTRAP): $(ISTIO_SRC)/go.mod
 	@mkdir -p $(dir $@)
-	cd $(ISTIO_SRC) && cp "$$($(ISTIO_GOENV) $(GO) list -mod=readonly -m -f '{{.Dir}}' istio.io/istio)/tools/packaging/common/envoy_bootstrap.json" $(abspath $@)
+	cd $(ISTIO_SRC) && install -m 0644 "$$($(ISTIO_GOENV) $(GO) list -mod=readonly -m -f '{{.Dir}}' istio.io/istio)/tools/packaging/common/envoy_bootstrap.json" $(abspath $@)
 
 clean-istio:
 	rm -f $(ISTIOD_BIN) $(ISTIOD_BIN).tmp $(PILOT_AGENT_BIN) $(PILOT_AGENT_BIN).tmp

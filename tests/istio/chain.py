@@ -47,13 +47,15 @@ FILTER_PREFIX = "extensions.istio.io/"
 UPSTREAM_CLUSTER = "outbound|18080||polaris-upstream.local"
 POLARIS_CLUSTER = "outbound|8091||polaris.polaris-system.svc.cluster.local"
 
+WASM_CACHE = "/var/lib/istio/data"  # pilot-agent's, fixed
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
 
 
 def enter_private_namespaces() -> None:
     """Moves this process (and so every child it starts) into new network and mount namespaces:
-    a loopback of its own and a tmpfs over /var/lib. Needs root (`make test` runs as root)."""
+    a loopback of its own and a tmpfs over /var/lib holding an empty Wasm cache for pilot-agent.
+    Needs root (`make test` runs as root)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS | CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
@@ -64,6 +66,7 @@ def enter_private_namespaces() -> None:
         ["ip", "link", "set", "lo", "up"],
     ):
         subprocess.run(cmd, check=True)
+    Path(WASM_CACHE).mkdir(parents=True)
 
 
 def _wait(predicate, timeout: float, what: str, log=lambda: "") -> None:
@@ -290,6 +293,8 @@ class Agent(Process):
             "proxyBootstrapTemplatePath": str(BOOTSTRAP_TEMPLATE),
             "concurrency": 2,
             "proxyAdminPort": ADMIN_PORT,
+            # Istio keeps few Envoy stats (our wasmcustom.* among them); add the outbound clusters'.
+            "proxyStatsMatcher": {"inclusionPrefixes": ["cluster.outbound|"]},
         }
         self.spawn(
             [

@@ -360,7 +360,10 @@ def test_the_modules_own_digest_is_refused_and_the_manifest_digest_loads(chain, 
     chain.apply_shipped(sha256=module_sha)
     try:
         until(lambda: fresh(service)[0] == 403, 30, "a 403 from the deny-all filter")
-        assert up.served() == 1
+        served = up.served()
+        hijack = {"x-polaris-upstream": up.address}
+        assert [fresh(service, headers=hijack)[0] for _ in range(10)] == [403] * 10
+        assert up.served() == served
         assert "checksum" in chain.agent.log_text().lower()
     finally:
         chain.apply_shipped()
