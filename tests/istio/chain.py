@@ -69,7 +69,7 @@ def enter_private_namespaces() -> None:
     Path(WASM_CACHE).mkdir(parents=True)
 
 
-def _wait(predicate, timeout: float, what: str, log=lambda: "") -> None:
+def wait_until(predicate, timeout: float, what: str, log=lambda: "") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -154,7 +154,7 @@ class Registry(Process):
             f"http: {{addr: '{self.host}'}}\n"
         )
         self.spawn([shutil.which("docker-registry") or "docker-registry", "serve", str(config)])
-        _wait(lambda: self.alive() and _get(self.port, "/v2/")[0] == 200, 30, "registry", self.log_tail)
+        wait_until(lambda: self.alive() and _get(self.port, "/v2/")[0] == 200, 30, "registry", self.log_tail)
         return self
 
     def push(self, tag: str) -> None:
@@ -272,7 +272,7 @@ class Istiod(Process):
             ],
             ISTIOD_ENV,
         )
-        _wait(lambda: self.alive() and _get(self.http_port, "/ready")[0] == 200, 90, "istiod", self.log_tail)
+        wait_until(lambda: self.alive() and _get(self.http_port, "/ready")[0] == 200, 90, "istiod", self.log_tail)
         return self
 
 
@@ -314,7 +314,7 @@ class Agent(Process):
                 "WASM_INSECURE_REGISTRIES": "*",
             },
         )
-        _wait(lambda: self.alive() and _get(ADMIN_PORT, "/ready")[0] == 200, 90, "envoy", self.log_tail)
+        wait_until(lambda: self.alive() and _get(ADMIN_PORT, "/ready")[0] == 200, 90, "envoy", self.log_tail)
         return self
 
     def admin(self, path: str) -> tuple[int, str]:

@@ -82,7 +82,7 @@ def wait_for_filter(agent: ch.Agent, timeout: float = 60.0) -> None:
         return last[1].get("x-polaris-reason") == "service-not-found"
 
     try:
-        ch._wait(answered, timeout, "our filter on port 18080", lambda: f"last answer {last}\n{agent.log_tail()}")
+        ch.wait_until(answered, timeout, "our filter on port 18080", lambda: f"last answer {last}\n{agent.log_tail()}")
     finally:
         client.close()
 
