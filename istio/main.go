@@ -47,6 +47,9 @@ func (l laterXDS) ConfigUpdate(req *model.PushRequest) {
 // setKubeClient sets Server.kubeClient, the one field server_test.go sets that is not exported.
 func setKubeClient(s *bootstrap.Server, c kubelib.Client) {
 	f := reflect.ValueOf(s).Elem().FieldByName("kubeClient")
+	if !f.IsValid() || !reflect.TypeOf(c).AssignableTo(f.Type()) {
+		log.Fatal("bootstrap.Server has no kubeClient field of a kube.Client type at this Istio version")
+	}
 	reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Set(reflect.ValueOf(c))
 }
 
