@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import time
 
 import pytest
@@ -281,6 +282,29 @@ def test_port_18080_never_reaches_the_original_dst_cluster_past_the_filter(chain
     assert rogue.served() == 0
     assert status == 503, (status, body)
     assert headers["x-polaris-reason"] == "service-not-found", headers
+
+
+def test_a_connect_tunnel_on_port_18080_reaches_nothing(chain, upstreams):
+    """The other proxy form, CONNECT host:port, gets no tunnel: nothing the client names is
+    reached, not even by a request sent down the would-be tunnel."""
+    (rogue,) = upstreams("rogue")
+
+    with socket.create_connection(("127.0.0.1", ch.LISTEN_PORT), timeout=10) as s:
+        s.sendall(
+            f"CONNECT {rogue.address} HTTP/1.1\r\nHost: {rogue.address}\r\n"
+            f"x-polaris-upstream: {rogue.address}\r\n\r\n".encode()
+        )
+        head = s.recv(4096).decode(errors="replace")
+        try:
+            s.sendall(f"GET / HTTP/1.1\r\nHost: {rogue.address}\r\n\r\n".encode())
+            s.recv(4096)
+        except OSError:
+            pass  # Envoy closed the connection: no tunnel
+
+    # The filter's own answer: "127.0.0.1" is no Polaris service.
+    assert head.startswith("HTTP/1.1 503"), head
+    assert "x-polaris-reason: service-not-found" in head.lower(), head
+    assert rogue.served() == 0
 
 
 def test_http_proxy_form_names_the_service(chain, polaris, service, upstreams):
