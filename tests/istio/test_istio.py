@@ -18,6 +18,7 @@ import yaml
 
 import chain as ch
 from conftest import wait_for_filter
+from istio_shape import ISTIO_FETCH_FAILED_FAIL_CLOSE
 from harness.polaris import breaker_rule
 
 REFRESH = 2.0  # the shipped pluginConfig's refresh_interval
@@ -153,15 +154,20 @@ def test_the_envoyfilter_settings_reach_the_clusters(chain):
     assert "http2_protocol_options" in options["explicit_http_config"]
 
 
-def ecds_wasm(agent, name: str) -> dict:
-    """The Wasm PluginConfig Envoy got by ECDS under `name` (after pilot-agent's rewrite)."""
+def ecds_filter(agent, name: str) -> dict:
+    """The filter config Envoy got by ECDS under `name` (after pilot-agent's rewrite)."""
     status, body = agent.admin("/config_dump?resource=ecds_filters")
     assert status == 200, body[:200]
     for entry in json.loads(body).get("configs", []):
         flt = entry.get("ecds_filter") or {}
         if flt.get("name") == name:
-            return flt["typed_config"]["config"]
+            return flt["typed_config"]
     raise AssertionError(f"no ECDS filter {name}")
+
+
+def ecds_wasm(agent, name: str) -> dict:
+    """The Wasm PluginConfig of that filter."""
+    return ecds_filter(agent, name)["config"]
 
 
 def test_the_shape_file_is_what_istio_generates(chain):
@@ -401,6 +407,10 @@ def test_the_modules_own_digest_is_refused_and_the_manifest_digest_loads(chain, 
         assert [fresh(service, headers=hijack)[0] for _ in range(10)] == [403] * 10
         assert up.served() == served
         assert "checksum" in chain.agent.log_text().lower()
+        # Exactly the stand-in tests/e2e/test_failure_policy.py runs in the shape.
+        (name,) = [f["name"] for f in http_filters(listener_18080(chain.agent)) if f["name"].startswith(ch.FILTER_PREFIX)]
+        (stand_in,) = yaml.safe_load(ISTIO_FETCH_FAILED_FAIL_CLOSE)
+        assert ecds_filter(chain.agent, name) == stand_in["typed_config"]
     finally:
         chain.apply_shipped()
         wait_for_filter(chain.agent)
