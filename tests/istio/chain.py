@@ -348,3 +348,19 @@ class Agent(Process):
 
     def client(self) -> Client:
         return Client(LISTEN_PORT)
+
+    def wait_for_filter(self, timeout: float = 60.0) -> None:
+        """Until a request on port 18080 is answered by our filter: the module was pulled, loaded
+        and configured (an unknown service gets the filter's own 503)."""
+        client = self.client()
+        last = None
+
+        def answered() -> bool:
+            nonlocal last
+            last = client.request(f"istio-probe-{time.monotonic_ns()}")
+            return last[1].get("x-polaris-reason") == "service-not-found"
+
+        try:
+            wait_until(answered, timeout, "our filter on port 18080", lambda: f"last answer {last}\n{self.log_tail()}")
+        finally:
+            client.close()

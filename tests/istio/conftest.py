@@ -61,30 +61,12 @@ def chain(polaris, tmp_path_factory) -> Chain:
         c.apply_shipped()
         istiod.start()
         agent = c.agent = ch.Agent(work / "agent").start()
-        wait_for_filter(agent)
+        agent.wait_for_filter()
         yield c
     finally:
         for p in (agent, istiod, registry):
             if p is not None:
                 p.stop()
-
-
-def wait_for_filter(agent: ch.Agent, timeout: float = 60.0) -> None:
-    """Until a request on port 18080 is answered by our filter: the module was pulled, loaded and
-    configured (an unknown service gets the filter's own 503)."""
-    client = agent.client()
-    probe = f"istio-probe-{uuid.uuid4().hex[:6]}"
-    last = None
-
-    def answered() -> bool:
-        nonlocal last
-        last = client.request(probe)
-        return last[1].get("x-polaris-reason") == "service-not-found"
-
-    try:
-        ch.wait_until(answered, timeout, "our filter on port 18080", lambda: f"last answer {last}\n{agent.log_tail()}")
-    finally:
-        client.close()
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 import chain as ch
-from conftest import wait_for_filter
 from istio_shape import ISTIO_FETCH_FAILED_FAIL_CLOSE
 from harness.polaris import breaker_rule
 
@@ -65,15 +64,11 @@ def cluster_stat(agent, cluster: str, stat: str) -> int:
 # --- what Istio generated from the shipped resources ---------------------------------------------
 
 
-def _dump(agent, resource: str) -> list[dict]:
-    return agent.config_dump(resource)
-
-
 def listener_18080(agent) -> dict:
     """Istio's outbound listener for port 18080: `127.0.0.1_18080` here, as a sidecar without
     traffic capture (INTERCEPTION_MODE NONE) binds outbound ports on localhost; `0.0.0.0_18080`
     behind iptables in a pod. The filters and routes are the same."""
-    for entry in _dump(agent, "dynamic_listeners"):
+    for entry in agent.config_dump("dynamic_listeners"):
         active = (entry.get("active_state") or {}).get("listener") or {}
         if active.get("name") == f"127.0.0.1_{ch.LISTEN_PORT}":
             return active
@@ -86,7 +81,7 @@ def http_filters(listener: dict) -> list[dict]:
 
 
 def route_18080(agent) -> dict:
-    for entry in _dump(agent, "dynamic_route_configs"):
+    for entry in agent.config_dump("dynamic_route_configs"):
         rc = entry.get("route_config") or {}
         if rc.get("name") == "18080":
             return rc
@@ -139,7 +134,7 @@ def test_route_18080_sends_every_host_to_the_original_dst_cluster_and_keeps_isti
 
 def test_the_envoyfilter_settings_reach_the_clusters(chain):
     clusters = {}
-    for entry in _dump(chain.agent, "dynamic_active_clusters"):
+    for entry in chain.agent.config_dump("dynamic_active_clusters"):
         c = entry.get("cluster") or {}
         clusters[c.get("name")] = c
 
@@ -201,7 +196,7 @@ def test_the_shape_file_is_what_istio_generates(chain):
     assert route_config.get("ignore_port_in_host_matching") == shape_hcm["route_config"].get("ignore_port_in_host_matching")
 
     clusters = {}
-    for entry in _dump(chain.agent, "dynamic_active_clusters"):
+    for entry in chain.agent.config_dump("dynamic_active_clusters"):
         c = entry.get("cluster") or {}
         clusters[c.get("name")] = c
     upstream, shape_upstream = clusters[ch.UPSTREAM_CLUSTER], shape_clusters[ch.UPSTREAM_CLUSTER]
@@ -413,5 +408,5 @@ def test_the_modules_own_digest_is_refused_and_the_manifest_digest_loads(chain, 
         assert ecds_filter(chain.agent, name) == stand_in["typed_config"]
     finally:
         chain.apply_shipped()
-        wait_for_filter(chain.agent)
+        chain.agent.wait_for_filter()
     assert fresh(service)[2] == "behind"
