@@ -20,7 +20,7 @@ impl Http {
         Http {
             context_id,
             worker,
-            exchange: Exchange::default(),
+            exchange: Exchange::new(context_id),
         }
     }
 
@@ -42,6 +42,13 @@ impl Http {
 }
 
 impl Context for Http {
+    /// The stream is gone (completed or reset): Envoy calls this for every stream, so the
+    /// export costs no extra VM entry. Leaves the unirate queue, gives back CONCURRENCY slots.
+    fn on_done(&mut self) -> bool {
+        self.exchange.on_end(&mut self.worker.borrow_mut());
+        true
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
         let result = grpc_result(status_code, response_size);
         let verdict = self.exchange.on_call_result(

@@ -125,6 +125,13 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(worker) = &self.worker {
             worker.borrow_mut().on_tick();
+            // Resuming a queued stream switched the host calls to it; switch back.
+            if let Err(e) = hostcalls::set_effective_context(self.context_id) {
+                log::warn!(
+                    "root context {}: cannot switch back: {e:?}",
+                    self.context_id
+                );
+            }
         }
     }
 
