@@ -1596,6 +1596,28 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_takes_concurrency_thresholds_and_bodies_by_rule_name() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","rate_limit":{"concurrency":{"c":3},"bodies":{"c":"busy"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit_rules.concurrency, vec![("c".to_string(), 3)]);
+        assert_eq!(
+            c.rate_limit_rules.bodies,
+            vec![("c".to_string(), "busy".to_string())]
+        );
+        for (rl, field) in [
+            (r#"{"concurrency":{"c":0}}"#, "rate_limit.concurrency.c"),
+            (r#"{"concurrency":{"c":"3"}}"#, "rate_limit.concurrency.c"),
+            (r#"{"concurrency":[3]}"#, "rate_limit.concurrency"),
+            (r#"{"bodies":{"c":1}}"#, "rate_limit.bodies.c"),
+        ] {
+            let e = parse(&format!(r#"{{"polaris_cluster":"p","rate_limit":{rl}}}"#)).unwrap_err();
+            assert_eq!(e.field, field, "{rl}: {e}");
+        }
+    }
+
+    #[test]
     fn circuit_breaking_is_off_unless_configured_and_then_refreshes_breaker_rules() {
         let off = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
         assert_eq!(off.breaker, None);
