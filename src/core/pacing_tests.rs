@@ -312,3 +312,23 @@ fn the_trace_names_the_unirate_turn_a_forwarded_request_waited_for() {
         "queued/paced/100ms".to_string()
     )));
 }
+
+#[test]
+fn a_dry_run_unirate_rule_never_queues_but_counts_what_it_would_have_refused() {
+    let host = FakeHost::new(START);
+    let mut w = worker(
+        &host,
+        unirate(1),
+        r#"{"rules_of":"destination","dry_run":["paced"]}"#,
+    );
+    let verdicts: Vec<Verdict> = (1..=13).map(|id| ask(&mut w, id).1).collect();
+    assert!(
+        verdicts.iter().all(|v| *v == Verdict::Forward),
+        "{verdicts:?}"
+    );
+    assert!(
+        pacing(&host).is_empty(),
+        "nothing paused, the timer untouched"
+    );
+    assert_eq!(w.counters.pending(Counter::RateLimitDryRun), 2);
+}

@@ -39,7 +39,8 @@ pub enum Verdict {
     Forward,
     /// Answer the request with this reply.
     Reply(LocalReply),
-    /// Hold the request: calls are out, and their results decide it.
+    /// Hold the request: calls are out, and their results decide it; or it waits for its
+    /// unirate turn, and a later tick resumes it through `Pacing::resume_request`.
     Wait,
 }
 
