@@ -146,6 +146,7 @@ impl<H: Host> Worker<H> {
             Some(p) => p.on_done(&self.host, &self.link, &self.counters),
             None => true,
         };
+        self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
         done
     }
