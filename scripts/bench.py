@@ -12,7 +12,9 @@ breaker state and every response is classified); the breakers / filter ratio is 
 success path with a breaker active (issue 10: at most 2 % lower).
 With `--rate-limit` a third Envoy runs our filter with rate limiting on and a local rule on the
 service that never triggers (every request is counted against it), and the limited / filter
-ratios are printed: the cost of the rate limiter on the request path.
+ratios are printed: the cost of the rate limiter on the request path. Its peer runs too, *native*:
+the baseline with Envoy's own `envoy.filters.http.local_ratelimit` (a bucket that never runs out),
+and native / baseline is the native limiter's cost, to compare with limited / filter.
 With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
 rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too;
 `--module NAME=PATH` (repeatable) does the same under another name.
@@ -71,6 +73,17 @@ static_resources:
     load_assignment:
       cluster_name: static
       endpoints: [{lb_endpoints: [ENDPOINTS]}]
+"""
+
+# The peer: Envoy's native local rate limit on the baseline, with a bucket that never runs out,
+# so every request is counted against it as our `limited` setup's are.
+NATIVE_LIMIT = """          - name: envoy.filters.http.local_ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+              stat_prefix: native_limit
+              token_bucket: {max_tokens: 1000000000, tokens_per_fill: 1000000000, fill_interval: 1s}
+              filter_enabled: {default_value: {numerator: 100, denominator: HUNDRED}, runtime_key: rl_enabled}
+              filter_enforced: {default_value: {numerator: 100, denominator: HUNDRED}, runtime_key: rl_enforced}
 """
 
 NGINX = """
@@ -198,6 +211,11 @@ def main() -> None:
             listen, admin = free_port(), free_port()
             limited = {**plugin, "rate_limit": {"rules_of": "destination"}}
             runs.append(("limited", render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
+            listen, admin = free_port(), free_port()
+            native_text = (BASELINE.replace("ADMIN", str(admin)).replace("LISTEN", str(listen))
+                           .replace("ENDPOINTS", endpoints)
+                           .replace("          http_filters:\n", "          http_filters:\n" + NATIVE_LIMIT))
+            runs.append(("native", native_text, (listen, admin)))
         if args.compare:
             listen, admin = free_port(), free_port()
             compare_plugin = {**plugin, "circuit_breaker": {}} if args.compare_breakers else plugin
@@ -282,6 +300,16 @@ def main() -> None:
             print("median limited / filter capacity ratio:  "
                   f"{statistics.median(f['cpu_us'] / l['cpu_us'] for f, l in lim_pairs):.3f}"
                   "  (target >= 0.97)")
+            nat_pairs = list(zip(results["baseline"], results["native"]))
+            print("median native / baseline capacity ratio: "
+                  f"{statistics.median(b['cpu_us'] / n['cpu_us'] for b, n in nat_pairs):.3f}"
+                  "  (Envoy's local_ratelimit on the baseline)")
+            print("median limited / native capacity ratio:  "
+                  f"{statistics.median(n['cpu_us'] / l['cpu_us'] for n, l in zip(results['native'], results['limited'])):.3f}"
+                  "  (whole filter with limits vs baseline with the native limiter)")
+            print("limiter cost, us/req (median of rounds): ours "
+                  f"{statistics.median(l['cpu_us'] - f['cpu_us'] for f, l in lim_pairs):.2f}, native "
+                  f"{statistics.median(n['cpu_us'] - b['cpu_us'] for b, n in nat_pairs):.2f}")
         if "compare" in results:
             against = "breakers" if args.compare_breakers else "filter"
             print(f"(compare ratios against {against})")

@@ -15,6 +15,7 @@ use super::metrics::Counters;
 use super::node;
 use super::probe_queue::Probing;
 use super::provider::Provider;
+use super::queue::Queue;
 use super::store;
 use crate::breaker::probe::{self, Detector};
 use crate::breaker::window::Schedule;
@@ -65,6 +66,11 @@ pub struct Worker<H> {
     pub(super) probing: Probing,
     /// The instance this Envoy registers, when configured.
     pub(super) provider: Option<Provider>,
+    /// Requests paused for their unirate turn.
+    pub(super) queue: Queue,
+    /// When the next full tick (lease, refresh, resync, metrics) is due: ticks come faster
+    /// while requests are queued, and those in between only resume them.
+    pub(super) next_full_tick: u64,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -111,6 +117,8 @@ impl<H: Host> Worker<H> {
             schedules: FxHashMap::default(),
             detectors: Cache::default(),
             probing: Probing::default(),
+            queue: Queue::default(),
+            next_full_tick: 0,
             tick,
             seen_generation: 0,
         })
@@ -139,6 +147,7 @@ impl<H: Host> Worker<H> {
             Some(p) => p.on_done(&self.host, &self.link, &self.counters),
             None => true,
         };
+        self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
         done
     }
@@ -226,10 +235,10 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
-        let dry_run = &self.config.rate_limit_dry_run;
+        let settings = &self.config.rate_limit_rules;
         for key in self.limits.keys() {
             sync(&self.host, &mut self.limits, Kind::RateLimit, &key, |b| {
-                Limits::from_stored(&key, b, dry_run)
+                Limits::from_stored(&key, b, settings)
             });
         }
         for key in self.breakers.keys() {
@@ -301,9 +310,9 @@ impl<H: Host> Worker<H> {
     /// The compiled rate-limit rules of `key`, filling the cache from shared data on a miss.
     pub(super) fn lookup_limits(&mut self, key: &ServiceKey) -> Option<&Limits> {
         if self.limits.peek(key).is_none() {
-            let dry_run = &self.config.rate_limit_dry_run;
+            let settings = &self.config.rate_limit_rules;
             sync(&self.host, &mut self.limits, Kind::RateLimit, key, |b| {
-                Limits::from_stored(key, b, dry_run)
+                Limits::from_stored(key, b, settings)
             });
         }
         self.limits.peek(key)

@@ -50,7 +50,7 @@ impl Vm {
 
     /// Keeps the stream while the core needs it, and notes the calls it waits on.
     fn hold(&mut self, stream: u32, exchange: Exchange, verdict: &Verdict) {
-        if matches!(verdict, Verdict::Wait) || exchange.wants_response() {
+        if matches!(verdict, Verdict::Wait) || exchange.wants_response() || exchange.wants_end() {
             for token in exchange.pending_calls() {
                 self.callouts.insert(token, stream);
             }
@@ -139,6 +139,8 @@ fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> bool {
             return false;
         }
     };
+    let mut config = config;
+    config.rate_limit_rules.no_stream_ends = lean();
     if let Some(field) = needs_full_build(&config).filter(|_| lean()) {
         log::error!(
             "invalid plugin configuration: field `{field}`: needs the response path, which \
@@ -177,6 +179,10 @@ pub extern "C" fn polaris_on_tick(root: u32) {
     with_vm(|vm| {
         if let Some(worker) = vm.worker(root) {
             worker.on_tick();
+            // Resuming a queued stream switched the host calls to it; switch back.
+            if let Err(e) = hostcalls::set_effective_context(root) {
+                log::warn!("root context {root}: cannot switch back: {e:?}");
+            }
         }
     });
 }
@@ -191,7 +197,7 @@ pub extern "C" fn polaris_on_request_headers(
         let Some((_, worker)) = vm.root.as_mut() else {
             return Action::Continue;
         };
-        let mut exchange = Exchange::default();
+        let mut exchange = Exchange::new(context_id);
         let verdict = exchange.on_request(worker, &mut WasmStream);
         let action = match &verdict {
             Verdict::Forward => Action::Continue,
@@ -220,6 +226,9 @@ pub extern "C" fn polaris_on_response_headers(
         if let Some((_, worker)) = vm.root.as_mut() {
             exchange.on_response(worker, &mut WasmStream);
         }
+        if exchange.wants_end() {
+            vm.held.insert(context_id, exchange);
+        }
     });
     Action::Continue
 }
@@ -228,8 +237,11 @@ pub extern "C" fn polaris_on_response_headers(
 #[no_mangle]
 pub extern "C" fn polaris_on_done(context_id: u32) -> bool {
     with_vm(|vm| {
-        if vm.held.remove(&context_id).is_some() {
+        if let Some(mut exchange) = vm.held.remove(&context_id) {
             vm.callouts.retain(|_, s| *s != context_id);
+            if let Some((_, worker)) = vm.root.as_mut() {
+                exchange.on_end(worker);
+            }
             return true;
         }
         vm.worker(context_id).is_none_or(Worker::on_done)
