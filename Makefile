@@ -27,7 +27,8 @@ WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
 # (src/host/dispatch.rs, `polaris_on_*`); `make wasm` exports those under the ABI's names and drops
 # the SDK's (scripts/wasm_exports.py): a GET enters the VM for its request headers (plus one
 # allocation for the header read), its response headers and its end, and nothing else. Context
-# create/delete are not exported: a VM runs one plugin (tests/e2e/test_module.py checks).
+# create/delete are not exported: new streams go to the VM's newest plugin configuration
+# (tests/e2e/test_module.py checks the exports).
 WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_memory_allocate \
                   proxy_on_request_headers proxy_on_response_headers proxy_on_done \
                   proxy_on_http_call_response proxy_on_grpc_receive proxy_on_grpc_close \

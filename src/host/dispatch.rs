@@ -27,35 +27,54 @@ thread_local! {
     static VM: RefCell<Vm> = RefCell::new(Vm::default());
 }
 
-/// One thread's VM: its plugin's root context and the streams the core still needs.
+/// One thread's VM: its plugin's root contexts and the streams the core still needs.
 ///
 /// Without `proxy_on_context_create` (a VM entry per stream) a stream does not say which root it
-/// belongs to, so a VM runs one plugin: a second one in the same VM fails its configuration.
+/// belongs to: new streams go to the newest configuration. A listener update that keeps the VM
+/// adds a root while the old one drains (its provider still leaves through `on_done`); two
+/// filters with different configurations need a `vm_config.vm_id` each.
 #[derive(Default)]
 struct Vm {
-    root: Option<(u32, Worker<Wasm>)>,
-    held: HashMap<u32, Exchange>,
+    /// Root contexts in the order they were configured.
+    roots: Vec<(u32, Worker<Wasm>)>,
+    held: HashMap<u32, Held>,
     /// gRPC calls a held stream is waiting on, by token.
     callouts: HashMap<u32, u32>,
+}
+
+/// A stream the core still needs, and the root that decided it.
+struct Held {
+    root: u32,
+    exchange: Exchange,
 }
 
 impl Vm {
     /// The worker of the root context `id`.
     fn worker(&mut self, id: u32) -> Option<&mut Worker<Wasm>> {
-        self.root
-            .as_mut()
-            .filter(|(root, _)| *root == id)
+        self.roots
+            .iter_mut()
+            .find(|(root, _)| *root == id)
             .map(|(_, w)| w)
     }
 
+    /// The root new streams go to.
+    fn newest(&mut self) -> Option<(u32, &mut Worker<Wasm>)> {
+        self.roots.last_mut().map(|(id, w)| (*id, w))
+    }
+
     /// Keeps the stream while the core needs it, and notes the calls it waits on.
-    fn hold(&mut self, stream: u32, exchange: Exchange, verdict: &Verdict) {
+    fn hold(&mut self, stream: u32, root: u32, exchange: Exchange, verdict: &Verdict) {
         if matches!(verdict, Verdict::Wait) || exchange.wants_response() || exchange.wants_end() {
             for token in exchange.pending_calls() {
                 self.callouts.insert(token, stream);
             }
-            self.held.insert(stream, exchange);
+            self.held.insert(stream, Held { root, exchange });
         }
+    }
+
+    /// Envoy is done with root `id`: it gets no more callbacks.
+    fn forget_root(&mut self, id: u32) {
+        self.roots.retain(|(root, _)| *root != id);
     }
 }
 
@@ -125,13 +144,6 @@ pub extern "C" fn polaris_on_configure(root: u32, _plugin_configuration_size: us
 }
 
 fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> bool {
-    if vm.root.as_ref().is_some_and(|(id, _)| *id != root) {
-        log::error!(
-            "vm_config: another polaris plugin already runs in this VM; give each filter with \
-             its own plugin configuration a vm_config.vm_id of its own"
-        );
-        return false;
-    }
     let config = match Config::parse(bytes) {
         Ok(c) => c,
         Err(e) => {
@@ -170,7 +182,15 @@ fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> bool {
         log::error!("cannot start the refresh timer: {e:?}");
         return false;
     }
-    vm.root = Some((root, worker));
+    vm.forget_root(root);
+    if !vm.roots.is_empty() {
+        log::warn!(
+            "vm_config: a second plugin configuration in this VM: new requests go to this one \
+             (a listener update does this; two filters with different configurations need a \
+             vm_config.vm_id each)"
+        );
+    }
+    vm.roots.push((root, worker));
     true
 }
 
@@ -194,7 +214,7 @@ pub extern "C" fn polaris_on_request_headers(
     _end_of_stream: bool,
 ) -> Action {
     with_vm(|vm| {
-        let Some((_, worker)) = vm.root.as_mut() else {
+        let Some((root, worker)) = vm.newest() else {
             return Action::Continue;
         };
         let mut exchange = Exchange::new(context_id);
@@ -207,7 +227,7 @@ pub extern "C" fn polaris_on_request_headers(
             }
             Verdict::Wait => Action::Pause,
         };
-        vm.hold(context_id, exchange, &verdict);
+        vm.hold(context_id, root, exchange, &verdict);
         action
     })
     .unwrap_or(Action::Continue)
@@ -220,14 +240,14 @@ pub extern "C" fn polaris_on_response_headers(
     _end_of_stream: bool,
 ) -> Action {
     with_vm(|vm| {
-        let Some(mut exchange) = vm.held.remove(&context_id) else {
+        let Some(mut held) = vm.held.remove(&context_id) else {
             return;
         };
-        if let Some((_, worker)) = vm.root.as_mut() {
-            exchange.on_response(worker, &mut WasmStream);
+        if let Some(worker) = vm.worker(held.root) {
+            held.exchange.on_response(worker, &mut WasmStream);
         }
-        if exchange.wants_end() {
-            vm.held.insert(context_id, exchange);
+        if held.exchange.wants_end() {
+            vm.held.insert(context_id, held);
         }
     });
     Action::Continue
@@ -237,14 +257,18 @@ pub extern "C" fn polaris_on_response_headers(
 #[no_mangle]
 pub extern "C" fn polaris_on_done(context_id: u32) -> bool {
     with_vm(|vm| {
-        if let Some(mut exchange) = vm.held.remove(&context_id) {
+        if let Some(mut held) = vm.held.remove(&context_id) {
             vm.callouts.retain(|_, s| *s != context_id);
-            if let Some((_, worker)) = vm.root.as_mut() {
-                exchange.on_end(worker);
+            if let Some(worker) = vm.worker(held.root) {
+                held.exchange.on_end(worker);
             }
             return true;
         }
-        vm.worker(context_id).is_none_or(Worker::on_done)
+        let done = vm.worker(context_id).is_none_or(Worker::on_done);
+        if done {
+            vm.forget_root(context_id);
+        }
+        done
     })
     .unwrap_or(true)
 }
@@ -261,6 +285,7 @@ fn grpc_answer(root: u32, token: u32, status: u32, size: usize) {
                     if let Err(e) = hostcalls::done() {
                         log::warn!("root context {root}: done() refused: {e:?}");
                     }
+                    vm.forget_root(root);
                 }
             }
         }
@@ -269,7 +294,7 @@ fn grpc_answer(root: u32, token: u32, status: u32, size: usize) {
 
 /// An answer to a call a held stream made: the stream's decision when it is complete.
 fn stream_answer(vm: &mut Vm, stream: u32, token: u32, status: u32, size: usize) {
-    let Some(mut exchange) = vm.held.remove(&stream) else {
+    let Some(Held { root, mut exchange }) = vm.held.remove(&stream) else {
         return;
     };
     if let Err(e) = hostcalls::set_effective_context(stream) {
@@ -278,7 +303,7 @@ fn stream_answer(vm: &mut Vm, stream: u32, token: u32, status: u32, size: usize)
         return;
     }
     let result = grpc_result(status, size);
-    let Some((_, worker)) = vm.root.as_mut() else {
+    let Some(worker) = vm.worker(root) else {
         return;
     };
     let verdict = exchange.on_call_result(worker, &mut WasmStream, token, result);
@@ -292,7 +317,7 @@ fn stream_answer(vm: &mut Vm, stream: u32, token: u32, status: u32, size: usize)
         Some(Verdict::Wait) | None => {}
     }
     let verdict = verdict.unwrap_or(Verdict::Wait);
-    vm.hold(stream, exchange, &verdict);
+    vm.hold(stream, root, exchange, &verdict);
 }
 
 #[no_mangle]

@@ -567,6 +567,9 @@ mod tests {
             ..settings
         };
         let skipped = Limits::from_stored(&key, &bytes, &lean).unwrap();
-        assert!(skipped.is_empty(), "a host that sees no stream ends could never free a slot");
+        assert!(
+            skipped.is_empty(),
+            "a host that sees no stream ends could never free a slot"
+        );
     }
 }

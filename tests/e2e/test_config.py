@@ -55,24 +55,25 @@ def _two_plugins(text: str, second_vm_id: str) -> str:
     return text[:end] + second + text[end:]
 
 
-REFUSED = "vm_config: another polaris plugin already runs in this VM"
+SHARED = "vm_config: a second plugin configuration in this VM"
 
 
-def test_a_second_plugin_in_the_same_vm_is_refused_naming_vm_config(tmp_path):
-    """A stream does not say which root it belongs to (no context-create callback), so a VM runs
-    one plugin; Envoy reports the thread-local plugin failed (validate mode still exits 0)."""
+def test_a_second_plugin_configuration_in_one_vm_is_named_in_the_log(tmp_path):
+    """A stream does not say which root it belongs to (no context-create callback): new requests
+    go to the newest configuration, which is what a listener update wants, and two filters
+    with different configurations are told to take a vm_id each."""
     text = _two_plugins(render(plugin_config(), 10000, 9901, 8091), "polaris")
     out = validate(text, tmp_path)
 
     log = out.stdout + out.stderr
-    assert REFUSED in log, log[-2000:]
-    assert "Failed to configure thread-local Wasm plugin" in log, log[-2000:]
+    assert out.returncode == 0, log[-2000:]
+    assert SHARED in log, log[-2000:]
 
 
-def test_two_plugins_with_their_own_vm_ids_are_both_configured(tmp_path):
+def test_two_plugins_with_their_own_vm_ids_are_both_configured_quietly(tmp_path):
     text = _two_plugins(render(plugin_config(), 10000, 9901, 8091), "polaris-second")
     out = validate(text, tmp_path)
 
     log = out.stdout + out.stderr
     assert out.returncode == 0, log[-2000:]
-    assert REFUSED not in log and "Failed to configure" not in log, log[-2000:]
+    assert SHARED not in log and "Failed to configure" not in log, log[-2000:]
