@@ -61,6 +61,9 @@ pub struct Config {
     /// Rate-limit rules (by name) that are evaluated and counted but never reject
     /// (`rate_limit.dry_run`): the OSS server keeps no rule metadata to mark them there.
     pub rate_limit_dry_run: Vec<String>,
+    /// How GLOBAL rate-limit rules reach polaris-limiter (`rate_limit.limiter`); without it they
+    /// are counted locally at the rule's amount.
+    pub limiter: Option<LimiterConfig>,
     /// Circuit breaking (`circuit_breaker`): off when absent.
     pub breaker: Option<BreakerConfig>,
     /// The instance this Envoy registers for the service it fronts. With it, the filter's
@@ -76,6 +79,21 @@ pub enum RateLimitSide {
     Destination,
     /// This Envoy's own service, `caller` (an inbound, provider-side listener).
     Local,
+}
+
+/// `rate_limit.limiter`: where polaris-limiter is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimiterConfig {
+    /// `cluster`: an HTTP/2 Envoy cluster that reaches the limiter (rules' `cluster` unused).
+    Cluster(String),
+    /// `address_cluster`: the limiter's instances are discovered from Polaris as polaris-go finds
+    /// them (the rule's `cluster`, else `service`, default `Polaris/polaris.limiter`) and reached
+    /// through this ORIGINAL_DST HTTP/2 cluster, the picked `ip:port` sent in `header`.
+    Discovered {
+        via: String,
+        header: String,
+        service: ServiceKey,
+    },
 }
 
 /// `circuit_breaker` in the plugin configuration.
@@ -327,6 +345,7 @@ impl Config {
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
         let (rate_limit, rate_limit_dry_run) = rate_limit(&map)?;
+        let limiter = limiter(&map)?;
         if rate_limit == Some(RateLimitSide::Local)
             && caller.service.is_empty()
             && !map.contains_key("provider")
@@ -357,6 +376,7 @@ impl Config {
             metadata,
             rate_limit,
             rate_limit_dry_run,
+            limiter,
             breaker,
             provider,
         })
@@ -823,7 +843,7 @@ fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigErr
 fn rate_limit(
     map: &Map<String, Value>,
 ) -> Result<(Option<RateLimitSide>, Vec<String>), ConfigError> {
-    let Some(obj) = object(map, "rate_limit", &["rules_of", "dry_run"])? else {
+    let Some(obj) = object(map, "rate_limit", &["rules_of", "dry_run", "limiter"])? else {
         return Ok((None, Vec::new()));
     };
     let side = match nested_string(obj, "rate_limit", "rules_of")?.as_deref() {
@@ -856,6 +876,72 @@ fn rate_limit(
         }
     };
     Ok((Some(side), dry_run))
+}
+
+/// `rate_limit.limiter`: exactly one of `cluster` and `address_cluster`.
+fn limiter(map: &Map<String, Value>) -> Result<Option<LimiterConfig>, ConfigError> {
+    let Some(Value::Object(rl)) = map.get("rate_limit") else {
+        return Ok(None);
+    };
+    let Some(obj) = object(
+        rl,
+        "limiter",
+        &[
+            "cluster",
+            "address_cluster",
+            "address_header",
+            "service",
+            "namespace",
+        ],
+    )
+    .map_err(|e| err(&format!("rate_limit.{}", e.field), e.reason))?
+    else {
+        return Ok(None);
+    };
+    let field = |name: &str| -> Result<Option<String>, ConfigError> {
+        let v = nested_string(obj, "rate_limit.limiter", name)?;
+        match v {
+            Some(c) if c.is_empty() || c.len() > MAX_CLUSTER_NAME || !c.is_ascii() => Err(err(
+                &format!("rate_limit.limiter.{name}"),
+                format!("must be 1 to {MAX_CLUSTER_NAME} ASCII characters"),
+            )),
+            other => Ok(other),
+        }
+    };
+    match (field("cluster")?, field("address_cluster")?) {
+        (Some(c), None) => {
+            for extra in ["address_header", "service", "namespace"] {
+                if obj.contains_key(extra) {
+                    return Err(err(
+                        &format!("rate_limit.limiter.{extra}"),
+                        "only applies with `address_cluster` (the limiter discovered from Polaris)",
+                    ));
+                }
+            }
+            Ok(Some(LimiterConfig::Cluster(c)))
+        }
+        (None, Some(via)) => {
+            let header =
+                field("address_header")?.unwrap_or_else(|| "x-envoy-original-dst-host".to_string());
+            validate_header_name("rate_limit.limiter.address_header", &header)?;
+            let service = field("service")?.unwrap_or_else(|| "polaris.limiter".to_string());
+            let namespace = field("namespace")?.unwrap_or_else(|| "Polaris".to_string());
+            Ok(Some(LimiterConfig::Discovered {
+                via,
+                header,
+                service: ServiceKey::new(namespace, service),
+            }))
+        }
+        (Some(_), Some(_)) => Err(err(
+            "rate_limit.limiter",
+            "give either `cluster` or `address_cluster`, not both",
+        )),
+        (None, None) => Err(err(
+            "rate_limit.limiter",
+            "needs `cluster` (an HTTP/2 cluster reaching polaris-limiter) or `address_cluster` \
+             (an ORIGINAL_DST HTTP/2 cluster; the limiter is discovered from Polaris)",
+        )),
+    }
 }
 
 fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {

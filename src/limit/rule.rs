@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use super::global::Global;
 use crate::matching::{MatchKind, Matcher, RequestFacts};
 use crate::model::ServiceKey;
 use crate::polaris::proto;
@@ -57,6 +58,9 @@ pub struct LimitRule {
     pub amounts: Vec<Amount>,
     /// Evaluated and counted, never rejecting (plugin `rate_limit.dry_run`).
     pub dry_run: bool,
+    /// A GLOBAL rule: counted through polaris-limiter when the plugin names one
+    /// (`rate_limit.limiter`), else locally at its amount.
+    pub global: Option<Global>,
 }
 
 /// The compiled rules of one service, in the order they apply.
@@ -120,9 +124,15 @@ impl LimitRule {
         if r.resource != Resource::Qps as i32 {
             return Err("CONCURRENCY rules are not enforced yet".into());
         }
-        if r.r#type != Type::Local as i32 && r.cluster.is_some() {
-            return Err("GLOBAL rules with a limiter cluster are not enforced yet".into());
-        }
+        let global = (r.r#type == Type::Global as i32).then(|| Global {
+            share_equally: r.amount_mode == proto::rule::AmountMode::ShareEqually as i32,
+            pass_on_failure: r.failover == proto::rule::FailoverType::FailoverPass as i32,
+            cluster: r.cluster.as_ref().and_then(|c| {
+                let ns = c.namespace.clone().filter(|s| !s.is_empty())?;
+                let svc = c.service.clone().filter(|s| !s.is_empty())?;
+                Some(ServiceKey::new(ns, svc))
+            }),
+        });
         let action = r.action.as_deref().unwrap_or("reject").to_ascii_lowercase();
         if !action.is_empty() && action != "reject" {
             return Err(format!("action `{action}` is not enforced yet"));
@@ -171,6 +181,7 @@ impl LimitRule {
             regex_combine: r.regex_combine.unwrap_or(false),
             amounts,
             dry_run: false,
+            global,
         }))
     }
 
