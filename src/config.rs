@@ -1637,6 +1637,52 @@ mod tests {
     }
 
     #[test]
+    fn the_limiter_is_a_named_cluster_or_discovered_through_an_address_cluster() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","rate_limit":{"limiter":{"cluster":"polaris_limiter"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.limiter,
+            Some(LimiterConfig::Cluster("polaris_limiter".into()))
+        );
+        let d =
+            parse(r#"{"polaris_cluster":"p","rate_limit":{"limiter":{"address_cluster":"dst"}}}"#)
+                .unwrap();
+        assert_eq!(
+            d.limiter,
+            Some(LimiterConfig::Discovered {
+                via: "dst".into(),
+                header: "x-envoy-original-dst-host".into(),
+                service: ServiceKey::new("Polaris", "polaris.limiter"),
+            })
+        );
+        assert_eq!(parse(r#"{"polaris_cluster":"p"}"#).unwrap().limiter, None);
+        for (limiter, field) in [
+            (r#"{}"#, "rate_limit.limiter"),
+            (
+                r#"{"cluster":"a","address_cluster":"b"}"#,
+                "rate_limit.limiter",
+            ),
+            (r#"{"cluster":""}"#, "rate_limit.limiter.cluster"),
+            (
+                r#"{"cluster":"a","service":"s"}"#,
+                "rate_limit.limiter.service",
+            ),
+            (
+                r#"{"address_cluster":"a","address_header":"Bad Header"}"#,
+                "rate_limit.limiter.address_header",
+            ),
+            (r#"{"clusters":"a"}"#, "rate_limit.limiter.clusters"),
+            (r#""a""#, "rate_limit.limiter"),
+        ] {
+            let json = format!(r#"{{"polaris_cluster":"p","rate_limit":{{"limiter":{limiter}}}}}"#);
+            let e = parse(&json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+        }
+    }
+
+    #[test]
     fn circuit_breaking_is_off_unless_configured_and_then_refreshes_breaker_rules() {
         let off = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
         assert_eq!(off.breaker, None);

@@ -42,6 +42,29 @@ impl Context for Root {
         }
     }
 
+    /// A message on a polaris-limiter stream (the leader's global rate limits).
+    fn on_grpc_stream_message(&mut self, token_id: u32, message_size: usize) {
+        if let Some(worker) = &self.worker {
+            let message = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, message_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            worker.borrow_mut().on_stream_message(token_id, &message);
+        }
+    }
+
+    fn on_grpc_stream_close(&mut self, token_id: u32, status_code: u32) {
+        if let Some(worker) = &self.worker {
+            let message = hostcalls::get_grpc_status()
+                .ok()
+                .and_then(|(_, m)| m)
+                .filter(|m| !m.is_empty());
+            worker
+                .borrow_mut()
+                .on_stream_close(token_id, status_code, message);
+        }
+    }
+
     /// Envoy is done with this root context: on a listener update that keeps the VM, after the
     /// drain time, once per thread. Returning false keeps it alive until the provider's
     /// deregistration is answered; `done()` then ends it. On shutdown (SIGTERM,
