@@ -4,7 +4,6 @@
 use prost::Message;
 
 use super::fake::{Call, FakeHost, FakeStream};
-use super::global_limit;
 use super::global_take::{self, record_key};
 use super::{Exchange, Verdict, Worker};
 use crate::config::Config;
