@@ -43,7 +43,7 @@ const SILENT_MS: u64 = 3000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The limiter services the leader must keep discovered (with `address_cluster`).
-pub fn services<H: Host>(w: &Worker<H>) -> Vec<(Kind, ServiceKey)> {
+pub fn services<H: Host>(w: &mut Worker<H>) -> Vec<(Kind, ServiceKey)> {
     let Some(LimiterConfig::Discovered { service, .. }) = &w.config.limiter else {
         return Vec::new();
     };
@@ -51,8 +51,7 @@ pub fn services<H: Host>(w: &Worker<H>) -> Vec<(Kind, ServiceKey)> {
     for entry in read_list(&w.host) {
         let key = entry.service_key();
         let cluster = w
-            .limits
-            .peek(&key)
+            .lookup_limits(&key)
             .and_then(|l| l.rules.iter().find(|r| r.id == entry.rule))
             .and_then(|r| r.global.as_ref())
             .and_then(|g| g.cluster.clone());

@@ -227,8 +227,10 @@ fn answers_set_the_budget_and_ticks_report_what_was_taken() {
     seed(&host, 10, proto::rule::FailoverType::FailoverLocal);
     let mut w = worker(&host, LIMITER);
     let token = initialized(&host, &mut w);
-    // 10 left, 2 clients, 1 taken and not reported: this Envoy may reach 1 + ceil(9 / 2).
-    w.on_stream_message(token, &init_answer(7, 10, 2, START + 110));
+    // 10 left, 2 clients, 1 taken and not reported: this Envoy may reach 1 + ceil(9 / 2)
+    // (the answer is past the window's settling time).
+    host.set_now(START + 400);
+    w.on_stream_message(token, &init_answer(7, 10, 2, START + 400));
     assert_eq!(record(&host).budget, 6);
     assert_eq!(admitted(&mut w, 10), 5);
     w.on_tick();
@@ -243,7 +245,7 @@ fn answers_set_the_budget_and_ticks_report_what_was_taken() {
         (7, 6)
     );
     // The server says the window is overdrawn: nothing more in it.
-    w.on_stream_message(token, &acquire_answer(200_000, 7, -2, START + 150));
+    w.on_stream_message(token, &acquire_answer(200_000, 7, -2, START + 450));
     assert_eq!(admitted(&mut w, 5), 0);
     // The next window starts with this Envoy's share of the amount.
     host.set_now(START + 1_010);

@@ -11,9 +11,11 @@
 //! - a new window starts with that same share until the server's first answer in it.
 //!
 //! Unlike polaris-go, which lets every client spend the whole `left` between two reports, an
-//! Envoy spends at most `ceil(left / clients)` of it before its next report: with every client
-//! reporting every ~40 ms the total admitted overshoots the amount by at most about one token
-//! per client per window, instead of by every client's traffic of one report interval.
+//! Envoy spends at most `ceil(left / clients)` of it before its next report, and nothing beyond
+//! its starting share in the first [`settle_ms`] of a window (until every client has reported
+//! that share): with every client reporting every ~40 ms the total admitted overshoots the amount
+//! by about one token per client per window, instead of by every client's traffic of one report
+//! interval.
 
 use crate::model::ServiceKey;
 use crate::polaris::limiter_proto as pb;
@@ -22,6 +24,12 @@ use prost::Message;
 /// A record without a server answer for longer than this is in failover (polaris-go's
 /// `remoteExpireMilli`).
 pub const STALE_MS: u64 = 1000;
+
+/// How long into a window every client's first report is awaited before anyone spends beyond
+/// its starting share (a few report intervals; a quarter of short windows).
+pub fn settle_ms(window_ms: u64) -> u64 {
+    (window_ms / 4).min(300)
+}
 
 /// The server's success code.
 pub const CODE_OK: u32 = 200_000;
@@ -207,11 +215,17 @@ impl GlobalWindow {
         self.roll(server_start, max, g);
         let unreported = i64::from(self.used.saturating_sub(self.reported));
         let available = left.saturating_sub(unreported);
-        let more = if available <= 0 {
+        let mut more = if available <= 0 {
             0
         } else {
             share(u64::try_from(available).unwrap_or(0), self.clients)
         };
+        // Early in a window the other clients may not have reported the share they started it
+        // with: `left` does not show it yet, so nobody goes beyond its share until they have.
+        if server_ms.saturating_sub(server_start) < settle_ms(window_ms) {
+            let start_share = share(total(max, g, self.clients), self.clients);
+            more = more.min(start_share.saturating_sub(self.used));
+        }
         self.budget = self.used.saturating_add(more);
         self
     }
@@ -449,6 +463,23 @@ mod tests {
         assert_eq!(w.budget, w.used);
         let (_, n) = granted(w.take(1_000, 1_650, 1, 20, &g));
         assert_eq!(n, 0, "an overdrawn window rejects");
+    }
+
+    #[test]
+    fn early_in_a_window_nobody_goes_beyond_its_starting_share() {
+        let g = total_mode();
+        let w = GlobalWindow {
+            start: 1_000,
+            used: 10,
+            budget: 10,
+            reported: 10,
+            clients: 2,
+            ..Default::default()
+        };
+        // The other client has not reported its starting 10 yet: the server says 10 left.
+        assert_eq!(w.apply(10, 2, 1_100, 1000, 1_100, 20, &g).budget, 10);
+        // Past the settling time, half of what is left.
+        assert_eq!(w.apply(10, 2, 1_400, 1000, 1_400, 20, &g).budget, 15);
     }
 
     #[test]
