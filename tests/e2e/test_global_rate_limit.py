@@ -152,5 +152,6 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
     synced([loaded, idle], service)
     time.sleep(1.2)
     back = two_windows()
+    print(failover, "up", up, "down", down, "back", back)
     assert 32 <= back.get(200, 0) <= 44, back
     assert back.get(429, 0) > 50, back
