@@ -183,6 +183,7 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
         link.wanted.clear();
     }
     let mut gone = Vec::new();
+    let server_now = now.saturating_add_signed(w.limiter.offset_ms);
     for entry in &entries {
         let Some((endpoint, target, bounds)) = resolve(w, entry) else {
             if w.lookup_limits(&entry.service_key())
@@ -192,6 +193,12 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
             }
             continue;
         };
+        if bounds.iter().all(|b| idle(&w.host, b, server_now)) {
+            // No request for two of its longest windows: no longer reported (the server expires
+            // the counter); the next request registers the key again.
+            gone.push(entry.clone());
+            continue;
+        }
         let links = &mut w.global.links;
         let i = match links.iter().position(|l| l.endpoint == endpoint) {
             Some(i) => i,
@@ -225,11 +232,32 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
         l.in_use
     });
     for link in links.iter_mut() {
+        let wanted = &link.wanted;
+        link.ready.retain(|t| wanted.contains_key(t));
+        link.inits.retain(|t, _| wanted.contains_key(t));
+        link.counters.retain(|_, bounds| {
+            bounds.retain(|b| wanted.values().flatten().any(|w| w.record == b.record));
+            !bounds.is_empty()
+        });
         sync_link(host, counters, link, adjusts, &client_id, now, offset);
     }
 }
 
-/// Drops window keys of rules that are gone.
+/// Whether no request took from `b`'s record for two of its windows; such a record is emptied
+/// (by CAS, so a take in between keeps it), which makes the next take register it again.
+fn idle<S: Store + ?Sized>(store: &S, b: &Bound, server_now: u64) -> bool {
+    let horizon = b.window_ms.saturating_mul(2);
+    store::cas_update(store, &b.record, |bytes| {
+        let w = GlobalWindow::decode(bytes);
+        if w.start == 0 || w.start.saturating_add(horizon) >= server_now {
+            return Update::Keep(false);
+        }
+        Update::Write(Vec::new(), true)
+    })
+    .unwrap_or(false)
+}
+
+/// Drops window keys of rules that are gone or idle.
 fn forget_entries<S: Store + ?Sized>(store: &S, gone: &[Entry]) {
     let _ = update_list(store, |list| {
         let before = list.len();

@@ -87,7 +87,8 @@ pub fn take<S: Store + ?Sized>(
     entry: impl FnOnce() -> Entry,
 ) -> Result<Option<u32>, CasError> {
     let (granted, created) = store::cas_update(store, key, |bytes| {
-        let created = bytes.is_none();
+        // Absent, or emptied by the leader when it went idle.
+        let created = bytes.is_none_or(<[u8]>::is_empty);
         match GlobalWindow::decode(bytes).take(at.start, at.local_now, want, max, g) {
             // Created even in failover PASS, so the leader learns of the key.
             Take::Pass if created => Update::Write(GlobalWindow::default().encode(), (None, true)),

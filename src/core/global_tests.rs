@@ -301,8 +301,11 @@ fn without_answers_failover_local_limits_at_the_share_and_failover_pass_admits_a
         // The limiter goes silent: two seconds later the record is stale.
         host.set_now(START + 2_100);
         assert_eq!(admitted(&mut w, 20), expected, "{failover:?}");
-        // It answers again: global again.
+        // It answers again: global again (this Envoy's starting share of the window until an
+        // answer about the window, then what the server says).
         w.on_stream_message(token, &acquire_answer(200_000, 7, 0, START + 2_110));
+        assert!(admitted(&mut w, 20) <= 5, "{failover:?}");
+        w.on_stream_message(token, &acquire_answer(200_000, 7, 0, START + 2_150));
         assert_eq!(
             admitted(&mut w, 5),
             0,
@@ -363,4 +366,30 @@ fn a_discovered_limiter_is_reached_through_the_address_cluster_with_its_address(
         open,
         vec![("x-limiter".to_string(), "127.0.0.1:8101".to_string())]
     );
+}
+
+#[test]
+fn a_key_idle_for_two_windows_is_no_longer_reported_and_a_new_request_inits_it_again() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, 10, proto::rule::FailoverType::FailoverLocal);
+    let mut w = worker(&host, LIMITER);
+    let token = initialized(&host, &mut w);
+    host.set_now(START + 400);
+    w.on_stream_message(token, &init_answer(7, 10, 1, START + 400));
+    host.set_now(START + 3_100);
+    w.on_stream_message(token, &acquire_answer(200_000, 7, 10, START + 3_100));
+    w.on_tick();
+    let calls = host.take_calls();
+    assert!(
+        sent(&calls).is_empty(),
+        "idle: nothing reported: {:?}",
+        sent(&calls)
+    );
+    assert!(global_take::read_list(&host).is_empty());
+    assert_eq!(admitted(&mut w, 1), 1);
+    assert_eq!(global_take::read_list(&host).len(), 1, "registered again");
+    w.on_tick();
+    let sent = sent(&host.take_calls());
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.cmd, pb::RateLimitCmd::Init as i32);
 }

@@ -208,11 +208,12 @@ impl GlobalWindow {
         }
         self.synced_ms = now_local.max(1);
         let server_start = super::window_start(server_ms, window_ms);
-        if server_start < self.start {
-            // An answer about a window this Envoy has left: it still proves the limiter is up.
+        if server_start != self.start {
+            // About another window than the one requests last took from: it still proves the
+            // limiter is up. A newer window is started by the next request (with its share), so
+            // a window nobody uses stays old and the key can go idle.
             return self;
         }
-        self.roll(server_start, max, g);
         let unreported = i64::from(self.used.saturating_sub(self.reported));
         let available = left.saturating_sub(unreported);
         let mut more = if available <= 0 {
