@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::global_take::{read_list, record_key, update_list, Entry};
 use super::host::{GrpcCall, Host, Store};
-use super::limiter_link::{Bound, Endpoint, GlobalSync, Link, Target};
+use super::limiter_link::{Bound, Endpoint, GlobalSync, Link, Target, LINK_IDLE_MS};
 use super::metrics::{Counter as Metric, Gauge};
 use super::store::{self, Update};
 use super::worker::Worker;
@@ -179,7 +179,6 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
         return;
     };
     for link in &mut w.global.links {
-        link.in_use = false;
         link.wanted.clear();
     }
     let mut gone = Vec::new();
@@ -208,7 +207,7 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
             }
         };
         if let Some(link) = links.get_mut(i) {
-            link.in_use = true;
+            link.used_ms = now;
             link.wanted.entry(target).or_default().extend(bounds);
         }
     }
@@ -224,12 +223,13 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
     } = w;
     let GlobalSync { links, adjusts, .. } = global;
     links.retain_mut(|l| {
-        if !l.in_use {
+        let keep = now.saturating_sub(l.used_ms) < LINK_IDLE_MS;
+        if !keep {
             if let Some(t) = l.token.take() {
                 let _ = host.grpc_stream_close(t);
             }
         }
-        l.in_use
+        keep
     });
     for link in links.iter_mut() {
         let wanted = &link.wanted;
@@ -276,8 +276,10 @@ fn sync_link<H: Host>(
     offset: i64,
 ) {
     if let Some(t) = link.token {
-        let silent_since = link.last_recv_ms.max(link.opened_ms);
-        if now.saturating_sub(silent_since) > SILENT_MS {
+        if link
+            .unanswered_since
+            .is_some_and(|since| now.saturating_sub(since) > SILENT_MS)
+        {
             log::warn!(
                 "limiter {}: no answer for {SILENT_MS} ms, reopening the stream",
                 link.endpoint.name
@@ -370,6 +372,7 @@ fn sync_link<H: Host>(
         match host.grpc_stream_send(token, &message, false) {
             Ok(()) => {
                 counters.inc(Metric::LimiterInits);
+                link.unanswered_since.get_or_insert(now);
                 link.inits.insert(target.clone(), now);
             }
             Err(e) => {
@@ -404,7 +407,10 @@ fn sync_link<H: Host>(
     uses.sort_unstable();
     let message = global::acquire_request(link.client_key, &uses, server_now);
     match host.grpc_stream_send(token, &message, false) {
-        Ok(()) => counters.inc(Metric::LimiterReports),
+        Ok(()) => {
+            counters.inc(Metric::LimiterReports);
+            link.unanswered_since.get_or_insert(now);
+        }
         Err(e) => {
             log::warn!("limiter {}: ACQUIRE not sent: {e}", link.endpoint.name);
             counters.inc(Metric::LimiterSyncErrors);
@@ -459,6 +465,7 @@ impl<H: Host> Worker<H> {
             return;
         };
         link.last_recv_ms = now;
+        link.unanswered_since = None;
         let Some(answer) = global::decode_answer(message) else {
             log::warn!("limiter {}: undecodable message", link.endpoint.name);
             counters.inc(Metric::LimiterSyncErrors);

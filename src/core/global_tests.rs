@@ -386,10 +386,37 @@ fn a_key_idle_for_two_windows_is_no_longer_reported_and_a_new_request_inits_it_a
         sent(&calls)
     );
     assert!(global_take::read_list(&host).is_empty());
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::StreamClose(_))),
+        "the stream stays open for the key's return"
+    );
     assert_eq!(admitted(&mut w, 1), 1);
     assert_eq!(global_take::read_list(&host).len(), 1, "registered again");
     w.on_tick();
-    let sent = sent(&host.take_calls());
+    let calls = host.take_calls();
+    assert_eq!(opened(&calls), 0, "on the same stream");
+    let sent = sent(&calls);
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].1.cmd, pb::RateLimitCmd::Init as i32);
+}
+
+#[test]
+fn a_stream_that_leaves_messages_unanswered_for_three_seconds_is_reopened() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, 10, proto::rule::FailoverType::FailoverLocal);
+    let mut w = worker(&host, LIMITER);
+    let token = initialized(&host, &mut w);
+    host.set_now(START + 400);
+    w.on_stream_message(token, &init_answer(7, 10, 1, START + 400));
+    for t in [500, 1_500, 2_500, 3_450] {
+        host.set_now(START + t);
+        assert_eq!(admitted(&mut w, 1), 1);
+        w.on_tick();
+    }
+    assert_eq!(opened(&host.take_calls()), 0, "3 s not yet over");
+    host.set_now(START + 3_600);
+    w.on_tick();
+    let calls = host.take_calls();
+    assert!(calls.contains(&Call::StreamClose(token)));
+    assert_eq!(opened(&calls), 1);
 }

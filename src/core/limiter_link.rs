@@ -9,6 +9,11 @@ use super::host::Host;
 use crate::limit::global::{self, Global};
 use crate::model::ServiceKey;
 
+/// A limiter no window key has gone to for this long gets its stream closed. Kept open until
+/// then, so a key that idles and comes back finds the stream (and this Envoy still counted among
+/// the limiter's clients).
+pub const LINK_IDLE_MS: u64 = 60_000;
+
 /// Ticks are at most this far apart when a limiter is configured (the report cadence).
 pub const SYNC_TICK: Duration = Duration::from_millis(40);
 
@@ -51,7 +56,10 @@ pub(super) struct Link {
     pub(super) counters: HashMap<u32, Vec<Bound>>,
     /// What each target's INIT would bind: records by amount window.
     pub(super) wanted: HashMap<Target, Vec<Bound>>,
-    pub(super) in_use: bool,
+    /// Last tick some window key went to this limiter; unused for [`LINK_IDLE_MS`], it is closed.
+    pub(super) used_ms: u64,
+    /// The first message sent since the last answer (an answer is awaited since then).
+    pub(super) unanswered_since: Option<u64>,
 }
 
 impl Link {
@@ -68,13 +76,15 @@ impl Link {
             ready: HashSet::new(),
             counters: HashMap::new(),
             wanted: HashMap::new(),
-            in_use: true,
+            used_ms: 0,
+            unanswered_since: None,
         }
     }
 
     /// Forgets every counter (the stream ended or the server no longer knows them): INIT again.
     pub(super) fn forget(&mut self) {
         self.client_key = 0;
+        self.unanswered_since = None;
         self.inits.clear();
         self.ready.clear();
         self.counters.clear();

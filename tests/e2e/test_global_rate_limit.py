@@ -134,6 +134,7 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
         return load(loaded.listen_port, service, 1.85, connections=4)
 
     # Global: the idle Envoy's share is the loaded one's to take (it converges within a window).
+    # Its stream stays open, so the limiter counts it among the clients throughout.
     up = two_windows()
     assert 32 <= up.get(200, 0) <= 44, up
 

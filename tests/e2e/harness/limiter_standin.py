@@ -15,6 +15,7 @@ protocol, not against this program:
       timestamp 3 (ms, server clock). Answer: code, quotaLefts ({counterKey, left, mode,
       clientCount}), timestamp.
   - `TimeAdjust` (unary): serverTimestamp 1 (ms).
+- Clients: counted per counter by clientId while the stream they last INITed on is open.
 - Counters: one per (namespace, service, labels, duration), a fixed window aligned to the epoch
   (the server's default of one slide); `used` in a report counts only when its timestamp falls in
   the server's current window; `left = maxAmount - used` and may go negative; DIVIDE multiplies
@@ -161,6 +162,9 @@ class Limiter:
         self.by_key: dict[int, Counter] = {}
         self.issued: set[int] = set()
         self.client_keys: dict[str, int] = {}
+        # clientId -> the stream it last INITed on: a client that moved to a new stream stays
+        # counted when its old stream ends.
+        self.client_stream: dict[str, int] = {}
         self.next_counter = 1
         self.next_client = 1
         self.stats = {"init": 0, "acquire": 0, "streams": 0}
@@ -207,6 +211,7 @@ class Limiter:
                 self.client_keys[client_id] = self.next_client
                 self.next_client += 1
             client["id"] = client_id
+            self.client_stream[client_id] = client["stream"]
             out = b""
             for t in totals:
                 duration, max_amount, divide = _one(t, 2), _one(t, 3), _one(t, 1) == 1
@@ -271,6 +276,9 @@ class Limiter:
         if not client_id:
             return
         with self.lock:
+            if self.client_stream.get(client_id) != client["stream"]:
+                return
+            del self.client_stream[client_id]
             for key in client.get("counters", ()):
                 c = self.by_key.get(key)
                 if c is not None:
@@ -279,9 +287,9 @@ class Limiter:
     # gRPC handlers (raw bytes in and out)
 
     def service(self, requests, context):
-        client: dict = {}
         with self.lock:
             self.stats["streams"] += 1
+            client: dict = {"stream": self.stats["streams"]}
         try:
             for raw in requests:
                 req = decode(raw)
