@@ -4,6 +4,9 @@
 //! One record per (rule, amount, window key) in shared data ([`GlobalWindow`]). Workers take from
 //! it by CAS as for local windows; the leader reports what was taken (ACQUIRE) and turns the
 //! server's `left` into this Envoy's budget. polaris-go's rules apply (`bucket_qps.go`):
+//! - a new record is counted locally at `ceil(total / clients)` until its first answer, for at
+//!   most [`STALE_MS`] (polaris-go lets a FAILOVER_PASS window pass everything until then, and
+//!   here a key comes back after idling, so that would be a burst every time);
 //! - a record the leader has not refreshed for [`STALE_MS`] (or never) is in failover:
 //!   FAILOVER_PASS admits everything, FAILOVER_LOCAL admits `ceil(total / clients)` per window
 //!   (`total` is the amount, times the client count for SHARE_EQUALLY; `clients` the server's last
@@ -87,6 +90,8 @@ pub struct GlobalWindow {
     pub synced_ms: u64,
     /// Clients of the counter, from the last answer (0: unknown).
     pub clients: u32,
+    /// Local time the record was made (by a request, or again after the leader emptied it).
+    pub created_ms: u64,
 }
 
 /// What a request gets from a global window.
@@ -98,7 +103,7 @@ pub enum Take {
     Pass,
 }
 
-const RECORD_LEN: usize = 36;
+const RECORD_LEN: usize = 40;
 
 impl GlobalWindow {
     /// Anything but a full record reads as a new, never-synced one.
@@ -123,6 +128,7 @@ impl GlobalWindow {
             reported: u32_at(16),
             synced_ms: u64_at(20),
             clients: u32_at(28),
+            created_ms: u64_at(32),
         }
     }
 
@@ -134,7 +140,7 @@ impl GlobalWindow {
         out.extend_from_slice(&self.reported.to_le_bytes());
         out.extend_from_slice(&self.synced_ms.to_le_bytes());
         out.extend_from_slice(&self.clients.to_le_bytes());
-        out.extend_from_slice(&[0u8; 4]);
+        out.extend_from_slice(&self.created_ms.to_le_bytes());
         out
     }
 
@@ -153,10 +159,19 @@ impl GlobalWindow {
         }
     }
 
+    /// Whether the record is new and its first answer may still come (the limiter was asked
+    /// less than [`STALE_MS`] ago): counted locally at the share, whatever the failover.
+    fn initializing(&self, now_local: u64) -> bool {
+        self.synced_ms == 0 && now_local.saturating_sub(self.created_ms) <= STALE_MS
+    }
+
     /// Takes up to `want` tokens for the window starting at `start` (server time).
     pub fn take(mut self, start: u64, now_local: u64, want: u32, max: u32, g: &Global) -> Take {
+        if self.created_ms == 0 {
+            self.created_ms = now_local.max(1);
+        }
         let fresh = self.fresh(now_local);
-        if !fresh && g.pass_on_failure {
+        if !fresh && g.pass_on_failure && !self.initializing(now_local) {
             return Take::Pass;
         }
         if start < self.start {
@@ -417,6 +432,7 @@ mod tests {
             reported: 2,
             synced_ms: 99,
             clients: 2,
+            created_ms: 7,
         };
         assert_eq!(GlobalWindow::decode(Some(&w.encode())), w);
         assert_eq!(GlobalWindow::decode(Some(b"junk")), GlobalWindow::default());
@@ -436,15 +452,18 @@ mod tests {
     }
 
     #[test]
-    fn failover_pass_admits_without_counting() {
+    fn failover_pass_admits_without_counting_once_the_first_answer_is_overdue() {
         let g = Global {
             pass_on_failure: true,
             ..total_mode()
         };
+        let (w, n) = granted(GlobalWindow::default().take(1_000, 1_200, 1, 10, &g));
         assert_eq!(
-            GlobalWindow::default().take(1_000, 1_200, 1, 10, &g),
-            Take::Pass
+            (n, w.created_ms),
+            (1, 1_200),
+            "a new record counts until its first answer"
         );
+        assert_eq!(w.take(1_000, 2_300, 1, 10, &g), Take::Pass);
     }
 
     #[test]
@@ -493,6 +512,7 @@ mod tests {
             reported: 9,
             synced_ms: 1_900,
             clients: 2,
+            ..Default::default()
         };
         let (w, n) = granted(w.take(2_000, 2_000, 1, 10, &g));
         assert_eq!((w.used, w.budget, n), (1, 5, 1));

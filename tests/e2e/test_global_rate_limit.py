@@ -125,34 +125,51 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
 ):
     name, standin = limiter
     served(polaris, service, upstreams, global_rule(service, 20, failover))
-    loaded, idle = envoy(polaris.grpc_port, **plugin(name)), envoy(polaris.grpc_port, **plugin(name))
-    synced([loaded, idle], service)
-    time.sleep(1.2)
+    loaded, light = envoy(polaris.grpc_port, **plugin(name)), envoy(polaris.grpc_port, **plugin(name))
+    synced([loaded, light], service)
 
-    def two_windows() -> dict:
-        next_window()
-        return load(loaded.listen_port, service, 1.85, connections=4)
+    # The second Envoy sends 4 requests a second throughout, so the limiter counts two clients
+    # (a key no request uses for two windows is dropped, and the limiter then forgets the client).
+    stop = threading.Event()
 
-    # Global: the idle Envoy's share is the loaded one's to take (it converges within a window).
-    # Its stream stays open, so the limiter counts it among the clients throughout.
-    up = two_windows()
-    assert 32 <= up.get(200, 0) <= 44, up
+    def trickle() -> None:
+        c = light.client()
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            c.request(service)
+            time.sleep(0.25)
 
-    standin.stop()
-    time.sleep(1.5)  # records go stale after a second without answers
-    down = two_windows()
-    if failover == "FAILOVER_LOCAL":
-        # Locally at ceil(20 / 2 clients) per window: polaris-go's remote-to-local share.
-        assert 18 <= down.get(200, 0) <= 22, down
-        assert down.get(429, 0) > 50, down
-    else:
-        assert down.get(429, 0) == 0 and down.get(200, 0) > 60, down
-    assert loaded.wait_counter("limiter_sync_errors", lambda n: n > 0) > 0
+    t = threading.Thread(target=trickle)
+    t.start()
+    try:
+        time.sleep(1.2)
 
-    standin.start()
-    synced([loaded, idle], service)
-    time.sleep(1.2)
-    back = two_windows()
-    print(failover, "up", up, "down", down, "back", back)
-    assert 32 <= back.get(200, 0) <= 44, back
-    assert back.get(429, 0) > 50, back
+        def two_windows() -> dict:
+            next_window()
+            return load(loaded.listen_port, service, 1.85, connections=4)
+
+        # Global: 20 a window for both, the loaded Envoy taking what the light one leaves.
+        up = two_windows()
+        assert 26 <= up.get(200, 0) <= 40, up
+
+        standin.stop()
+        time.sleep(1.5)  # records go stale after a second without answers
+        down = two_windows()
+        if failover == "FAILOVER_LOCAL":
+            # Locally at ceil(20 / 2 clients) per window: polaris-go's remote-to-local share.
+            assert 18 <= down.get(200, 0) <= 22, down
+            assert down.get(429, 0) > 50, down
+        else:
+            assert down.get(429, 0) == 0 and down.get(200, 0) > 60, down
+        assert loaded.wait_counter("limiter_sync_errors", lambda n: n > 0) > 0
+
+        standin.start()
+        synced([loaded], service)
+        time.sleep(1.2)
+        back = two_windows()
+        print(failover, "up", up, "down", down, "back", back)
+        assert 26 <= back.get(200, 0) <= 40, back
+        assert back.get(429, 0) > 50, back
+    finally:
+        stop.set()
+        t.join(timeout=10)
