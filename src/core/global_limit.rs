@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::global_take::{read_list, record_key, update_list, Entry};
+use super::global_take::{read_list, record_key, update_list, Entry, ANSWERED_KEY};
 use super::host::{GrpcCall, Host, Store};
 use super::limiter_link::{Bound, Endpoint, GlobalSync, Link, Target, LINK_IDLE_MS};
 use super::metrics::{Counter as Metric, Gauge};
@@ -243,8 +243,9 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
     }
 }
 
-/// Whether no request took from `b`'s record for two of its windows; such a record is emptied
-/// (by CAS, so a take in between keeps it), which makes the next take register it again.
+/// Whether no request took from `b`'s record for two of its windows; such a record is reset
+/// (by CAS, so a take in between keeps it) to one that remembers only the client count, and the
+/// next take registers it again.
 fn idle<S: Store + ?Sized>(store: &S, b: &Bound, server_now: u64) -> bool {
     let horizon = b.window_ms.saturating_mul(2);
     store::cas_update(store, &b.record, |bytes| {
@@ -252,7 +253,11 @@ fn idle<S: Store + ?Sized>(store: &S, b: &Bound, server_now: u64) -> bool {
         if w.start == 0 || w.start.saturating_add(horizon) >= server_now {
             return Update::Keep(false);
         }
-        Update::Write(Vec::new(), true)
+        let reset = GlobalWindow {
+            clients: w.clients,
+            ..GlobalWindow::default()
+        };
+        Update::Write(reset.encode(), true)
     })
     .unwrap_or(false)
 }
@@ -466,6 +471,9 @@ impl<H: Host> Worker<H> {
         };
         link.last_recv_ms = now;
         link.unanswered_since = None;
+        if let Err(e) = host.set(ANSWERED_KEY, &now.to_le_bytes(), None) {
+            log::warn!("limiter answer time not stored: {e:?}");
+        }
         let Some(answer) = global::decode_answer(message) else {
             log::warn!("limiter {}: undecodable message", link.endpoint.name);
             counters.inc(Metric::LimiterSyncErrors);

@@ -7,13 +7,26 @@ use serde::{Deserialize, Serialize};
 
 use super::host::Store;
 use super::store::{self, CasError, Update};
-use crate::limit::global::{Global, GlobalWindow, Take};
+use crate::limit::global::{self, Global, GlobalWindow, Take};
 use crate::model::ServiceKey;
 
 /// Window keys of GLOBAL rules the leader keeps in sync.
 pub const LIST_KEY: &str = "polaris-wasm/grl/list";
 /// At most this many window keys are synced; beyond, new keys stay in failover.
 pub const MAX_KEYS: usize = 512;
+
+/// When the limiter last answered this Envoy's leader (local ms, u64 LE).
+pub const ANSWERED_KEY: &str = "polaris-wasm/grl/answered";
+
+/// Whether the limiter answered within [`global::STALE_MS`].
+fn answered_recently<S: Store + ?Sized>(store: &S, now_local: u64) -> bool {
+    let at = store
+        .get(ANSWERED_KEY)
+        .0
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_le_bytes);
+    at != 0 && now_local.saturating_sub(at) <= global::STALE_MS
+}
 
 /// Where the request path is in time for one global counter.
 #[derive(Clone, Copy, Debug)]
@@ -87,11 +100,17 @@ pub fn take<S: Store + ?Sized>(
     entry: impl FnOnce() -> Entry,
 ) -> Result<Option<u32>, CasError> {
     let (granted, created) = store::cas_update(store, key, |bytes| {
-        // Absent, or emptied by the leader when it went idle.
-        let created = bytes.is_none_or(<[u8]>::is_empty);
-        match GlobalWindow::decode(bytes).take(at.start, at.local_now, want, max, g) {
+        // Absent, or reset by the leader when it went idle.
+        let record = GlobalWindow::decode(bytes);
+        let created = record.created_ms == 0;
+        let answering = || answered_recently(store, at.local_now);
+        match record.take(at.start, at.local_now, want, max, g, &answering) {
             // Created even in failover PASS, so the leader learns of the key.
-            Take::Pass if created => Update::Write(GlobalWindow::default().encode(), (None, true)),
+            Take::Pass if created => {
+                let mut fresh = record;
+                fresh.created_ms = at.local_now.max(1);
+                Update::Write(fresh.encode(), (None, true))
+            }
             Take::Pass => Update::Keep((None, false)),
             Take::Write { window, granted } => {
                 Update::Write(window.encode(), (Some(granted), created))

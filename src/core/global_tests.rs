@@ -386,6 +386,12 @@ fn a_key_idle_for_two_windows_is_no_longer_reported_and_a_new_request_inits_it_a
         sent(&calls)
     );
     assert!(global_take::read_list(&host).is_empty());
+    let reset = record(&host);
+    assert_eq!(
+        (reset.clients, reset.created_ms, reset.used),
+        (2, 0, 0),
+        "reset, remembering the client count"
+    );
     assert!(
         !calls.iter().any(|c| matches!(c, Call::StreamClose(_))),
         "the stream stays open for the key's return"

@@ -5,8 +5,9 @@
 //! it by CAS as for local windows; the leader reports what was taken (ACQUIRE) and turns the
 //! server's `left` into this Envoy's budget. polaris-go's rules apply (`bucket_qps.go`):
 //! - a new record is counted locally at `ceil(total / clients)` until its first answer, for at
-//!   most [`STALE_MS`] (polaris-go lets a FAILOVER_PASS window pass everything until then, and
-//!   here a key comes back after idling, so that would be a burst every time);
+//!   most [`STALE_MS`], while the limiter answers this Envoy (polaris-go lets a FAILOVER_PASS
+//!   window pass everything until then, and here a key comes back after idling, so that would be
+//!   a burst every time);
 //! - a record the leader has not refreshed for [`STALE_MS`] (or never) is in failover:
 //!   FAILOVER_PASS admits everything, FAILOVER_LOCAL admits `ceil(total / clients)` per window
 //!   (`total` is the amount, times the client count for SHARE_EQUALLY; `clients` the server's last
@@ -166,17 +167,27 @@ impl GlobalWindow {
     }
 
     /// Takes up to `want` tokens for the window starting at `start` (server time).
-    pub fn take(mut self, start: u64, now_local: u64, want: u32, max: u32, g: &Global) -> Take {
+    /// `answering`: whether the limiter answered this Envoy within [`STALE_MS`] (asked only for
+    /// a new record of a FAILOVER_PASS rule: while the limiter is down, it passes at once).
+    pub fn take(
+        mut self,
+        start: u64,
+        now_local: u64,
+        want: u32,
+        max: u32,
+        g: &Global,
+        answering: &dyn Fn() -> bool,
+    ) -> Take {
         if self.created_ms == 0 {
             self.created_ms = now_local.max(1);
         }
         let fresh = self.fresh(now_local);
-        if !fresh && g.pass_on_failure && !self.initializing(now_local) {
+        if !fresh && g.pass_on_failure && !(self.initializing(now_local) && answering()) {
             return Take::Pass;
         }
         if start < self.start {
             // A worker whose clock offset lags the record's: count it in the record's window.
-            return self.take(self.start, now_local, want, max, g);
+            return self.take(self.start, now_local, want, max, g, answering);
         }
         self.roll(start, max, g);
         let limit = if fresh {
@@ -444,7 +455,7 @@ mod tests {
         let mut w = GlobalWindow::default();
         let mut admitted = 0;
         for _ in 0..15 {
-            let (next, n) = granted(w.take(1_000, 1_200, 1, 10, &g));
+            let (next, n) = granted(w.take(1_000, 1_200, 1, 10, &g, &|| true));
             w = next;
             admitted += n;
         }
@@ -457,13 +468,18 @@ mod tests {
             pass_on_failure: true,
             ..total_mode()
         };
-        let (w, n) = granted(GlobalWindow::default().take(1_000, 1_200, 1, 10, &g));
+        let (w, n) = granted(GlobalWindow::default().take(1_000, 1_200, 1, 10, &g, &|| true));
         assert_eq!(
             (n, w.created_ms),
             (1, 1_200),
             "a new record counts until its first answer"
         );
-        assert_eq!(w.take(1_000, 2_300, 1, 10, &g), Take::Pass);
+        assert_eq!(w.take(1_000, 2_300, 1, 10, &g, &|| true), Take::Pass);
+        // While the limiter does not answer, a new record passes at once.
+        assert_eq!(
+            GlobalWindow::default().take(1_000, 1_200, 1, 10, &g, &|| false),
+            Take::Pass
+        );
     }
 
     #[test]
@@ -481,7 +497,7 @@ mod tests {
         // Negative left: nothing more.
         let w = w.apply(-3, 2, 1_600, 1000, 1_600, 20, &g);
         assert_eq!(w.budget, w.used);
-        let (_, n) = granted(w.take(1_000, 1_650, 1, 20, &g));
+        let (_, n) = granted(w.take(1_000, 1_650, 1, 20, &g, &|| true));
         assert_eq!(n, 0, "an overdrawn window rejects");
     }
 
@@ -514,14 +530,14 @@ mod tests {
             clients: 2,
             ..Default::default()
         };
-        let (w, n) = granted(w.take(2_000, 2_000, 1, 10, &g));
+        let (w, n) = granted(w.take(2_000, 2_000, 1, 10, &g, &|| true));
         assert_eq!((w.used, w.budget, n), (1, 5, 1));
         // No answer for over a second: FAILOVER_LOCAL at ceil(10 / 2) per window.
         let mut w = w;
         w.budget = 100;
         let mut admitted = 1;
         for _ in 0..10 {
-            let (next, n) = granted(w.take(2_000, 2_950, 1, 10, &g));
+            let (next, n) = granted(w.take(2_000, 2_950, 1, 10, &g, &|| true));
             w = next;
             admitted += n;
         }

@@ -227,6 +227,7 @@ class Limiter:
                 c.clients.add(client_id)
                 client.setdefault("counters", set()).add(c.key)
                 left = c.add(0, now, now)
+                print(f"init key={c.key} client={client_id} left={left} clients={sorted(c.clients)}", file=sys.stderr, flush=True)
                 counter = (
                     field(1, duration)
                     + field(2, c.key)
@@ -265,6 +266,8 @@ class Limiter:
                 if c is None:
                     return answer(NOT_FOUND_LIMITER), False
                 left = c.add(_one(u, 2), stamp, now)
+                if _one(u, 2):
+                    print(f"acquire key={key} used={_one(u, 2)} left={left} clients={sorted(c.clients)} at={now}", file=sys.stderr, flush=True)
                 lefts += field(
                     2,
                     field(1, key) + field(2, left) + field(3, BATCH_OCCUPY) + field(4, len(c.clients)),
@@ -359,7 +362,7 @@ class StandIn:
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--port", str(self.port)],
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=open(f"/tmp/standin-{self.port}.log", "a"),
             start_new_session=True,
             text=True,
         )
