@@ -580,6 +580,37 @@ mod tests {
     }
 
     #[test]
+    fn arbitrary_bytes_from_the_limiter_or_shared_data_never_panic() {
+        let mut rng = crate::lb::Rng::new(11);
+        let g = total_mode();
+        for n in 0..3000u64 {
+            let len = usize::try_from(rng.below(64)).unwrap();
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            let _ = decode_answer(&bytes);
+            let _ = clock_offset(&bytes, n, n + rng.below(100));
+            let mut padded = bytes.clone();
+            padded.resize(RECORD_LEN, 0xff);
+            for w in [
+                GlobalWindow::decode(Some(&bytes)),
+                GlobalWindow::decode(Some(&padded)),
+            ] {
+                let now = rng.next_u64();
+                let _ = w.take(rng.next_u64(), now, 32, u32::MAX, &g, &|| true);
+                let _ = w.apply(
+                    rng.next_u64() as i64,
+                    u32::MAX,
+                    now,
+                    1000,
+                    now,
+                    u32::MAX,
+                    &g,
+                );
+                let _ = w.report(w.start);
+            }
+        }
+    }
+
+    #[test]
     fn answers_decode_with_negative_left() {
         let bytes = pb::RateLimitResponse {
             cmd: pb::RateLimitCmd::Acquire as i32,
