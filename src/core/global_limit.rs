@@ -95,15 +95,13 @@ fn resolve<H: Host>(w: &mut Worker<H>, entry: &Entry) -> Option<(Endpoint, Targe
         .lookup_limits(&key)?
         .rules
         .iter()
-        .find(|r| r.id == entry.rule && r.global.is_some())?
-        .clone();
-    let g = rule.global.clone()?;
+        .find(|r| r.id == entry.rule && r.global.is_some())?;
+    let (g, amounts) = (rule.global.clone()?, rule.amounts.clone());
     let label_hash = murmur3_64(entry.label.as_bytes(), 0);
-    let bounds = rule
-        .amounts
+    let bounds = amounts
         .iter()
         .map(|a| Bound {
-            record: record_key(&key, &rule.id, a.window_ms, label_hash),
+            record: record_key(&key, &entry.rule, a.window_ms, label_hash),
             window_ms: a.window_ms,
             max: a.max,
             global: g.clone(),
