@@ -33,6 +33,12 @@ pub enum Counter {
     RateLimitContended,
     /// Requests a dry-run rate-limit rule would have answered 429.
     RateLimitDryRun,
+    /// Requests a unirate rule paused for their turn, and the milliseconds they were given.
+    RateLimitQueued,
+    RateLimitQueueWaitMs,
+    /// Queued requests resumed at their turn, and those whose client had left.
+    RateLimitResumed,
+    RateLimitQueueDropped,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
     /// Circuit-breaker transitions into open (closed -> open and half-open -> open), per level.
@@ -100,7 +106,7 @@ const GAUGES: [(Gauge, &str); 2] = [
     (Gauge::LimiterStreamsUp, "polaris_wasm.limiter_streams_up"),
 ];
 
-const ALL: [(Counter, &str); 41] = [
+const ALL: [(Counter, &str); 45] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -116,6 +122,16 @@ const ALL: [(Counter, &str); 41] = [
         "polaris_wasm.rate_limit_contended",
     ),
     (Counter::RateLimitDryRun, "polaris_wasm.rate_limit_dry_run"),
+    (Counter::RateLimitQueued, "polaris_wasm.rate_limit_queued"),
+    (
+        Counter::RateLimitQueueWaitMs,
+        "polaris_wasm.rate_limit_queue_wait_ms",
+    ),
+    (Counter::RateLimitResumed, "polaris_wasm.rate_limit_resumed"),
+    (
+        Counter::RateLimitQueueDropped,
+        "polaris_wasm.rate_limit_queue_dropped",
+    ),
     (
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",

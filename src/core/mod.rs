@@ -20,11 +20,14 @@ pub mod limiter;
 pub mod limiter_link;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod probe_queue;
 pub mod probing;
 pub mod provider;
+pub mod queue;
 pub mod reply;
 pub mod request;
+pub mod rule_stats;
 pub mod store;
 pub mod tick;
 pub mod worker;
@@ -35,6 +38,8 @@ mod breaker_tests;
 pub mod fake;
 #[cfg(test)]
 mod global_tests;
+#[cfg(test)]
+mod pacing_tests;
 #[cfg(test)]
 mod provider_tests;
 #[cfg(test)]

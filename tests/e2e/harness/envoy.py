@@ -19,6 +19,8 @@ from .polaris import free_port
 ROOT = Path(__file__).resolve().parents[3]
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("POLARIS_WASM", ROOT / "target/wasm32-wasip1/release/polaris_wasm.wasm"))
+# The lean build of the same compile (`make wasm`): no response or stream-end callbacks.
+WASM_LEAN = WASM.with_name(WASM.stem + "_lean.wasm")
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
 
