@@ -555,6 +555,26 @@ mod tests {
     }
 
     #[test]
+    fn share_equally_inits_in_divide_mode_one_total_per_amount() {
+        let g = Global {
+            share_equally: true,
+            ..total_mode()
+        };
+        let key = ServiceKey::new("ns", "svc");
+        let bytes = init_request(&key, "|HEADER:x:a", "c1", &[(100, 60_000), (10, 1000)], &g);
+        let r = pb::RateLimitRequest::decode(bytes.as_slice()).unwrap();
+        let init = r.rate_limit_init_request.unwrap();
+        let totals: Vec<(i32, u32, u32)> = init
+            .totals
+            .iter()
+            .map(|t| (t.mode, t.duration, t.max_amount))
+            .collect();
+        let divide = pb::QuotaMode::Divide as i32;
+        assert_eq!(totals, vec![(divide, 60, 100), (divide, 1, 10)]);
+        assert_eq!(init.target.unwrap().labels, "|HEADER:x:a");
+    }
+
+    #[test]
     fn reports_carry_what_was_taken_since_the_last_one() {
         let w = GlobalWindow {
             start: 1_000,
