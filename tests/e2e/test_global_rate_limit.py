@@ -16,6 +16,8 @@ import uuid
 
 import pytest
 
+from conftest import plugin_config
+from harness.envoy import Envoy
 from harness.limiter_standin import StandIn
 from test_rate_limit import load, next_window, served
 
@@ -173,3 +175,45 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
     finally:
         stop.set()
         t.join(timeout=10)
+
+
+def test_a_limiter_cluster_named_in_the_plugin_config_is_used_as_it_is(
+    polaris, upstreams, service, limiter, tmp_path
+):
+    """`rate_limit.limiter.cluster`: an HTTP/2 cluster of the operator's (here STATIC, to the
+    stand-in's address) instead of discovery."""
+    _, standin = limiter
+    served(polaris, service, upstreams, global_rule(service, 20, "FAILOVER_LOCAL"))
+    cluster = f"""  - name: my_limiter
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    load_assignment:
+      cluster_name: my_limiter
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {standin.port}}}}}}}
+"""
+    config = plugin_config(
+        rate_limit={"rules_of": "destination", "limiter": {"cluster": "my_limiter"}}
+    )
+    envoys = []
+    try:
+        for _ in range(2):
+            e = Envoy(tmp_path / "envoy", config, polaris.grpc_port)
+            marker = "  # The Polaris gRPC client API"
+            e.config_text = e.config_text.replace(marker, cluster + marker, 1)
+            envoys.append(e.start())
+        synced(envoys, service)
+        time.sleep(1.2)
+        next_window()
+        counts = both(envoys, service, 1.85)
+        print(counts)
+        # Two windows of 20 for both together (counted apart, each would admit 40).
+        assert 36 <= sum(c.get(200, 0) for c in counts) <= 44, counts
+    finally:
+        for e in envoys:
+            e.stop()
