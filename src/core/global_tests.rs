@@ -4,6 +4,7 @@
 use prost::Message;
 
 use super::fake::{Call, FakeHost, FakeStream};
+use super::global_limit;
 use super::global_take::{self, record_key};
 use super::{Exchange, Verdict, Worker};
 use crate::config::Config;
@@ -425,4 +426,33 @@ fn a_stream_that_leaves_messages_unanswered_for_three_seconds_is_reopened() {
     let calls = host.take_calls();
     assert!(calls.contains(&Call::StreamClose(token)));
     assert_eq!(opened(&calls), 1);
+}
+
+#[test]
+fn time_adjust_sets_the_clock_offset_global_windows_follow() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, 10, proto::rule::FailoverType::FailoverLocal);
+    let mut w = worker(&host, LIMITER);
+    assert_eq!(admitted(&mut w, 1), 1);
+    w.on_tick();
+    let calls = host.take_calls();
+    assert!(calls
+        .iter()
+        .any(|c| matches!(c, Call::Grpc { method, .. } if method == TIME_ADJUST)));
+    // The fake hands out tokens in call order: the stream's, then the TimeAdjust's.
+    let token = sent(&calls)[0].0 + 1;
+    // The limiter's clock is 950 ms ahead (answered at once).
+    let answer = pb::TimeAdjustResponse {
+        server_timestamp: i64::try_from(START + 100 + 950).unwrap(),
+    }
+    .encode_to_vec();
+    w.on_call_result(token, Ok(answer));
+    assert_eq!(
+        host.stored(global_limit::OFFSET_KEY),
+        Some(950i64.to_le_bytes().to_vec())
+    );
+    // Local START + 100 is the limiter's START + 1050: its next window.
+    w.on_tick();
+    assert_eq!(admitted(&mut w, 1), 1);
+    assert_eq!(record(&host).start, START + 1000);
 }
