@@ -1,5 +1,6 @@
-//! GLOBAL rate limits through polaris-limiter: the request path's take from the per-Envoy global
-//! windows, and the leader's stream (`polaris.metric.v2.RateLimitGRPCV2/Service`).
+//! GLOBAL rate limits through polaris-limiter, the leader's side: its streams
+//! (`polaris.metric.v2.RateLimitGRPCV2/Service`), what it sends on them and what it does with the
+//! answers. The request path is `core::global_take`; the pure record and messages `limit::global`.
 //!
 //! - Requests never wait on the network: a worker takes tokens from its Envoy's record of the
 //!   window in shared data ([`GlobalWindow`]), by CAS, as for local windows. The first take of a
