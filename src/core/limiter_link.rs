@@ -1,4 +1,4 @@
-//! The leader's polaris-limiter connections, as state: one [`Link`] (stream) per limiter
+//! The leader's polaris-limiter connections, as state: one `Link` (stream) per limiter
 //! endpoint, the counters it answered for, and the TimeAdjust calls in flight. What is done with
 //! them is `core::global_limit`.
 
