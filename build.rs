@@ -1,4 +1,5 @@
-//! Compiles our own Polaris `.proto` files (package `v1`) with a vendored protoc,
+//! Compiles our own Polaris `.proto` files (package `v1`, and polaris-limiter's
+//! `polaris.metric.v2`) with a vendored protoc,
 //! so no system protoc is needed.
 
 use std::path::PathBuf;
@@ -18,7 +19,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     files.sort();
     // google/protobuf/*.proto (wrappers, duration, any) ship with the vendored protoc.
     let well_known = protoc_bin_vendored::include_path()?;
-    prost_build::Config::new().compile_protos(&files, &[dir.join("v1"), well_known])?;
+    prost_build::Config::new().compile_protos(&files, &[dir.join("v1"), well_known.clone()])?;
+    // polaris-limiter's v2 API (package `polaris.metric.v2`).
+    let limiter = dir.join("limiter").join("ratelimiter.proto");
+    println!("cargo:rerun-if-changed={}", limiter.display());
+    prost_build::Config::new().compile_protos(&[limiter], &[dir.join("limiter"), well_known])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

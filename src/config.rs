@@ -62,6 +62,9 @@ pub struct Config {
     /// Per-rule settings by rule name (`rate_limit.dry_run`, `.concurrency`, `.bodies`): the OSS
     /// server refuses rule metadata, `concurrencyAmount` and `customResponse`.
     pub rate_limit_rules: RuleSettings,
+    /// How GLOBAL rate-limit rules reach polaris-limiter (`rate_limit.limiter`); without it they
+    /// are counted locally at the rule's amount.
+    pub limiter: Option<LimiterConfig>,
     /// Circuit breaking (`circuit_breaker`): off when absent.
     pub breaker: Option<BreakerConfig>,
     /// The instance this Envoy registers for the service it fronts. With it, the filter's
@@ -77,6 +80,21 @@ pub enum RateLimitSide {
     Destination,
     /// This Envoy's own service, `caller` (an inbound, provider-side listener).
     Local,
+}
+
+/// `rate_limit.limiter`: where polaris-limiter is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LimiterConfig {
+    /// `cluster`: an HTTP/2 Envoy cluster that reaches the limiter (rules' `cluster` unused).
+    Cluster(String),
+    /// `address_cluster`: the limiter's instances are discovered from Polaris as polaris-go finds
+    /// them (the rule's `cluster`, else `service`, default `Polaris/polaris.limiter`) and reached
+    /// through this ORIGINAL_DST HTTP/2 cluster, the picked `ip:port` sent in `header`.
+    Discovered {
+        via: String,
+        header: String,
+        service: ServiceKey,
+    },
 }
 
 /// `circuit_breaker` in the plugin configuration.
@@ -328,6 +346,7 @@ impl Config {
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
         let (rate_limit, rate_limit_rules) = rate_limit(&map)?;
+        let limiter = limiter(&map)?;
         if rate_limit == Some(RateLimitSide::Local)
             && caller.service.is_empty()
             && !map.contains_key("provider")
@@ -358,6 +377,7 @@ impl Config {
             metadata,
             rate_limit,
             rate_limit_rules,
+            limiter,
             breaker,
             provider,
         })
@@ -824,7 +844,7 @@ fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigErr
 fn rate_limit(
     map: &Map<String, Value>,
 ) -> Result<(Option<RateLimitSide>, RuleSettings), ConfigError> {
-    let known = ["rules_of", "dry_run", "concurrency", "bodies"];
+    let known = ["rules_of", "dry_run", "concurrency", "bodies", "limiter"];
     let Some(obj) = object(map, "rate_limit", &known)? else {
         return Ok((None, RuleSettings::default()));
     };
@@ -900,6 +920,72 @@ fn by_rule<T>(
         Some(_) => Err(err(
             &format!("rate_limit.{field}"),
             "must be an object of rule names",
+        )),
+    }
+}
+
+/// `rate_limit.limiter`: exactly one of `cluster` and `address_cluster`.
+fn limiter(map: &Map<String, Value>) -> Result<Option<LimiterConfig>, ConfigError> {
+    let Some(Value::Object(rl)) = map.get("rate_limit") else {
+        return Ok(None);
+    };
+    let Some(obj) = object(
+        rl,
+        "limiter",
+        &[
+            "cluster",
+            "address_cluster",
+            "address_header",
+            "service",
+            "namespace",
+        ],
+    )
+    .map_err(|e| err(&format!("rate_limit.{}", e.field), e.reason))?
+    else {
+        return Ok(None);
+    };
+    let field = |name: &str| -> Result<Option<String>, ConfigError> {
+        let v = nested_string(obj, "rate_limit.limiter", name)?;
+        match v {
+            Some(c) if c.is_empty() || c.len() > MAX_CLUSTER_NAME || !c.is_ascii() => Err(err(
+                &format!("rate_limit.limiter.{name}"),
+                format!("must be 1 to {MAX_CLUSTER_NAME} ASCII characters"),
+            )),
+            other => Ok(other),
+        }
+    };
+    match (field("cluster")?, field("address_cluster")?) {
+        (Some(c), None) => {
+            for extra in ["address_header", "service", "namespace"] {
+                if obj.contains_key(extra) {
+                    return Err(err(
+                        &format!("rate_limit.limiter.{extra}"),
+                        "only applies with `address_cluster` (the limiter discovered from Polaris)",
+                    ));
+                }
+            }
+            Ok(Some(LimiterConfig::Cluster(c)))
+        }
+        (None, Some(via)) => {
+            let header =
+                field("address_header")?.unwrap_or_else(|| "x-envoy-original-dst-host".to_string());
+            validate_header_name("rate_limit.limiter.address_header", &header)?;
+            let service = field("service")?.unwrap_or_else(|| "polaris.limiter".to_string());
+            let namespace = field("namespace")?.unwrap_or_else(|| "Polaris".to_string());
+            Ok(Some(LimiterConfig::Discovered {
+                via,
+                header,
+                service: ServiceKey::new(namespace, service),
+            }))
+        }
+        (Some(_), Some(_)) => Err(err(
+            "rate_limit.limiter",
+            "give either `cluster` or `address_cluster`, not both",
+        )),
+        (None, None) => Err(err(
+            "rate_limit.limiter",
+            "needs `cluster` (an HTTP/2 cluster reaching polaris-limiter) or `address_cluster` \
+             (an ORIGINAL_DST HTTP/2 cluster; the limiter is discovered from Polaris)",
         )),
     }
 }
@@ -1592,6 +1678,52 @@ mod tests {
             ),
         ] {
             let e = parse(json).unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn the_limiter_is_a_named_cluster_or_discovered_through_an_address_cluster() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","rate_limit":{"limiter":{"cluster":"polaris_limiter"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.limiter,
+            Some(LimiterConfig::Cluster("polaris_limiter".into()))
+        );
+        let d =
+            parse(r#"{"polaris_cluster":"p","rate_limit":{"limiter":{"address_cluster":"dst"}}}"#)
+                .unwrap();
+        assert_eq!(
+            d.limiter,
+            Some(LimiterConfig::Discovered {
+                via: "dst".into(),
+                header: "x-envoy-original-dst-host".into(),
+                service: ServiceKey::new("Polaris", "polaris.limiter"),
+            })
+        );
+        assert_eq!(parse(r#"{"polaris_cluster":"p"}"#).unwrap().limiter, None);
+        for (limiter, field) in [
+            (r#"{}"#, "rate_limit.limiter"),
+            (
+                r#"{"cluster":"a","address_cluster":"b"}"#,
+                "rate_limit.limiter",
+            ),
+            (r#"{"cluster":""}"#, "rate_limit.limiter.cluster"),
+            (
+                r#"{"cluster":"a","service":"s"}"#,
+                "rate_limit.limiter.service",
+            ),
+            (
+                r#"{"address_cluster":"a","address_header":"Bad Header"}"#,
+                "rate_limit.limiter.address_header",
+            ),
+            (r#"{"clusters":"a"}"#, "rate_limit.limiter.clusters"),
+            (r#""a""#, "rate_limit.limiter"),
+        ] {
+            let json = format!(r#"{{"polaris_cluster":"p","rate_limit":{{"limiter":{limiter}}}}}"#);
+            let e = parse(&json).unwrap_err();
             assert_eq!(e.field, field, "{json}");
         }
     }

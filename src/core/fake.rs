@@ -25,6 +25,17 @@ pub enum Call {
         method: String,
         message: Vec<u8>,
     },
+    /// A gRPC stream opened: `service/method` and its initial metadata.
+    StreamOpen {
+        method: String,
+        metadata: Vec<(String, String)>,
+    },
+    /// A message sent on a stream.
+    StreamSend {
+        token: u32,
+        message: Vec<u8>,
+    },
+    StreamClose(u32),
     /// An HTTP callout: cluster and `:path`.
     /// An HTTP callout: the cluster, its `:path`, and every header sent.
     Http {
@@ -189,19 +200,36 @@ impl Calls for FakeHost {
     fn grpc_stream_open(
         &self,
         _upstream: &str,
-        _service: &str,
-        _method: &str,
-        _metadata: &[(&str, &[u8])],
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
     ) -> Result<u32, HostError> {
-        Err(HostError("streams are not faked".into()))
+        self.record(Call::StreamOpen {
+            method: format!("{service}/{method}"),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v).into_owned()))
+                .collect(),
+        });
+        let mut s = self.0.borrow_mut();
+        if let Some(e) = s.refuse_calls.take() {
+            return Err(HostError(e));
+        }
+        s.next_token += 1;
+        Ok(s.next_token)
     }
 
-    fn grpc_stream_send(&self, _token: u32, _message: &[u8], _end: bool) -> Result<(), HostError> {
-        Err(HostError("streams are not faked".into()))
+    fn grpc_stream_send(&self, token: u32, message: &[u8], _end: bool) -> Result<(), HostError> {
+        self.record(Call::StreamSend {
+            token,
+            message: message.to_vec(),
+        });
+        Ok(())
     }
 
-    fn grpc_stream_close(&self, _token: u32) -> Result<(), HostError> {
-        Err(HostError("streams are not faked".into()))
+    fn grpc_stream_close(&self, token: u32) -> Result<(), HostError> {
+        self.record(Call::StreamClose(token));
+        Ok(())
     }
 
     fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {

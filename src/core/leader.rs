@@ -15,6 +15,9 @@ use crate::snapshot::{Outcome, Refresher, Resource};
 
 /// A lease outlives this many ticks of its owner.
 const LEASE_TICKS: u32 = 4;
+/// ... and at least this long (4 default ticks), so short ticks (global-limit reports) do not let a loaded
+/// machine's late timer move the lease (and the limiter streams with it).
+const MIN_LEASE: Duration = Duration::from_secs(2);
 
 /// The leader's bookkeeping in one VM (whether or not it holds the lease now).
 pub struct Leader {
@@ -35,7 +38,7 @@ impl Leader {
                 millis(config.refresh_interval),
                 millis(config.discover_timeout),
             ),
-            lease_ttl_ms: millis(tick * LEASE_TICKS),
+            lease_ttl_ms: millis((tick * LEASE_TICKS).max(MIN_LEASE)),
             holding: false,
             pending: HashMap::new(),
         }

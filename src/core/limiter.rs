@@ -9,13 +9,14 @@
 
 use std::collections::HashMap;
 
+use super::global_take::{self, At};
 use super::host::{Metrics, Store};
 use super::rule_stats::{Outcome, RuleStats};
 use super::store::{self, CasError, Update};
 use crate::lb::murmur3::murmur3_64;
 use crate::limit::unirate::{self, Turn};
 use crate::limit::{
-    concurrency, grant_size, window_start, Amount, Behavior, CallerFacts, LimitRule,
+    concurrency, grant_size, window_start, Amount, Behavior, CallerFacts, Global, LimitRule,
 };
 use crate::limit::{Limits, Pace, Window};
 use crate::matching::RequestFacts;
@@ -112,6 +113,10 @@ impl<T: Copy> Taken<T> {
 #[derive(Debug, Default)]
 pub struct Limiter {
     grants: HashMap<u64, Grant>,
+    /// GLOBAL rules go through polaris-limiter (`rate_limit.limiter` is configured).
+    pub global_on: bool,
+    /// Server clock minus ours (ms), for global windows; refreshed on ticks.
+    pub offset_ms: i64,
     /// Counters whose CAS retries ran out since the last [`Limiter::take_contended`].
     contended: u64,
     /// Requests a dry-run rule would have limited, since the last [`Limiter::take_dry_run_hits`].
@@ -166,9 +171,14 @@ impl Limiter {
             let label_hash = murmur3_64(label.as_bytes(), 0);
             let rule_hash = murmur3_64(rule.id.as_bytes(), 0);
             let limited = match rule.behavior {
-                Behavior::Reject => {
-                    self.take_windows(store, service, rule, label_hash, now_ms, &mut taken)
-                }
+                Behavior::Reject => self.take_windows(
+                    store,
+                    service,
+                    rule,
+                    (&label, label_hash),
+                    now_ms,
+                    &mut taken,
+                ),
                 Behavior::Unirate(pace) => {
                     let key = shared_key("ur", service, rule, label_hash);
                     match take_turn(store, key, now_ms, pace, &mut turns) {
@@ -260,10 +270,16 @@ impl Limiter {
         store: &S,
         service: &ServiceKey,
         rule: &LimitRule,
-        label_hash: u64,
+        (label, label_hash): (&str, u64),
         now_ms: u64,
         taken: &mut Taken,
     ) -> Option<u64> {
+        let global = rule.global.as_ref().filter(|_| self.global_on);
+        // Global windows follow the limiter's clock.
+        let now_ms = match global {
+            Some(_) => now_ms.saturating_add_signed(self.offset_ms),
+            None => now_ms,
+        };
         for amount in &rule.amounts {
             let counter = Counter {
                 service,
@@ -273,7 +289,15 @@ impl Limiter {
             };
             let id = counter.id();
             let start = window_start(now_ms, amount.window_ms);
-            match self.acquire(store, &counter, id, *amount, start) {
+            let got = match global {
+                Some(g) => {
+                    let local_now = now_ms.saturating_add_signed(-self.offset_ms);
+                    let at = At { start, local_now };
+                    self.acquire_global(store, &counter, id, *amount, at, g, label)
+                }
+                None => self.acquire(store, &counter, id, *amount, start),
+            };
+            match got {
                 Ok(true) => taken.push((id, start)),
                 Ok(false) => {
                     let end = start.saturating_add(amount.window_ms);
@@ -346,6 +370,50 @@ impl Limiter {
             },
         );
         Ok(true)
+    }
+
+    /// [`Limiter::acquire`] for a GLOBAL rule: the shared part is this Envoy's record of the
+    /// window, synced with polaris-limiter by the leader (`core::global_take`).
+    #[allow(clippy::too_many_arguments)]
+    fn acquire_global<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        counter: &Counter<'_>,
+        id: u64,
+        amount: Amount,
+        at: At,
+        g: &Global,
+        label: &str,
+    ) -> Result<bool, CasError> {
+        if let Some(grant) = self.grants.get_mut(&id) {
+            if grant.start == at.start && grant.left > 0 {
+                grant.left -= 1;
+                return Ok(true);
+            }
+        }
+        let (service, rule) = (counter.service, counter.rule);
+        let key = global_take::record_key(service, rule, counter.window_ms, counter.label_hash);
+        let want = grant_size(amount.max);
+        let entry = || global_take::Entry {
+            namespace: service.namespace.clone(),
+            service: service.name.clone(),
+            rule: rule.to_string(),
+            label: label.to_string(),
+        };
+        match global_take::take(store, &key, at, want, amount.max, g, entry)? {
+            None => Ok(true),
+            Some(0) => Ok(false),
+            Some(granted) => {
+                self.grants.insert(
+                    id,
+                    Grant {
+                        start: at.start,
+                        left: granted - 1,
+                    },
+                );
+                Ok(true)
+            }
+        }
     }
 
     /// Requests a dry-run rule would have limited since the last call.

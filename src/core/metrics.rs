@@ -82,6 +82,14 @@ pub enum Counter {
     ClientReportErrors,
     /// Requests for the offline or status path refused because they were not local.
     ProviderAdminRefused,
+    /// polaris-limiter streams opened by the leader.
+    LimiterStreamOpens,
+    /// INIT requests sent to polaris-limiter.
+    LimiterInits,
+    /// ACQUIRE reports sent to polaris-limiter.
+    LimiterReports,
+    /// Limiter sync failures: streams that failed or closed, error codes, TimeAdjust failures.
+    LimiterSyncErrors,
 }
 
 /// Gauges the leader sets.
@@ -89,11 +97,16 @@ pub enum Counter {
 pub enum Gauge {
     /// Breakers of enforcing rules now open or half-open, all levels.
     BreakersOpen,
+    /// polaris-limiter streams up (open, initialized, answered within a second): the leader's.
+    LimiterStreamsUp,
 }
 
-const GAUGES: [(Gauge, &str); 1] = [(Gauge::BreakersOpen, "polaris_wasm.breakers_open")];
+const GAUGES: [(Gauge, &str); 2] = [
+    (Gauge::BreakersOpen, "polaris_wasm.breakers_open"),
+    (Gauge::LimiterStreamsUp, "polaris_wasm.limiter_streams_up"),
+];
 
-const ALL: [(Counter, &str); 41] = [
+const ALL: [(Counter, &str); 45] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -203,6 +216,16 @@ const ALL: [(Counter, &str); 41] = [
     (
         Counter::ProviderAdminRefused,
         "polaris_wasm.provider_admin_refused",
+    ),
+    (
+        Counter::LimiterStreamOpens,
+        "polaris_wasm.limiter_stream_opens",
+    ),
+    (Counter::LimiterInits, "polaris_wasm.limiter_inits"),
+    (Counter::LimiterReports, "polaris_wasm.limiter_reports"),
+    (
+        Counter::LimiterSyncErrors,
+        "polaris_wasm.limiter_sync_errors",
     ),
 ];
 

@@ -12,9 +12,12 @@ pub mod breakers;
 pub mod breaking;
 pub mod discover;
 pub mod facts;
+pub mod global_limit;
+pub mod global_take;
 pub mod host;
 pub mod leader;
 pub mod limiter;
+pub mod limiter_link;
 pub mod metrics;
 pub mod node;
 pub mod pacing;
@@ -33,6 +36,8 @@ pub mod worker;
 mod breaker_tests;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod global_tests;
 #[cfg(test)]
 mod pacing_tests;
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! probes, then resync and metrics.
 
 use super::breaking;
+use super::global_limit;
 use super::host::{CallResult, Host};
 use super::probing;
 use super::store;
@@ -41,6 +42,9 @@ impl<H: Host> Worker<H> {
             let watched = store::watch_list(&self.host);
             extra.extend(probing::services(self, watched.services()));
         }
+        if self.leader.holds_lease() {
+            extra.extend(global_limit::services(self));
+        }
         self.leader.tick(
             &self.host,
             &self.link,
@@ -54,6 +58,7 @@ impl<H: Host> Worker<H> {
             p.tick(&self.host, &self.link, &self.counters, here, now);
         }
         self.resync();
+        global_limit::tick(self, now);
         if self.config.breaker.is_some() {
             breaking::flush_windows(self, now);
             if self.leader.holds_lease() {
@@ -68,6 +73,9 @@ impl<H: Host> Worker<H> {
 
     /// An answer to a call this VM's root context made.
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
+        if self.on_time_adjust(token, &result) {
+            return;
+        }
         if let Some(p) = self.provider.as_mut().filter(|p| p.owns(token)) {
             p.on_call_result(&self.host, &self.link, &self.counters, token, result);
             return;

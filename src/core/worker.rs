@@ -11,6 +11,7 @@ use super::discover::Link;
 use super::host::{Host, Store};
 use super::leader::Leader;
 use super::limiter::Limiter;
+use super::limiter_link::{self, GlobalSync};
 use super::metrics::Counters;
 use super::node;
 use super::probe_queue::Probing;
@@ -44,6 +45,8 @@ pub struct Worker<H> {
     pub(super) rules: Cache<Rules>,
     pub(super) limits: Cache<Limits>,
     pub(super) limiter: Limiter,
+    /// The leader's polaris-limiter streams.
+    pub(super) global: GlobalSync,
     /// This Envoy's own service (`caller`), when configured.
     pub(super) caller: Option<ServiceKey>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
@@ -87,7 +90,11 @@ impl<H: Host> Worker<H> {
                 "invalid plugin configuration: field `polaris_cluster`: cannot be encoded".into(),
             ));
         };
-        let tick = (config.refresh_interval / 2).clamp(Duration::from_millis(50), MAX_TICK);
+        let mut tick = (config.refresh_interval / 2).clamp(Duration::from_millis(50), MAX_TICK);
+        if config.limiter.is_some() {
+            // The leader reports global-limit usage on ticks.
+            tick = tick.min(limiter_link::SYNC_TICK);
+        }
         let counters = Counters::define(&host);
         let caller = (!config.caller.service.is_empty()).then(|| {
             ServiceKey::new(
@@ -95,7 +102,7 @@ impl<H: Host> Worker<H> {
                 config.caller.service.clone(),
             )
         });
-        Ok(Worker {
+        let mut worker = Worker {
             leader: Leader::new(&config, tick),
             provider: config.provider.clone().map(|p| Provider::new(p, tick)),
             location_pending: !config.nearby.has_location(),
@@ -106,6 +113,7 @@ impl<H: Host> Worker<H> {
             rules: Cache::default(),
             limits: Cache::default(),
             limiter: Limiter::default(),
+            global: GlobalSync::default(),
             caller,
             plans: FxHashMap::default(),
             destinations: DestinationMemo::default(),
@@ -121,7 +129,9 @@ impl<H: Host> Worker<H> {
             next_full_tick: 0,
             tick,
             seen_generation: 0,
-        })
+        };
+        worker.limiter.global_on = worker.config.limiter.is_some();
+        Ok(worker)
     }
 
     pub fn tick_period(&self) -> Duration {

@@ -320,13 +320,50 @@ fn stream_answer(vm: &mut Vm, stream: u32, token: u32, status: u32, size: usize)
     vm.hold(stream, root, exchange, &verdict);
 }
 
+/// A message on one of the leader's polaris-limiter streams; false if `token` is not one.
+fn stream_message(root: u32, token: u32, size: usize) -> bool {
+    with_vm(|vm| {
+        let Some(worker) = vm.worker(root).filter(|w| w.owns_stream(token)) else {
+            return false;
+        };
+        let message = hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        worker.on_stream_message(token, &message);
+        true
+    })
+    .unwrap_or(false)
+}
+
+/// The end of one of the leader's polaris-limiter streams; false if `token` is not one.
+fn stream_close(root: u32, token: u32, status: u32) -> bool {
+    with_vm(|vm| {
+        let Some(worker) = vm.worker(root).filter(|w| w.owns_stream(token)) else {
+            return false;
+        };
+        let message = hostcalls::get_grpc_status()
+            .ok()
+            .and_then(|(_, m)| m)
+            .filter(|m| !m.is_empty());
+        worker.on_stream_close(token, status, message);
+        true
+    })
+    .unwrap_or(false)
+}
+
 #[no_mangle]
 pub extern "C" fn polaris_on_grpc_receive(root: u32, token: u32, response_size: usize) {
-    grpc_answer(root, token, 0, response_size);
+    if !stream_message(root, token, response_size) {
+        grpc_answer(root, token, 0, response_size);
+    }
 }
 
 #[no_mangle]
 pub extern "C" fn polaris_on_grpc_close(root: u32, token: u32, status_code: u32) {
+    if stream_close(root, token, status_code) {
+        return;
+    }
     // A unary call that already answered closes with nothing more to say.
     if status_code != 0 {
         grpc_answer(root, token, status_code, 0);

@@ -3,9 +3,11 @@
 //! counting lives in `core::limiter`.
 
 pub mod concurrency;
+pub mod global;
 pub mod rule;
 pub mod unirate;
 pub mod window;
 
+pub use global::{Global, GlobalWindow};
 pub use rule::{Amount, Behavior, CallerFacts, LimitRule, Limits, Pace, RuleSettings};
 pub use window::{grant_size, window_start, Window};

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use super::global::Global;
 use crate::matching::{MatchKind, Matcher, RequestFacts};
 use crate::model::ServiceKey;
 use crate::polaris::proto;
@@ -98,6 +99,10 @@ pub struct LimitRule {
     pub behavior: Behavior,
     /// The body of this rule's 429, instead of the default naming the rule.
     pub body: Option<String>,
+    /// A GLOBAL QPS `reject` rule: counted through polaris-limiter when the plugin names one
+    /// (`rate_limit.limiter`), else locally at its amount. (CONCURRENCY and unirate are local, as
+    /// in polaris-go.)
+    pub global: Option<Global>,
 }
 
 /// The compiled rules of one service, in the order they apply.
@@ -191,9 +196,6 @@ impl LimitRule {
             return Ok(None);
         }
         let concurrency = r.resource == Resource::Concurrency as i32;
-        if !concurrency && r.r#type != Type::Local as i32 && r.cluster.is_some() {
-            return Err("GLOBAL rules with a limiter cluster are not enforced yet".into());
-        }
         let action = r.action.as_deref().unwrap_or("reject").to_ascii_lowercase();
         let unirate = match action.as_str() {
             _ if concurrency => false,
@@ -201,6 +203,16 @@ impl LimitRule {
             "unirate" => true,
             _ => return Err(format!("action `{action}` is not enforced yet")),
         };
+        let global =
+            (!concurrency && !unirate && r.r#type == Type::Global as i32).then(|| Global {
+                share_equally: r.amount_mode == proto::rule::AmountMode::ShareEqually as i32,
+                pass_on_failure: r.failover == proto::rule::FailoverType::FailoverPass as i32,
+                cluster: r.cluster.as_ref().and_then(|c| {
+                    let ns = c.namespace.clone().filter(|s| !s.is_empty())?;
+                    let svc = c.service.clone().filter(|s| !s.is_empty())?;
+                    Some(ServiceKey::new(ns, svc))
+                }),
+            });
         let mut amounts = Vec::with_capacity(r.amounts.len());
         for a in &r.amounts {
             let max = a.max_amount.ok_or("an amount has no maxAmount")?;
@@ -266,6 +278,7 @@ impl LimitRule {
                 .as_ref()
                 .map(|c| c.body.clone())
                 .filter(|b| !b.is_empty()),
+            global,
         }))
     }
 

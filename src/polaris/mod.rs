@@ -27,3 +27,10 @@ impl fmt::Display for CallError {
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/v1.rs"));
 }
+
+/// polaris-limiter's v2 messages, generated from our own `proto/limiter/ratelimiter.proto`
+/// (package `polaris.metric.v2`).
+#[allow(clippy::all, missing_docs)]
+pub mod limiter_proto {
+    include!(concat!(env!("OUT_DIR"), "/polaris.metric.v2.rs"));
+}

@@ -10,6 +10,9 @@
 //! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`, `circuitbreaker`, `faultdetector`) |
 //! | `polaris-wasm/cb/<ns>/<name>` | [`crate::breaker::Table`]: the circuit-breaker state of the service's resources |
 //! | `polaris-wasm/cbw/<ns>/<name>` | [`crate::breaker::window::Windows`]: ERROR_RATE counts, merged by every worker |
+//! | `polaris-wasm/grl/w/<ns>/<name>/<rule>/<window ms>/<label hash>` | [`crate::limit::GlobalWindow`]: this Envoy's record of a GLOBAL rule's window (`core::global_take`) |
+//! | `polaris-wasm/grl/list` | JSON list of the GLOBAL window keys the leader syncs with polaris-limiter |
+//! | `polaris-wasm/grl/client-id`, `grl/offset`, `grl/answered` | this Envoy's limiter clientId, the limiter's clock offset (ms, i64 LE), when the limiter last answered (ms, u64 LE) |
 
 pub mod lease;
 pub mod watch;

@@ -21,6 +21,12 @@ from harness.envoy import render, validate
         (plugin_config(destination={"from": "cookie"}), "destination.from", "not one of"),
         (plugin_config(refresh_intervall="1s"), "refresh_intervall", "unknown field"),
         (plugin_config(max_services=0), "max_services", "from 1 to"),
+        (plugin_config(rate_limit={"limiter": {}}), "rate_limit.limiter", "needs `cluster`"),
+        (
+            plugin_config(rate_limit={"limiter": {"cluster": "a", "address_cluster": "b"}}),
+            "rate_limit.limiter",
+            "not both",
+        ),
         (
             plugin_config(load_balancer={"policy": "ringHash", "ring_hash": {"vnodes": 0}}),
             "load_balancer.ring_hash.vnodes",

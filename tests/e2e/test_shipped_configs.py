@@ -235,10 +235,22 @@ def test_upstream_header_is_the_one_the_cluster_reads():
         c["original_dst_lb_config"]
         for path in BOOTSTRAPS
         for c in yaml.safe_load(path.read_text())["static_resources"]["clusters"]
-        if c.get("type") == "ORIGINAL_DST"
+        if c.get("type") == "ORIGINAL_DST" and c["name"] != "polaris_limiter"
     ]
 
     assert readers and all(r == {"use_http_header": True, "http_header_name": header} for r in readers)
+
+
+def test_the_limiter_cluster_is_http2_and_reads_the_limiter_header():
+    """`rate_limit.limiter.address_cluster` in the docs: gRPC to the discovered limiter."""
+    config = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+    (limiter,) = [c for c in config["static_resources"]["clusters"] if c["name"] == "polaris_limiter"]
+    assert limiter["original_dst_lb_config"] == {
+        "use_http_header": True,
+        "http_header_name": "x-polaris-limiter",
+    }
+    options = limiter["typed_extension_protocol_options"]
+    assert "http2_protocol_options" in repr(options)
 
 
 def test_no_route_leads_to_the_probe_cluster():
@@ -248,7 +260,9 @@ def test_no_route_leads_to_the_probe_cluster():
         config = yaml.safe_load(path.read_text())
         routed = set(re.findall(r"'cluster': '([^']+)'", repr(config["static_resources"]["listeners"])))
         probe_clusters = {
-            c["name"] for c in config["static_resources"]["clusters"] if "probe" in c["name"]
+            c["name"]
+            for c in config["static_resources"]["clusters"]
+            if "probe" in c["name"] or "limiter" in c["name"]
         }
         assert not routed & probe_clusters, path
 
