@@ -12,9 +12,9 @@ breaker state and every response is classified); the breakers / filter ratio is 
 success path with a breaker active (issue 10: at most 2 % lower).
 With `--rate-limit` a third Envoy runs our filter with rate limiting on and a local rule on the
 service that never triggers (every request is counted against it), and the limited / filter
-ratios are printed: the cost of the rate limiter on the request path. Its peer runs too, *native*:
+ratios are printed: the cost of the rate limiter on the request path. Its peer runs too, *local_rl*:
 the baseline with Envoy's own `envoy.filters.http.local_ratelimit` (a bucket that never runs out),
-and native / baseline is the native limiter's cost, to compare with limited / filter.
+and local_rl / baseline is Envoy's own limiter's cost, to compare with limited / filter.
 With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
 rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too;
 `--module NAME=PATH` (repeatable) does the same under another name.
@@ -215,7 +215,7 @@ def main() -> None:
             native_text = (BASELINE.replace("ADMIN", str(admin)).replace("LISTEN", str(listen))
                            .replace("ENDPOINTS", endpoints)
                            .replace("          http_filters:\n", "          http_filters:\n" + NATIVE_LIMIT))
-            runs.append(("native", native_text, (listen, admin)))
+            runs.append(("local_rl", native_text, (listen, admin)))
         if args.compare:
             listen, admin = free_port(), free_port()
             compare_plugin = {**plugin, "circuit_breaker": {}} if args.compare_breakers else plugin
@@ -300,12 +300,12 @@ def main() -> None:
             print("median limited / filter capacity ratio:  "
                   f"{statistics.median(f['cpu_us'] / l['cpu_us'] for f, l in lim_pairs):.3f}"
                   "  (target >= 0.97)")
-            nat_pairs = list(zip(results["baseline"], results["native"]))
-            print("median native / baseline capacity ratio: "
+            nat_pairs = list(zip(results["baseline"], results["local_rl"]))
+            print("median local_rl / baseline capacity ratio: "
                   f"{statistics.median(b['cpu_us'] / n['cpu_us'] for b, n in nat_pairs):.3f}"
                   "  (Envoy's local_ratelimit on the baseline)")
-            print("median limited / native capacity ratio:  "
-                  f"{statistics.median(n['cpu_us'] / l['cpu_us'] for n, l in zip(results['native'], results['limited'])):.3f}"
+            print("median limited / local_rl capacity ratio: "
+                  f"{statistics.median(n['cpu_us'] / l['cpu_us'] for n, l in zip(results['local_rl'], results['limited'])):.3f}"
                   "  (whole filter with limits vs baseline with the native limiter)")
             print("limiter cost, us/req (median of rounds): ours "
                   f"{statistics.median(l['cpu_us'] - f['cpu_us'] for f, l in lim_pairs):.2f}, native "
