@@ -52,6 +52,18 @@ impl<H: Host> Worker<H> {
         self.counters.flush(&self.host);
     }
 
+    /// The tick of a worker that never leads: resync, breaker windows and metrics. The native
+    /// build runs one leading worker per plugin on Envoy's main thread; its request threads'
+    /// workers tick this way (they have no timer of their own and no root context for calls).
+    pub fn on_follower_tick(&mut self) {
+        let now = self.host.now_ms();
+        self.resync();
+        if self.config.breaker.is_some() {
+            breaking::flush_windows(self, now);
+        }
+        self.counters.flush(&self.host);
+    }
+
     /// An answer to a call this VM's root context made.
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
         if let Some(p) = self.provider.as_mut().filter(|p| p.owns(token)) {
