@@ -27,8 +27,11 @@ struct Local {
     next_tick: Cell<Instant>,
 }
 
+/// A thread's followers, by plugin id (with the plugin, to drop those of plugins gone).
+type Locals = HashMap<u64, (Weak<Plugin>, Rc<Local>)>;
+
 thread_local! {
-    static LOCALS: RefCell<HashMap<u64, (Weak<Plugin>, Rc<Local>)>> = RefCell::new(HashMap::new());
+    static LOCALS: RefCell<Locals> = RefCell::new(HashMap::new());
 }
 
 /// This thread's worker of `plugin`, made on first use (dropping those of plugins gone).
@@ -229,7 +232,12 @@ impl Filter {
             headers.push(("content-type", "text/plain"));
         }
         headers.extend(reply.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        h.send_response(reply.status, &headers, reply.body.as_bytes(), "polaris_local_reply");
+        h.send_response(
+            reply.status,
+            &headers,
+            reply.body.as_bytes(),
+            "polaris_local_reply",
+        );
     }
 }
 

@@ -98,7 +98,10 @@ mod tests {
         let mut body = frame(b"hello");
         body.truncate(6);
         assert_eq!(unary_result(&ok(body)).map_err(|e| e.status), Err(INTERNAL));
-        assert_eq!(unary_result(&ok(vec![0, 1])).map_err(|e| e.status), Err(INTERNAL));
+        assert_eq!(
+            unary_result(&ok(vec![0, 1])).map_err(|e| e.status),
+            Err(INTERNAL)
+        );
     }
 
     #[test]
@@ -114,7 +117,10 @@ mod tests {
         };
         let e = unary_result(&a).err();
         assert_eq!(e.as_ref().map(|e| e.status), Some(14));
-        assert_eq!(e.and_then(|e| e.message).as_deref(), Some("no healthy upstream"));
+        assert_eq!(
+            e.and_then(|e| e.message).as_deref(),
+            Some("no healthy upstream")
+        );
     }
 
     #[test]

@@ -166,15 +166,21 @@ impl Calls for Native {
         _method: &str,
         _metadata: &[(&str, &[u8])],
     ) -> Result<u32, HostError> {
-        Err(HostError("gRPC streams are not in the native build yet".into()))
+        Err(HostError(
+            "gRPC streams are not in the native build yet".into(),
+        ))
     }
 
     fn grpc_stream_send(&self, _token: u32, _message: &[u8], _end: bool) -> Result<(), HostError> {
-        Err(HostError("gRPC streams are not in the native build yet".into()))
+        Err(HostError(
+            "gRPC streams are not in the native build yet".into(),
+        ))
     }
 
     fn grpc_stream_close(&self, _token: u32) -> Result<(), HostError> {
-        Err(HostError("gRPC streams are not in the native build yet".into()))
+        Err(HostError(
+            "gRPC streams are not in the native build yet".into(),
+        ))
     }
 
     fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {

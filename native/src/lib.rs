@@ -8,6 +8,9 @@
 //! - [`host`]: the core's host traits; [`store`]: shared data in process memory; [`grpc`]:
 //!   Polaris's gRPC calls as Envoy callouts; [`logger`]: `log` to Envoy's log.
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
 mod ffi;
 mod filter;
 mod grpc;

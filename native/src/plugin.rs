@@ -193,7 +193,9 @@ fn drain() {
                 continue;
             };
             match w.host().take_call(None, id) {
-                Some((token, CallKind::Grpc)) => w.on_call_result(token, grpc::unary_result(&answer)),
+                Some((token, CallKind::Grpc)) => {
+                    w.on_call_result(token, grpc::unary_result(&answer))
+                }
                 Some((token, CallKind::Http)) => {
                     w.on_http_call_result(token, grpc::http_status(&answer), &answer.body)
                 }

@@ -28,7 +28,7 @@ TTL = 2  # seconds
 
 
 @pytest.fixture
-def provider_envoy(tmp_path) -> Callable[..., ProviderEnvoy]:
+def provider_envoy(tmp_path, build) -> Callable[..., ProviderEnvoy]:
     started: list[ProviderEnvoy] = []
 
     def start(polaris_grpc_port: int, app_port: int, provider: dict, node: str = "", **plugin):
@@ -38,6 +38,7 @@ def provider_envoy(tmp_path) -> Callable[..., ProviderEnvoy]:
             polaris_grpc_port,
             app_port,
             node=node,
+            build=build,
         )
         started.append(e)
         return e.start()

@@ -345,7 +345,9 @@ unsafe impl Sync for Scheduler {}
 impl Scheduler {
     pub fn commit(&self, event_id: u64) {
         // SAFETY: the scheduler lives until drop.
-        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id) }
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, event_id)
+        }
     }
 }
 
@@ -436,9 +438,7 @@ impl FilterHandle {
         // SAFETY: valid filter pointer; `value` is written by Envoy.
         let found = unsafe {
             envoy_dynamic_module_callback_http_filter_get_attribute_string(
-                self.0,
-                id as u32,
-                &mut value,
+                self.0, id as u32, &mut value,
             )
         };
         if !found {

@@ -67,8 +67,16 @@ unsafe fn answer(
             // SAFETY: header buffers live through this hook.
             let (k, v) = unsafe {
                 (
-                    Buf { ptr: h.key_ptr, len: h.key_len }.bytes(),
-                    Buf { ptr: h.value_ptr, len: h.value_len }.bytes(),
+                    Buf {
+                        ptr: h.key_ptr,
+                        len: h.key_len,
+                    }
+                    .bytes(),
+                    Buf {
+                        ptr: h.value_ptr,
+                        len: h.value_len,
+                    }
+                    .bytes(),
                 )
             };
             out.headers.push((
@@ -182,7 +190,9 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
     let Some(p) = (unsafe { plugin(config_module) }) else {
         return std::ptr::null();
     };
-    let made = catch_unwind(AssertUnwindSafe(|| Filter::new(p, FilterHandle::new(filter_envoy))));
+    let made = catch_unwind(AssertUnwindSafe(|| {
+        Filter::new(p, FilterHandle::new(filter_envoy))
+    }));
     match made {
         Ok(f) => Box::into_raw(Box::new(f)).cast_const().cast(),
         Err(_) => {

@@ -69,6 +69,31 @@ def _with_plugin(text: str, plugin: dict) -> str:
     return text[:start] + f"value: '{plugin_json}'" + text[end + 1 :]
 
 
+def nativize(text: str) -> str:
+    """A rendered wasm config with its wasm filter swapped for the native module (same plugin
+    JSON): for configs the project ships in one form only (envoy/provider.yaml)."""
+    start = text.index("- name: envoy.filters.http.wasm")
+    indent = text.rindex("\n", 0, start) + 1
+    pad = " " * (start - indent)
+    code = text.index("code: {local:", start)
+    end = text.index("\n", code) + 1
+    value_at = text.index("value: '{", start, end)
+    value = text[value_at : text.index("\n", value_at)]
+    block = (
+        f"{pad}- name: envoy.filters.http.dynamic_modules\n"
+        f"{pad}  typed_config:\n"
+        f'{pad}    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n'
+        f"{pad}    dynamic_module_config:\n"
+        f"{pad}      module: {{local: {{filename: {NATIVE}}}}}\n"
+        f"{pad}      do_not_close: true\n"
+        f"{pad}    filter_name: polaris\n"
+        f"{pad}    filter_config:\n"
+        f'{pad}      "@type": type.googleapis.com/google.protobuf.StringValue\n'
+        f"{pad}      {value}\n"
+    )
+    return text[:indent] + block + text[end:]
+
+
 def render_provider(
     plugin: dict, listen_port: int, admin_port: int, polaris_grpc_port: int, app_port: int
 ) -> str:
@@ -239,14 +264,18 @@ class ProviderEnvoy(Envoy):
         app_port: int,
         concurrency: int = 2,
         node: str = "",
+        build: str = "wasm",
     ):
-        super().__init__(workdir, plugin, polaris_grpc_port, concurrency, config_text="-")
+        super().__init__(
+            workdir, plugin, polaris_grpc_port, concurrency, config_text="-", build=build
+        )
         plugin = json.loads(json.dumps(plugin))
         plugin.get("provider", {}).setdefault("port", self.listen_port)
         self.plugin = plugin
-        self.config_text = node + render_provider(
+        text = render_provider(
             plugin, self.listen_port, self.admin_port, polaris_grpc_port, app_port
         )
+        self.config_text = node + (nativize(text) if build == "native" else text)
 
     def local(self, method: str, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
         """A request to the provider listener (from loopback unless `host` says otherwise)."""
