@@ -105,7 +105,7 @@ test-parity: venv wasm polaris-server parity-oracle
 demo: venv wasm polaris-server
 	$(PY) scripts/demo.py
 
-bench: venv wasm polaris-server
+bench: venv wasm native polaris-server
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
 	$(PY) scripts/bench.py

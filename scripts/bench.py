@@ -6,6 +6,9 @@ within the round, and the median of those is reported:
   baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
   filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
             pick) writing the ORIGINAL_DST header.
+A *native* Envoy runs the shipped envoy/envoy-native.yaml: the same governance (same plugin JSON)
+by the native dynamic module (build/libpolaris_native.so), and native / baseline ratios are
+printed beside the wasm filter's (`--no-native` leaves it out).
 A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
 polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
 breaker state and every response is classified); the breakers / filter ratio is the cost of the
@@ -141,6 +144,8 @@ def main() -> None:
     parser.add_argument("--compare", type=Path, help="another build of the module, run alongside")
     parser.add_argument("--compare-breakers", action="store_true",
                         help="run the --compare build with circuit breaking on (compare it with breakers)")
+    parser.add_argument("--no-native", action="store_true",
+                        help="leave out the native dynamic module (build/libpolaris_native.so)")
     parser.add_argument("--rate-limit", action="store_true",
                         help="also run the filter with a local rate-limit rule that never triggers")
     args = parser.parse_args()
@@ -174,6 +179,10 @@ def main() -> None:
         plugin = {"polaris_cluster": "polaris_grpc"}
         runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
             ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+        if not args.no_native:
+            listen, admin = free_port(), free_port()
+            native = render(plugin, listen, admin, polaris.grpc_port, build="native")
+            runs.append(("native", native, (listen, admin)))
         listen, admin = free_port(), free_port()
         breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
         runs.append(("breakers", breakers, (listen, admin)))
@@ -227,6 +236,13 @@ def main() -> None:
         print(f"\nper-round req/s ratios: {round_ratios}")
         print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
         print(f"median filter / baseline capacity ratio: {capacity:.3f}  (target >= 0.85)")
+        if "native" in results:
+            nat_pairs = list(zip(results["baseline"], results["native"]))
+            print("median native / baseline req/s ratio:    "
+                  f"{statistics.median(n['rps'] / b['rps'] for b, n in nat_pairs):.3f}")
+            print("median native / baseline capacity ratio: "
+                  f"{statistics.median(b['cpu_us'] / n['cpu_us'] for b, n in nat_pairs):.3f}"
+                  "  (target >= 0.90)")
         br_pairs = list(zip(results["filter"], results["breakers"]))
         print("median breakers / filter req/s ratio:    "
               f"{statistics.median(b['rps'] / f['rps'] for f, b in br_pairs):.3f}")
@@ -251,7 +267,8 @@ def main() -> None:
             print("median filter / compare capacity ratio:  "
                   f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in cmp_pairs):.3f}"
                   f"  (compare = {args.compare})")
-        errors = sum(r["errors"] for r in results["filter"] + results["breakers"])
+        errors = sum(r["errors"] for r in results["filter"] + results["breakers"]
+                     + results.get("native", []))
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
     finally:
