@@ -4,6 +4,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,8 @@ pub struct Shared {
     pub cluster: String,
     counters: Mutex<HashMap<String, usize>>,
     gauges: Mutex<HashMap<String, usize>>,
+    /// Envoy is done with the filter config: no more callouts from it.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -31,7 +34,12 @@ impl Shared {
             cluster,
             counters: Mutex::new(HashMap::new()),
             gauges: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
         }
+    }
+
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
     }
 
     /// A counter of the native build only (not in the core's list), defined now.
@@ -98,6 +106,9 @@ impl Native {
     fn dispatch(&self, call: &Callout<'_>, kind: CallKind) -> Result<u32, HostError> {
         let stream = self.stream.get();
         let sent = match (self.main, stream) {
+            (true, _) if self.shared.closed.load(Ordering::Acquire) => {
+                return Err(HostError("the filter config is gone".into()))
+            }
             (true, _) => self.shared.config.callout(call),
             (false, Some(s)) => s.callout(call),
             (false, None) => return Err(HostError("no stream to call from".into())),

@@ -146,10 +146,12 @@ impl Plugin {
         if let Some(t) = timer {
             t.stop();
         }
-        if let Some(mut leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) {
-            // A provider's deregistration cannot complete here (the config's callouts end with
-            // it): the offline trigger is the way to deregister before stopping, as in wasm.
-            leader.on_done();
+        self.shared.close();
+        if let Some(leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) {
+            // No `on_done`: a provider's deregistration cannot be sent from here (Envoy may be
+            // stopping, its cluster manager gone): the offline trigger is the way to deregister
+            // before stopping, as in wasm.
+            leader.counters().flush(leader.host());
         }
     }
 

@@ -52,11 +52,15 @@ impl<H: Host> Worker<H> {
         self.counters.flush(&self.host);
     }
 
-    /// The tick of a worker that never leads: resync, breaker windows and metrics. The native
-    /// build runs one leading worker per plugin on Envoy's main thread; its request threads'
-    /// workers tick this way (they have no timer of their own and no root context for calls).
+    /// The tick of a worker that never leads: resync, breaker windows and metrics, and the
+    /// provider's address (for its status and offline paths; registering is the leader's). The
+    /// native build runs one leading worker per plugin on Envoy's main thread; its request
+    /// threads' workers tick this way (no timer of their own, no root context for calls).
     pub fn on_follower_tick(&mut self) {
         let now = self.host.now_ms();
+        if let Some(p) = &mut self.provider {
+            p.settle(&self.host, &self.config.nearby.location, now);
+        }
         self.resync();
         if self.config.breaker.is_some() {
             breaking::flush_windows(self, now);
