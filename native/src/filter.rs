@@ -101,6 +101,9 @@ impl Filter {
         self.busy.set(true);
         let verdict = {
             let mut w = local.worker.borrow_mut();
+            if let Some(name) = self.plugin.panic_header() {
+                injected_panic(h, name);
+            }
             let now = Instant::now();
             if now >= local.next_tick.get() {
                 local.next_tick.set(now + local.period);
@@ -248,6 +251,16 @@ impl Drop for Filter {
                 w.host().forget(self.handle);
             }
         }
+    }
+}
+
+/// The fault injection of [`Plugin::panic_header`]: proves a panic in a hook answers 503.
+#[allow(clippy::panic)]
+fn injected_panic(h: FilterHandle, name: &str) {
+    if h.header(crate::ffi::abi::HeaderMap::Request, name)
+        .is_some()
+    {
+        panic!("injected panic ({name})");
     }
 }
 

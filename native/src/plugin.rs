@@ -38,6 +38,9 @@ pub struct Plugin {
     config: Config,
     shared: Arc<Shared>,
     panics: Option<usize>,
+    /// Fault injection for the e2e test of the panic path: a request carrying this header
+    /// panics in the request hook (`POLARIS_NATIVE_PANIC_HEADER`, read at config time).
+    panic_header: Option<String>,
     timer: Mutex<Option<Timer>>,
 }
 
@@ -120,6 +123,9 @@ impl Plugin {
             config,
             shared,
             panics,
+            panic_header: std::env::var("POLARIS_NATIVE_PANIC_HEADER")
+                .ok()
+                .filter(|h| !h.is_empty()),
             timer: Mutex::new(Some(timer)),
         }))
     }
@@ -130,6 +136,10 @@ impl Plugin {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn panic_header(&self) -> Option<&str> {
+        self.panic_header.as_deref()
     }
 
     pub fn shared(&self) -> &Arc<Shared> {

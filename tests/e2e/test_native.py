@@ -89,3 +89,24 @@ def test_validate_passes_the_shipped_native_config(tmp_path):
     assert result.returncode == 0, out[-2000:]
     assert "Dynamic module ABI version v0.2.0 matched" in out, out[-2000:]
     assert NATIVE.exists()
+
+
+def test_a_panic_in_a_hook_answers_503_is_counted_and_envoy_keeps_serving(
+    polaris, service, upstreams, tmp_path
+):
+    (up,) = upstreams("after")
+    polaris.create_service(service)
+    polaris.register_instance(service, "127.0.0.1", up.port)
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == 1, service=service)
+    e = Envoy(tmp_path / "envoy", plugin_config(), polaris.grpc_port, build="native")
+    # Fault injection read at config time: a request with this header panics in its hook.
+    e.extra_env = {"POLARIS_NATIVE_PANIC_HEADER": "x-test-panic"}
+    with e:
+        client = e.client()
+        status, headers, body = client.request(service, headers={"x-test-panic": "1"})
+        assert status == 503, (status, headers, body)
+        assert headers.get("x-polaris-reason") == "internal_error", headers
+        assert e.counter("native_panics") == 1
+
+        assert client.counts(service, 20) == {"after": 20}
+        assert e.proc.poll() is None

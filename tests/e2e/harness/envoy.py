@@ -144,6 +144,7 @@ class Envoy:
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def start(self, timeout: float = 30.0) -> "Envoy":
         config = self.workdir / f"envoy-{self.listen_port}.yaml"
@@ -162,6 +163,7 @@ class Envoy:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
+            env={**os.environ, **self.extra_env} if self.extra_env else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
