@@ -79,7 +79,7 @@ impl Timer {
 impl Plugin {
     /// The plugin of `bytes` (the same plugin JSON as the wasm filter's); `None`, with the
     /// reason logged naming the field, when it cannot run.
-    pub fn new(handle: ConfigHandle, name: &[u8], bytes: &[u8]) -> Option<Arc<Plugin>> {
+    pub fn new(handle: ConfigHandle, bytes: &[u8]) -> Option<Arc<Plugin>> {
         let config = match Config::parse(bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -89,8 +89,7 @@ impl Plugin {
         };
         let here = &config.nearby.location;
         log::info!(
-            "configured {}: Polaris cluster {}, namespace {}, refresh every {:?}, location {}/{}/{}",
-            String::from_utf8_lossy(name),
+            "configured: Polaris cluster {}, namespace {}, refresh every {:?}, location {}/{}/{}",
             config.polaris_cluster,
             config.namespace,
             config.refresh_interval,

@@ -32,7 +32,7 @@ def test_module_loads_and_routes_to_the_instances_polaris_serves(
         assert set(counts) == {"n1", "n2"}, counts
         log = e.log_text()
         assert "Dynamic module ABI version v0.2.0 matched" in log
-        assert "configured polaris: Polaris cluster polaris_grpc" in log
+        assert "configured: Polaris cluster polaris_grpc" in log
         assert e.wait_counter("picks", lambda n: n >= 61) >= 61
         assert e.counter("native_panics") == 0
 

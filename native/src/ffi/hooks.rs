@@ -104,13 +104,13 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     config_envoy: *mut c_void,
-    name: Buf,
+    _name: Buf,
     config: Buf,
 ) -> *const c_void {
     guard(std::ptr::null(), || {
-        // SAFETY: Envoy's buffers live through this hook; we copy what we keep.
-        let (name, config) = unsafe { (name.bytes(), config.bytes()) };
-        match Plugin::new(ConfigHandle::new(config_envoy), name, config) {
+        // SAFETY: Envoy's buffer lives through this hook; the plugin copies what it keeps.
+        let config = unsafe { config.bytes() };
+        match Plugin::new(ConfigHandle::new(config_envoy), config) {
             Some(p) => Box::into_raw(Box::new(p)).cast_const().cast(),
             None => std::ptr::null(),
         }
