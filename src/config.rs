@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use crate::breaker::Settings;
 use crate::destination::valid_name;
 use crate::lb::{ring_hash, Options, Policy, Spec};
+use crate::limit::RuleSettings;
 use crate::matching::Arg;
 use crate::model::{Kind, Location, ServiceKey};
 use crate::polaris::client::MAX_CLUSTER_NAME;
@@ -58,9 +59,9 @@ pub struct Config {
     pub metadata: MetadataRouting,
     /// Whose RATE_LIMIT rules this Envoy enforces; `None`: rate limiting is off.
     pub rate_limit: Option<RateLimitSide>,
-    /// Rate-limit rules (by name) that are evaluated and counted but never reject
-    /// (`rate_limit.dry_run`): the OSS server keeps no rule metadata to mark them there.
-    pub rate_limit_dry_run: Vec<String>,
+    /// Per-rule settings by rule name (`rate_limit.dry_run`, `.concurrency`, `.bodies`): the OSS
+    /// server refuses rule metadata, `concurrencyAmount` and `customResponse`.
+    pub rate_limit_rules: RuleSettings,
     /// Circuit breaking (`circuit_breaker`): off when absent.
     pub breaker: Option<BreakerConfig>,
     /// The instance this Envoy registers for the service it fronts. With it, the filter's
@@ -326,7 +327,7 @@ impl Config {
 
         let nearby = nearby(&map)?;
         let metadata = metadata_routing(&map)?;
-        let (rate_limit, rate_limit_dry_run) = rate_limit(&map)?;
+        let (rate_limit, rate_limit_rules) = rate_limit(&map)?;
         if rate_limit == Some(RateLimitSide::Local)
             && caller.service.is_empty()
             && !map.contains_key("provider")
@@ -356,7 +357,7 @@ impl Config {
             nearby,
             metadata,
             rate_limit,
-            rate_limit_dry_run,
+            rate_limit_rules,
             breaker,
             provider,
         })
@@ -822,9 +823,10 @@ fn caller(map: &Map<String, Value>, namespace: &str) -> Result<Caller, ConfigErr
 
 fn rate_limit(
     map: &Map<String, Value>,
-) -> Result<(Option<RateLimitSide>, Vec<String>), ConfigError> {
-    let Some(obj) = object(map, "rate_limit", &["rules_of", "dry_run"])? else {
-        return Ok((None, Vec::new()));
+) -> Result<(Option<RateLimitSide>, RuleSettings), ConfigError> {
+    let known = ["rules_of", "dry_run", "concurrency", "bodies"];
+    let Some(obj) = object(map, "rate_limit", &known)? else {
+        return Ok((None, RuleSettings::default()));
     };
     let side = match nested_string(obj, "rate_limit", "rules_of")?.as_deref() {
         None | Some("destination") => RateLimitSide::Destination,
@@ -855,7 +857,51 @@ fn rate_limit(
             ))
         }
     };
-    Ok((Some(side), dry_run))
+    let concurrency = by_rule(obj, "concurrency", |v| {
+        v.as_u64()
+            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or("must be a whole number of requests, at least 1")
+    })?;
+    let bodies = by_rule(obj, "bodies", |v| match v {
+        Value::String(s) if s.len() <= MAX_BODY => Ok(s.clone()),
+        _ => Err("must be a string of at most 4096 bytes"),
+    })?;
+    Ok((
+        Some(side),
+        RuleSettings {
+            dry_run,
+            concurrency,
+            bodies,
+            no_stream_ends: false,
+        },
+    ))
+}
+
+/// The longest custom 429 body (`rate_limit.bodies`).
+const MAX_BODY: usize = 4096;
+
+/// A `{"rule name": value}` object under `rate_limit`, each value checked by `read`.
+fn by_rule<T>(
+    obj: &Map<String, Value>,
+    field: &str,
+    read: impl Fn(&Value) -> Result<T, &'static str>,
+) -> Result<Vec<(String, T)>, ConfigError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(rules)) => rules
+            .iter()
+            .map(|(name, v)| {
+                read(v)
+                    .map(|t| (name.clone(), t))
+                    .map_err(|e| err(&format!("rate_limit.{field}.{name}"), e))
+            })
+            .collect(),
+        Some(_) => Err(err(
+            &format!("rate_limit.{field}"),
+            "must be an object of rule names",
+        )),
+    }
 }
 
 fn failover(map: &Map<String, Value>) -> Result<Failover, ConfigError> {
@@ -1520,7 +1566,7 @@ mod tests {
     fn rate_limit_chooses_whose_rules_apply_and_names_bad_fields() {
         let c = parse(r#"{"polaris_cluster":"p","rate_limit":{"dry_run":["a"]}}"#).unwrap();
         assert_eq!(c.rate_limit, Some(RateLimitSide::Destination));
-        assert_eq!(c.rate_limit_dry_run, vec!["a".to_string()]);
+        assert_eq!(c.rate_limit_rules.dry_run, vec!["a".to_string()]);
         assert_eq!(
             c.kinds(),
             vec![Kind::Instances, Kind::Routing, Kind::RateLimit]
@@ -1547,6 +1593,28 @@ mod tests {
         ] {
             let e = parse(json).unwrap_err();
             assert_eq!(e.field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn rate_limit_takes_concurrency_thresholds_and_bodies_by_rule_name() {
+        let c = parse(
+            r#"{"polaris_cluster":"p","rate_limit":{"concurrency":{"c":3},"bodies":{"c":"busy"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.rate_limit_rules.concurrency, vec![("c".to_string(), 3)]);
+        assert_eq!(
+            c.rate_limit_rules.bodies,
+            vec![("c".to_string(), "busy".to_string())]
+        );
+        for (rl, field) in [
+            (r#"{"concurrency":{"c":0}}"#, "rate_limit.concurrency.c"),
+            (r#"{"concurrency":{"c":"3"}}"#, "rate_limit.concurrency.c"),
+            (r#"{"concurrency":[3]}"#, "rate_limit.concurrency"),
+            (r#"{"bodies":{"c":1}}"#, "rate_limit.bodies.c"),
+        ] {
+            let e = parse(&format!(r#"{{"polaris_cluster":"p","rate_limit":{rl}}}"#)).unwrap_err();
+            assert_eq!(e.field, field, "{rl}: {e}");
         }
     }
 

@@ -19,8 +19,3 @@ pub mod snapshot;
 
 #[cfg(feature = "host")]
 pub mod host;
-
-#[cfg(feature = "host")]
-proxy_wasm::main! {{
-    host::start();
-}}

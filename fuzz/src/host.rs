@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use polaris_wasm::core::host::{
-    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Properties, Store, StoreError,
+    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Pacing, Properties, Store, StoreError,
 };
 
 #[derive(Default)]
@@ -116,5 +116,15 @@ impl Metrics for FuzzHost {
 impl Properties for FuzzHost {
     fn property(&self, _path: &[&str]) -> Option<Vec<u8>> {
         self.node.clone()
+    }
+}
+
+impl Pacing for FuzzHost {
+    fn resume_request(&self, _id: u32) -> Result<(), HostError> {
+        Ok(())
+    }
+
+    fn set_tick_period(&self, _period: std::time::Duration) -> Result<(), HostError> {
+        Ok(())
     }
 }

@@ -2,29 +2,69 @@
 //! carries out the verdicts (continue, hold and resume, or a local reply).
 //!
 //! Each Envoy worker thread has one follower worker per plugin, made on its first stream. It
-//! ticks lazily at the start of a request when a tick is due (resync, breaker windows): the
-//! ABI gives a worker thread no timer without a stream. Counts are flushed after each request,
-//! so the stats are current when traffic stops.
+//! ticks when a tick is due, at the start of a request or when the plugin's timer wakes a held
+//! stream of the thread (through the stream's Envoy scheduler): the ABI gives a worker thread
+//! no timer of its own. Counts are flushed after each request, so the stats are current when
+//! traffic stops.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use polaris_wasm::core::host::Clock;
 use polaris_wasm::core::{Exchange, LocalReply, Verdict, Worker};
 
 use crate::ffi::abi::{Answer, FilterHandle};
 use crate::grpc;
-use crate::host::{CallKind, Native, NativeStream};
+use crate::host::{lock, CallKind, Native, NativeStream, Streams};
 use crate::plugin::Plugin;
 
 /// A worker thread's follower worker of one plugin.
 struct Local {
     worker: RefCell<Worker<Native>>,
-    period: Duration,
-    next_tick: Cell<Instant>,
+    /// When the last follower tick ran (the next is due a tick period later, whatever the
+    /// period is by then).
+    last_tick: Cell<Option<Instant>>,
+    /// The thread's live streams (shared with the host, which resumes them).
+    streams: Streams,
+    next_id: Cell<u32>,
+    /// Stream ends that came while the worker was busy (inline, from a resume in a tick).
+    ended: RefCell<Vec<Exchange>>,
+}
+
+static FOLLOWERS: AtomicU64 = AtomicU64::new(1);
+
+impl Local {
+    /// An exchange id no live stream of this thread has.
+    fn next_id(&self) -> u32 {
+        loop {
+            let id = self.next_id.get();
+            self.next_id.set(id.wrapping_add(1).max(1));
+            if !self.streams.borrow().contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// The follower tick, when due; then the stream ends that waited for the worker.
+    fn tick_if_due(&self, w: &mut Worker<Native>) {
+        let now = Instant::now();
+        let due = self
+            .last_tick
+            .get()
+            .is_none_or(|last| now >= last + w.host().tick_period());
+        if due {
+            self.last_tick.set(Some(now));
+            w.on_follower_tick();
+        }
+        let ended = std::mem::take(&mut *self.ended.borrow_mut());
+        for mut exchange in ended {
+            exchange.on_end(w);
+        }
+    }
 }
 
 /// A thread's followers, by plugin id (with the plugin, to drop those of plugins gone).
@@ -42,7 +82,10 @@ fn local(plugin: &Arc<Plugin>) -> Option<Rc<Local>> {
             return Some(Rc::clone(l));
         }
         locals.retain(|_, (p, _)| p.strong_count() > 0);
-        let host = Native::requests(Arc::clone(plugin.shared()));
+        let host = Native::requests(
+            Arc::clone(plugin.shared()),
+            FOLLOWERS.fetch_add(1, Ordering::Relaxed),
+        );
         let thread = std::thread::current().id();
         let seed = host.now_ms() ^ (plugin.id() << 40) ^ hash(&thread);
         let worker = match Worker::new(host, plugin.config().clone(), seed) {
@@ -52,10 +95,16 @@ fn local(plugin: &Arc<Plugin>) -> Option<Rc<Local>> {
                 return None;
             }
         };
+        let period = worker.tick_period();
+        if let Err(e) = polaris_wasm::core::host::Pacing::set_tick_period(worker.host(), period) {
+            log::warn!("{e}");
+        }
         let l = Rc::new(Local {
-            period: worker.tick_period(),
+            streams: Rc::clone(worker.host().streams()),
             worker: RefCell::new(worker),
-            next_tick: Cell::new(Instant::now()),
+            last_tick: Cell::new(None),
+            next_id: Cell::new(1),
+            ended: RefCell::new(Vec::new()),
         });
         locals.insert(plugin.id(), (Arc::downgrade(plugin), Rc::clone(&l)));
         Some(l)
@@ -71,24 +120,37 @@ pub struct Filter {
     plugin: Arc<Plugin>,
     local: Option<Rc<Local>>,
     handle: FilterHandle,
+    /// This stream's id among its thread's (the core's queue names it).
+    id: u32,
     exchange: RefCell<Exchange>,
     /// The core is running for this stream: an answer arriving now (inline) waits in `inbox`.
     busy: Cell<bool>,
     inbox: RefCell<VecDeque<(u64, Answer)>>,
-    /// The request is held until its calls are answered.
-    held: Cell<bool>,
+    /// The request is held until its calls are answered or its queue turn comes (shared with
+    /// the thread's stream list, through which a tick resumes it).
+    held: Rc<Cell<bool>>,
 }
 
 impl Filter {
     pub fn new(plugin: &Arc<Plugin>, handle: FilterHandle) -> Filter {
+        let local = local(plugin);
+        let held = Rc::new(Cell::new(false));
+        let id = local.as_ref().map_or(0, |l| {
+            let id = l.next_id();
+            l.streams
+                .borrow_mut()
+                .insert(id, (handle, Rc::clone(&held)));
+            id
+        });
         Filter {
             plugin: Arc::clone(plugin),
-            local: local(plugin),
+            local,
             handle,
-            exchange: RefCell::new(Exchange::default()),
+            id,
+            exchange: RefCell::new(Exchange::new(id)),
             busy: Cell::new(false),
             inbox: RefCell::new(VecDeque::new()),
-            held: Cell::new(false),
+            held,
         }
     }
 
@@ -104,11 +166,7 @@ impl Filter {
             if let Some(name) = self.plugin.panic_header() {
                 injected_panic(h, name);
             }
-            let now = Instant::now();
-            if now >= local.next_tick.get() {
-                local.next_tick.set(now + local.period);
-                w.on_follower_tick();
-            }
+            local.tick_if_due(&mut w);
             w.host().enter(Some(h));
             let v = self
                 .exchange
@@ -143,6 +201,38 @@ impl Filter {
             .borrow_mut()
             .on_response(&mut w, &mut NativeStream(h));
         w.counters().flush(w.host());
+    }
+
+    /// The plugin's timer woke this held stream: its thread's worker ticks if due (which may
+    /// resume this or another queued stream of the thread).
+    pub fn on_wake(&self, h: FilterHandle) {
+        let Some(local) = &self.local else {
+            return;
+        };
+        let Ok(mut w) = local.worker.try_borrow_mut() else {
+            return;
+        };
+        w.host().enter(Some(h));
+        local.tick_if_due(&mut w);
+        w.host().enter(None);
+    }
+
+    /// The stream ended: the core releases what it holds for it (a queue place, concurrency).
+    pub fn on_end(&self) {
+        if !self.exchange.borrow().wants_end() {
+            return;
+        }
+        let Some(local) = &self.local else {
+            return;
+        };
+        let mut exchange = self.exchange.replace(Exchange::new(self.id));
+        match local.worker.try_borrow_mut() {
+            Ok(mut w) => {
+                exchange.on_end(&mut w);
+                w.counters().flush(w.host());
+            }
+            Err(_) => local.ended.borrow_mut().push(exchange),
+        }
     }
 
     /// One of this stream's callouts has its answer.
@@ -187,6 +277,13 @@ impl Filter {
             }
             Verdict::Wait => {
                 self.held.set(true);
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    lock(&self.plugin.shared().wakers).entry(h.key())
+                {
+                    if let Some(s) = h.scheduler() {
+                        slot.insert(s);
+                    }
+                }
                 false
             }
         }
@@ -246,7 +343,9 @@ impl Filter {
 
 impl Drop for Filter {
     fn drop(&mut self) {
+        lock(&self.plugin.shared().wakers).remove(&self.handle.key());
         if let Some(local) = &self.local {
+            local.streams.borrow_mut().remove(&self.id);
             if let Ok(w) = local.worker.try_borrow() {
                 w.host().forget(self.handle);
             }

@@ -4,15 +4,17 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use polaris_wasm::core::host::{
-    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Properties, Store, StoreError, Stream,
+    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Pacing, Properties, Store, StoreError,
+    Stream,
 };
 
-use crate::ffi::abi::{Attribute, Callout, ConfigHandle, FilterHandle, HeaderMap};
+use crate::ffi::abi::{Attribute, Callout, ConfigHandle, FilterHandle, HeaderMap, StreamScheduler};
 use crate::grpc;
 use crate::store;
 
@@ -25,6 +27,14 @@ pub struct Shared {
     gauges: Mutex<HashMap<String, usize>>,
     /// Envoy is done with the filter config: no more callouts from it.
     closed: AtomicBool,
+    /// Held streams' schedulers, by stream: the timer thread wakes them (their thread's worker
+    /// then ticks if due, resuming queued requests), as a worker thread has no timer of its own.
+    pub wakers: Mutex<HashMap<usize, StreamScheduler>>,
+    /// The tick period each follower wants now (ms), by follower: shorter while it has
+    /// requests queued.
+    pub periods: Mutex<HashMap<u64, u64>>,
+    /// The timer thread, woken when a follower wants a shorter period than it sleeps for.
+    pub timer: Mutex<Option<std::thread::Thread>>,
 }
 
 impl Shared {
@@ -35,6 +45,9 @@ impl Shared {
             counters: Mutex::new(HashMap::new()),
             gauges: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            wakers: Mutex::new(HashMap::new()),
+            periods: Mutex::new(HashMap::new()),
+            timer: Mutex::new(None),
         }
     }
 
@@ -55,11 +68,20 @@ pub enum CallKind {
     Http,
 }
 
+/// A thread's live streams by their exchange id: what `resume_request` resumes (and the flag that
+/// tells the stream it no longer holds its data).
+pub type Streams = Rc<RefCell<HashMap<u32, (FilterHandle, Rc<Cell<bool>>)>>>;
+
 /// One worker's host. The main thread's (`main`) defines the stats and calls from the filter
 /// config; a request thread's calls from the stream whose hook is running.
 pub struct Native {
     shared: Arc<Shared>,
     main: bool,
+    /// This follower's id among the plugin's (0: the leader).
+    id: u64,
+    /// The tick period the core asked for (ms).
+    tick_ms: Arc<AtomicU64>,
+    streams: Streams,
     stream: Cell<Option<FilterHandle>>,
     /// Calls out, by the stream that made them (callout ids are per stream) and token: how to
     /// read the answer.
@@ -67,21 +89,35 @@ pub struct Native {
 }
 
 impl Native {
-    pub fn main(shared: Arc<Shared>) -> Native {
-        Native::new(shared, true)
+    /// The leader's host; `tick_ms` is shared with the timer thread.
+    pub fn main(shared: Arc<Shared>, tick_ms: Arc<AtomicU64>) -> Native {
+        Native::new(shared, true, 0, tick_ms)
     }
 
-    pub fn requests(shared: Arc<Shared>) -> Native {
-        Native::new(shared, false)
+    /// Follower `id`'s host.
+    pub fn requests(shared: Arc<Shared>, id: u64) -> Native {
+        Native::new(shared, false, id, Arc::new(AtomicU64::new(0)))
     }
 
-    fn new(shared: Arc<Shared>, main: bool) -> Native {
+    fn new(shared: Arc<Shared>, main: bool, id: u64, tick_ms: Arc<AtomicU64>) -> Native {
         Native {
             shared,
             main,
+            id,
+            tick_ms,
+            streams: Rc::new(RefCell::new(HashMap::new())),
             stream: Cell::new(None),
             pending: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// The tick period the core asked for last.
+    pub fn tick_period(&self) -> Duration {
+        Duration::from_millis(self.tick_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    pub fn streams(&self) -> &Streams {
+        &self.streams
     }
 
     /// The stream whose hook runs the core now (its calls go out from it), or none.
@@ -214,7 +250,7 @@ fn stat_id(id: usize) -> Result<u32, HostError> {
     u32::try_from(id).map_err(|_| HostError(format!("stat id {id} out of range")))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -265,6 +301,35 @@ impl Metrics for Native {
         if let Ok(id) = usize::try_from(id) {
             self.shared.config.set_gauge(id, value);
         }
+    }
+}
+
+impl Pacing for Native {
+    /// Resumes a held stream of this thread (the core's queue is per thread, as its streams).
+    fn resume_request(&self, id: u32) -> Result<(), HostError> {
+        let found = self.streams.borrow().get(&id).cloned();
+        let Some((stream, held)) = found else {
+            return Err(HostError(format!("stream {id} is gone")));
+        };
+        held.set(false);
+        stream.continue_decoding();
+        Ok(())
+    }
+
+    /// The leader's timer reads it; a follower's is its lazy tick's period, and the timer
+    /// wakes held streams at the shortest any follower wants.
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        let ms = millis(period).max(1);
+        self.tick_ms.store(ms, Ordering::Relaxed);
+        if !self.main {
+            let before = lock(&self.shared.periods).insert(self.id, ms);
+            if before.is_none_or(|b| ms < b) {
+                if let Some(t) = lock(&self.shared.timer).as_ref() {
+                    t.unpark();
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use polaris_wasm::config::Config;
 use polaris_wasm::core::host::Clock;
@@ -19,10 +19,12 @@ use polaris_wasm::core::Worker;
 
 use crate::ffi::abi::{Answer, ConfigHandle, Scheduler};
 use crate::grpc;
-use crate::host::{CallKind, Native, Shared};
+use crate::host::{lock, CallKind, Native, Shared};
 
-/// The scheduler event that means "tick".
+/// The config scheduler's event: the leader's tick.
 const TICK: u64 = 1;
+/// A held stream's scheduler event: its thread's worker ticks if due.
+const WAKE: u64 = 2;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -44,28 +46,50 @@ pub struct Plugin {
     timer: Mutex<Option<Timer>>,
 }
 
-/// Wakes the main thread every tick through Envoy's config scheduler.
+/// Wakes the main thread every leader tick through Envoy's config scheduler, and every held
+/// stream through its own scheduler, at the shortest period any follower wants (short while
+/// requests are queued), so worker threads tick without traffic of their own.
 struct Timer {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<()>,
 }
 
+fn ms(d: &AtomicU64) -> Duration {
+    Duration::from_millis(d.load(Ordering::Relaxed).max(1))
+}
+
 impl Timer {
-    fn start(scheduler: Scheduler, period: Duration) -> Option<Timer> {
+    fn start(scheduler: Scheduler, tick_ms: Arc<AtomicU64>, shared: Arc<Shared>) -> Option<Timer> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let shared_for_wake = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("polaris-tick".into())
             .spawn(move || {
+                let mut next_tick = Instant::now() + ms(&tick_ms);
                 while !flag.load(Ordering::Acquire) {
-                    thread::park_timeout(period);
+                    let leader = ms(&tick_ms);
+                    let fastest = lock(&shared.periods)
+                        .values()
+                        .min()
+                        .map_or(leader, |m| Duration::from_millis((*m).max(1)));
+                    let until_tick = next_tick.saturating_duration_since(Instant::now());
+                    thread::park_timeout(until_tick.min(fastest).max(Duration::from_millis(1)));
                     if flag.load(Ordering::Acquire) {
                         break;
                     }
-                    scheduler.commit(TICK);
+                    let now = Instant::now();
+                    if now >= next_tick {
+                        scheduler.commit(TICK);
+                        next_tick = now + leader;
+                    }
+                    for waker in lock(&shared.wakers).values() {
+                        waker.commit(WAKE);
+                    }
                 }
             })
             .ok()?;
+        *lock(&shared_for_wake.timer) = Some(thread.thread().clone());
         Some(Timer { stop, thread })
     }
 
@@ -99,7 +123,8 @@ impl Plugin {
         );
         let shared = Arc::new(Shared::new(handle, config.polaris_cluster.clone()));
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let host = Native::main(Arc::clone(&shared));
+        let tick_ms = Arc::new(AtomicU64::new(0));
+        let host = Native::main(Arc::clone(&shared), Arc::clone(&tick_ms));
         let seed = host.now_ms() ^ (id << 40) ^ 0x9e37_79b9_7f4a_7c15;
         let leader = match Worker::new(host, config.clone(), seed) {
             Ok(w) => w,
@@ -109,9 +134,13 @@ impl Plugin {
             }
         };
         let panics = shared.define_own_counter("polaris_wasm.native_panics");
+        tick_ms.store(
+            u64::try_from(leader.tick_period().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let Some(timer) = handle
             .scheduler()
-            .and_then(|s| Timer::start(s, leader.tick_period()))
+            .and_then(|s| Timer::start(s, tick_ms, Arc::clone(&shared)))
         else {
             log::error!("cannot start the refresh timer");
             return None;

@@ -8,7 +8,7 @@
 //! success that changes something (a failure streak to reset, a half-open probe), and when a
 //! half-open probe is taken. A success in the initial state writes nothing.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 
 use super::breakers::Breakers;
@@ -529,7 +529,7 @@ pub fn lead<H: Host>(w: &mut Worker<H>, watched: &[ServiceKey], now_ms: u64) {
         .unwrap_or(500)
         .saturating_add(100);
     let mut open = 0u64;
-    let mut seen: HashMap<(ServiceKey, String), Schedule> = HashMap::new();
+    let mut seen: FxHashMap<(ServiceKey, String), Schedule> = FxHashMap::default();
     for key in watched {
         let Some(breakers) = w.lookup_breakers(key).map(Rc::clone) else {
             continue;

@@ -5,7 +5,11 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::host::{Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Properties, Stream};
+use std::time::Duration;
+
+use super::host::{
+    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Pacing, Properties, Stream,
+};
 use super::host::{Store, StoreError};
 
 /// One host call, as the fake saw it.
@@ -48,6 +52,9 @@ pub enum Call {
     RemoveHeader(String),
     SourceAddress,
     DestinationAddress,
+    /// A paused stream resumed.
+    Resume(u32),
+    TickPeriod(Duration),
 }
 
 /// Shared data: key -> (value, cas), one map for every VM of the Envoy.
@@ -62,6 +69,8 @@ pub struct State {
     pub node: Option<Vec<u8>>,
     /// The next gRPC dispatch fails with this.
     pub refuse_calls: Option<String>,
+    /// Streams that are gone: resuming them fails.
+    pub gone: Vec<u32>,
 }
 
 /// A shared handle: the worker owns one clone, the test keeps another.
@@ -244,6 +253,21 @@ impl Properties for FakeHost {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         self.record(Call::Property(path.iter().map(|p| p.to_string()).collect()));
         self.0.borrow().node.clone()
+    }
+}
+
+impl Pacing for FakeHost {
+    fn resume_request(&self, id: u32) -> Result<(), HostError> {
+        self.record(Call::Resume(id));
+        if self.0.borrow().gone.contains(&id) {
+            return Err(HostError("BadArgument".into()));
+        }
+        Ok(())
+    }
+
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.record(Call::TickPeriod(period));
+        Ok(())
     }
 }
 

@@ -84,10 +84,19 @@ pub trait Properties {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
 }
 
-/// Everything per-VM the core needs from its host.
-pub trait Host: Store + Clock + Calls + Metrics + Properties {}
+/// Paused streams and the timer that resumes them (unirate queueing).
+pub trait Pacing {
+    /// Resumes the paused request of stream `id`, a stream of this thread. An error means the
+    /// stream is gone (the client left); nothing was resumed.
+    fn resume_request(&self, id: u32) -> Result<(), HostError>;
+    /// How often the host calls the core's `on_tick` from now on (at least 1 ms).
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError>;
+}
 
-impl<T: Store + Clock + Calls + Metrics + Properties> Host for T {}
+/// Everything per-VM the core needs from its host.
+pub trait Host: Store + Clock + Calls + Metrics + Properties + Pacing {}
+
+impl<T: Store + Clock + Calls + Metrics + Properties + Pacing> Host for T {}
 
 /// One HTTP stream as the core sees it.
 pub trait Stream {

@@ -2,13 +2,22 @@
 //! in shared data ([`Window`]), taken by CAS. A worker takes a small grant at a time
 //! ([`grant_size`]: one token for amounts under 200, so small limits are exact) and spends it
 //! locally, so a busy worker touches shared data once per grant, not per request.
+//!
+//! Unirate rules take turns from one shared schedule per (rule, window key)
+//! ([`crate::limit::unirate`]); CONCURRENCY rules count in-flight requests in one shared record
+//! ([`crate::limit::concurrency`]), the slot given back when the stream ends.
 
 use std::collections::HashMap;
 
-use super::host::Store;
+use super::host::{Metrics, Store};
+use super::rule_stats::{Outcome, RuleStats};
 use super::store::{self, CasError, Update};
 use crate::lb::murmur3::murmur3_64;
-use crate::limit::{grant_size, window_start, Amount, CallerFacts, Limits, Window};
+use crate::limit::unirate::{self, Turn};
+use crate::limit::{
+    concurrency, grant_size, window_start, Amount, Behavior, CallerFacts, LimitRule,
+};
+use crate::limit::{Limits, Pace, Window};
 use crate::matching::RequestFacts;
 use crate::model::ServiceKey;
 
@@ -20,10 +29,18 @@ const MAX_GRANTS: usize = 10_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Admission {
     Allowed,
-    /// The rule whose window is used up, and the seconds until that window ends.
+    /// Allowed once `wait_ms` have passed: its turn under a unirate rule (the longest wait of
+    /// those that apply).
+    Queued {
+        rule: String,
+        wait_ms: u64,
+    },
+    /// The rule whose window is used up, the seconds until a request could pass, and the
+    /// rule's own 429 body if it has one.
     Limited {
         rule: String,
         retry_after_s: u64,
+        body: Option<String>,
     },
 }
 
@@ -67,16 +84,16 @@ impl Counter<'_> {
     }
 }
 
-/// Tokens taken by one request: inline for the first few.
+/// Tokens taken by one request (or rules it counted): inline for the first few.
 #[derive(Default)]
-struct Taken {
-    inline: [(u64, u64); 4],
+struct Taken<T = (u64, u64)> {
+    inline: [T; 4],
     len: usize,
-    more: Vec<(u64, u64)>,
+    more: Vec<T>,
 }
 
-impl Taken {
-    fn push(&mut self, token: (u64, u64)) {
+impl<T: Copy> Taken<T> {
+    fn push(&mut self, token: T) {
         match self.inline.get_mut(self.len) {
             Some(slot) => {
                 *slot = token;
@@ -86,7 +103,7 @@ impl Taken {
         }
     }
 
-    fn iter(&self) -> impl Iterator<Item = &(u64, u64)> {
+    fn iter(&self) -> impl Iterator<Item = &T> {
         self.inline.iter().take(self.len).chain(self.more.iter())
     }
 }
@@ -99,14 +116,28 @@ pub struct Limiter {
     contended: u64,
     /// Requests a dry-run rule would have limited, since the last [`Limiter::take_dry_run_hits`].
     dry_run_hits: u64,
+    /// Allowed / limited / dry-run-limited per rule.
+    stats: RuleStats,
+    /// CONCURRENCY slots whose release lost every CAS try: retried on the tick.
+    unreleased: Vec<String>,
+}
+
+/// A unirate turn this request took: its key, the record it stored, the rule's pace.
+struct TakenTurn {
+    key: String,
+    stored: [u8; 8],
+    pace: Pace,
 }
 
 impl Limiter {
-    /// Applies every rule of `limits` that counts this request, in order. When one is used up,
-    /// the tokens already taken from the others are given back and the request is limited.
-    /// `now` is read only when some rule counts the request. CAS retries that run out admit the
-    /// request (it is not worth failing traffic over a contended counter); they are counted.
-    pub fn check<S: Store + ?Sized>(
+    /// Applies every rule of `limits` that counts this request, in order. When one limits, what
+    /// the others took is given back (QPS tokens, unirate turns, CONCURRENCY slots) and the
+    /// request is limited. `now` is read only when some rule counts the request. CAS retries
+    /// that run out admit the request (it is not worth failing traffic over a contended
+    /// counter); they are counted. CONCURRENCY slots taken are added to `held`: give them back
+    /// with [`Limiter::release`] when the stream ends.
+    #[allow(clippy::too_many_arguments)]
+    pub fn check<S: Store + Metrics + ?Sized>(
         &mut self,
         store: &S,
         service: &ServiceKey,
@@ -114,12 +145,18 @@ impl Limiter {
         facts: &mut dyn RequestFacts,
         caller: &CallerFacts<'_>,
         now: impl FnOnce() -> u64,
+        held: &mut Vec<String>,
     ) -> Admission {
         let mut now = Some(now);
         let mut now_ms = 0;
         // Tokens taken so far, to give back if a later rule limits; most requests take a few.
         let mut taken = Taken::default();
-        for rule in &limits.rules {
+        let mut turns: Vec<TakenTurn> = Vec::new();
+        let held_before = held.len();
+        // Rules that counted the request: (id hash, index), for the allowed metrics.
+        let mut counted: Taken<(u64, usize)> = Taken::default();
+        let mut queued: Option<(usize, u64)> = None;
+        for (index, rule) in limits.rules.iter().enumerate() {
             let Some(label) = rule.key(facts, caller) else {
                 continue;
             };
@@ -127,34 +164,147 @@ impl Limiter {
                 now_ms = read();
             }
             let label_hash = murmur3_64(label.as_bytes(), 0);
-            for amount in &rule.amounts {
-                let counter = Counter {
-                    service,
-                    rule: &rule.id,
-                    window_ms: amount.window_ms,
-                    label_hash,
-                };
-                let id = counter.id();
-                let start = window_start(now_ms, amount.window_ms);
-                match self.acquire(store, &counter, id, *amount, start) {
-                    Ok(true) => taken.push((id, start)),
-                    Ok(false) if rule.dry_run => {
-                        self.dry_run_hits += 1;
-                        break;
+            let rule_hash = murmur3_64(rule.id.as_bytes(), 0);
+            let limited = match rule.behavior {
+                Behavior::Reject => {
+                    self.take_windows(store, service, rule, label_hash, now_ms, &mut taken)
+                }
+                Behavior::Unirate(pace) => {
+                    let key = shared_key("ur", service, rule, label_hash);
+                    match take_turn(store, key, now_ms, pace, &mut turns) {
+                        Ok(Turn::Go { wait_ms, .. }) => {
+                            if wait_ms > 0 && !rule.dry_run && queued.is_none_or(|q| q.1 < wait_ms)
+                            {
+                                queued = Some((index, wait_ms));
+                            }
+                            None
+                        }
+                        Ok(Turn::Over { wait_ms }) => Some(
+                            wait_ms
+                                .saturating_sub(pace.max_delay_ms)
+                                .div_ceil(1000)
+                                .max(1),
+                        ),
+                        Err(_) => {
+                            self.contended += 1;
+                            None
+                        }
                     }
-                    Ok(false) => {
-                        self.give_back(taken.iter());
-                        let end = start.saturating_add(amount.window_ms);
-                        return Admission::Limited {
-                            rule: rule.name.clone(),
-                            retry_after_s: end.saturating_sub(now_ms).div_ceil(1000).max(1),
-                        };
+                }
+                Behavior::Concurrency { max } => {
+                    let key = shared_key("cc", service, rule, label_hash);
+                    let got =
+                        store::cas_update(store, &key, |b| match concurrency::acquire(b, max) {
+                            Some(next) => Update::Write(next.to_vec(), true),
+                            None => Update::Keep(false),
+                        });
+                    match got {
+                        Ok(true) => {
+                            held.push(key);
+                            None
+                        }
+                        Ok(false) => Some(1),
+                        Err(_) => {
+                            self.contended += 1;
+                            None
+                        }
                     }
-                    Err(_) => self.contended += 1,
+                }
+            };
+            match limited {
+                None => counted.push((rule_hash, index)),
+                Some(_) if rule.dry_run => {
+                    self.dry_run_hits += 1;
+                    let outcome = Outcome::DryRunLimited;
+                    self.stats
+                        .note(store, service, rule_hash, &rule.name, outcome);
+                }
+                Some(retry_after_s) => {
+                    self.give_back(taken.iter());
+                    for t in turns {
+                        give_back_turn(store, &t);
+                    }
+                    let mine = held.split_off(held_before.min(held.len()));
+                    self.release(store, mine);
+                    let outcome = Outcome::Limited;
+                    self.stats
+                        .note(store, service, rule_hash, &rule.name, outcome);
+                    return Admission::Limited {
+                        rule: rule.name.clone(),
+                        retry_after_s,
+                        body: rule.body.clone(),
+                    };
                 }
             }
         }
-        Admission::Allowed
+        for &(rule_hash, index) in counted.iter() {
+            if let Some(rule) = limits.rules.get(index) {
+                let outcome = Outcome::Allowed;
+                self.stats
+                    .note(store, service, rule_hash, &rule.name, outcome);
+            }
+        }
+        match queued.and_then(|(i, wait_ms)| Some((limits.rules.get(i)?, wait_ms))) {
+            Some((rule, wait_ms)) => Admission::Queued {
+                rule: rule.name.clone(),
+                wait_ms,
+            },
+            None => Admission::Allowed,
+        }
+    }
+
+    /// Takes a token from every QPS window of a `reject` rule; the seconds until the window
+    /// that is used up ends, when one is.
+    fn take_windows<S: Store + ?Sized>(
+        &mut self,
+        store: &S,
+        service: &ServiceKey,
+        rule: &LimitRule,
+        label_hash: u64,
+        now_ms: u64,
+        taken: &mut Taken,
+    ) -> Option<u64> {
+        for amount in &rule.amounts {
+            let counter = Counter {
+                service,
+                rule: &rule.id,
+                window_ms: amount.window_ms,
+                label_hash,
+            };
+            let id = counter.id();
+            let start = window_start(now_ms, amount.window_ms);
+            match self.acquire(store, &counter, id, *amount, start) {
+                Ok(true) => taken.push((id, start)),
+                Ok(false) => {
+                    let end = start.saturating_add(amount.window_ms);
+                    return Some(end.saturating_sub(now_ms).div_ceil(1000).max(1));
+                }
+                Err(_) => self.contended += 1,
+            }
+        }
+        None
+    }
+
+    /// Gives CONCURRENCY slots back (a stream ended, or its request was limited). A release
+    /// whose CAS tries all lose is kept and retried by [`Limiter::retry_releases`].
+    pub fn release<S: Store + ?Sized>(&mut self, store: &S, held: Vec<String>) {
+        for key in held {
+            let done = store::cas_update(store, &key, |b| {
+                Update::Write(concurrency::release(b).to_vec(), ())
+            });
+            if done.is_err() {
+                self.unreleased.push(key);
+            }
+        }
+    }
+
+    /// Retries the releases that were contended, and hands the per-rule counts to the host.
+    pub fn on_tick<S: Store + Metrics + ?Sized>(&mut self, host: &S) {
+        if !self.unreleased.is_empty() {
+            let pending = std::mem::take(&mut self.unreleased);
+            self.release(host, pending);
+        }
+        self.stats.flush(host);
     }
 
     /// Takes one token of `counter` in the window starting at `start`: from this worker's grant,
@@ -219,6 +369,46 @@ impl Limiter {
     }
 }
 
+/// The shared-data key of a unirate schedule (`ur`) or CONCURRENCY count (`cc`).
+fn shared_key(kind: &str, service: &ServiceKey, rule: &LimitRule, label_hash: u64) -> String {
+    format!(
+        "polaris-wasm/{kind}/{}/{}/{}/{label_hash:016x}",
+        service.namespace, service.name, rule.id
+    )
+}
+
+/// Takes a unirate turn by CAS; a turn taken is remembered in `turns` for giving back.
+fn take_turn<S: Store + ?Sized>(
+    store: &S,
+    key: String,
+    now_ms: u64,
+    pace: Pace,
+    turns: &mut Vec<TakenTurn>,
+) -> Result<Turn, CasError> {
+    let turn = store::cas_update(store, &key, |b| match unirate::take(b, now_ms, pace) {
+        go @ Turn::Go { next, .. } => Update::Write(next.to_vec(), go),
+        over => Update::Keep(over),
+    })?;
+    if let Turn::Go { next, .. } = turn {
+        turns.push(TakenTurn {
+            key,
+            stored: next,
+            pace,
+        });
+    }
+    Ok(turn)
+}
+
+/// Gives a unirate turn back when no later turn was taken since (best effort).
+fn give_back_turn<S: Store + ?Sized>(store: &S, t: &TakenTurn) {
+    let _ = store::cas_update(store, &t.key, |b| {
+        match unirate::give_back(b, t.stored, t.pace) {
+            Some(back) => Update::Write(back.to_vec(), ()),
+            None => Update::Keep(()),
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,8 +449,16 @@ mod tests {
         (0..n)
             .filter(|i| {
                 let w = &mut workers[i % workers.len()];
-                w.check(host, &svc, l, &mut StaticFacts::default(), &CALLER, || now)
-                    == Admission::Allowed
+                let mut held = Vec::new();
+                w.check(
+                    host,
+                    &svc,
+                    l,
+                    &mut StaticFacts::default(),
+                    &CALLER,
+                    || now,
+                    &mut held,
+                ) == Admission::Allowed
             })
             .count()
     }
@@ -300,15 +498,17 @@ mod tests {
         let mut w = Limiter::default();
         let svc = ServiceKey::new("default", "echo");
         let mut f = StaticFacts::default();
+        let mut held = Vec::new();
         assert_eq!(
-            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_200),
+            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_200, &mut held),
             Admission::Allowed
         );
         assert_eq!(
-            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_300),
+            w.check(&host, &svc, &l, &mut f, &CALLER, || 1_300, &mut held),
             Admission::Limited {
                 rule: "per-second".into(),
-                retry_after_s: 1
+                retry_after_s: 1,
+                body: None,
             }
         );
     }

@@ -33,6 +33,12 @@ pub enum Counter {
     RateLimitContended,
     /// Requests a dry-run rate-limit rule would have answered 429.
     RateLimitDryRun,
+    /// Requests a unirate rule paused for their turn, and the milliseconds they were given.
+    RateLimitQueued,
+    RateLimitQueueWaitMs,
+    /// Queued requests resumed at their turn, and those whose client had left.
+    RateLimitResumed,
+    RateLimitQueueDropped,
     /// REGEX tests that ran out of backtracking steps and counted as no match.
     RegexBacktrackLimit,
     /// Circuit-breaker transitions into open (closed -> open and half-open -> open), per level.
@@ -87,7 +93,7 @@ pub enum Gauge {
 
 const GAUGES: [(Gauge, &str); 1] = [(Gauge::BreakersOpen, "polaris_wasm.breakers_open")];
 
-const ALL: [(Counter, &str); 37] = [
+const ALL: [(Counter, &str); 41] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -103,6 +109,16 @@ const ALL: [(Counter, &str); 37] = [
         "polaris_wasm.rate_limit_contended",
     ),
     (Counter::RateLimitDryRun, "polaris_wasm.rate_limit_dry_run"),
+    (Counter::RateLimitQueued, "polaris_wasm.rate_limit_queued"),
+    (
+        Counter::RateLimitQueueWaitMs,
+        "polaris_wasm.rate_limit_queue_wait_ms",
+    ),
+    (Counter::RateLimitResumed, "polaris_wasm.rate_limit_resumed"),
+    (
+        Counter::RateLimitQueueDropped,
+        "polaris_wasm.rate_limit_queue_dropped",
+    ),
     (
         Counter::RegexBacktrackLimit,
         "polaris_wasm.regex_backtrack_limit",

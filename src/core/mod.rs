@@ -17,11 +17,14 @@ pub mod leader;
 pub mod limiter;
 pub mod metrics;
 pub mod node;
+pub mod pacing;
 pub mod probe_queue;
 pub mod probing;
 pub mod provider;
+pub mod queue;
 pub mod reply;
 pub mod request;
+pub mod rule_stats;
 pub mod store;
 pub mod tick;
 pub mod worker;
@@ -30,6 +33,8 @@ pub mod worker;
 mod breaker_tests;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod pacing_tests;
 #[cfg(test)]
 mod provider_tests;
 #[cfg(test)]

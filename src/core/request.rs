@@ -28,6 +28,9 @@ use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
 const FAILURE_MEMORY_MS: u64 = 1000;
 /// Request header asking for the decision trace (honoured when `debug_trace` is on).
 pub const DEBUG_HEADER: &str = "x-polaris-debug";
+/// Trace header: the unirate turn a request waited for (`queued/RULE/WAITms`), or the rule
+/// that limited it (`limited/RULE`, on the 429).
+pub const RATE_LIMIT_TRACE: &str = "x-polaris-rate-limit";
 
 /// What the host does with the request now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +39,8 @@ pub enum Verdict {
     Forward,
     /// Answer the request with this reply.
     Reply(LocalReply),
-    /// Hold the request: calls are out, and their results decide it.
+    /// Hold the request: calls are out, and their results decide it; or it waits for its
+    /// unirate turn, and a later tick resumes it through `Pacing::resume_request`.
     Wait,
 }
 
@@ -74,6 +78,25 @@ pub struct Exchange {
     feedback: Option<Feedback>,
     /// Response headers for the decision trace, when asked for.
     trace: Vec<(&'static str, String)>,
+    /// The host's id of this stream (what the unirate queue resumes).
+    id: u32,
+    /// A unirate rule's turn this request waits for once routed: the rule and the wait.
+    turn: Option<(String, u64)>,
+    /// Paused in this worker's unirate queue.
+    queued: bool,
+    /// CONCURRENCY slots this request holds until its stream ends.
+    held: Vec<String>,
+}
+
+/// What the rate-limit rules said.
+enum Limit {
+    Pass,
+    /// Routed now, resumed at its unirate turn.
+    Wait {
+        rule: String,
+        wait_ms: u64,
+    },
+    Reply(LocalReply),
 }
 
 /// What the routing step concluded.
@@ -87,6 +110,51 @@ enum Route {
 }
 
 impl Exchange {
+    /// The exchange of the host's stream `id`.
+    pub fn new(id: u32) -> Exchange {
+        Exchange {
+            id,
+            ..Exchange::default()
+        }
+    }
+
+    /// Whether the stream's end matters to the core (a unirate queue place, CONCURRENCY slots).
+    pub fn wants_end(&self) -> bool {
+        self.queued || !self.held.is_empty()
+    }
+
+    /// The stream ended (completed, reset, or the client left): leave the unirate queue and
+    /// give back the CONCURRENCY slots held.
+    pub fn on_end<H: Host>(&mut self, w: &mut Worker<H>) {
+        if std::mem::take(&mut self.queued) && w.queue.remove(self.id) {
+            w.counters.inc(Counter::RateLimitQueueDropped);
+        }
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            w.limiter.release(&w.host, held);
+        }
+    }
+
+    /// A routed request: forwarded now, or paused until its unirate turn.
+    fn sent<H: Host>(&mut self, w: &mut Worker<H>) -> Verdict {
+        let Some((rule, wait_ms)) = self.turn.take() else {
+            return Verdict::Forward;
+        };
+        if w.enqueue(self.id, wait_ms) {
+            self.queued = true;
+            return Verdict::Wait;
+        }
+        let body =
+            format!("polaris-wasm: rate limited by rule `{rule}`: this worker's queue is full\n");
+        let mut r = local_reply(w, 429, "rate-limited", body);
+        r.headers.push((
+            "retry-after".into(),
+            wait_ms.div_ceil(1000).max(1).to_string(),
+        ));
+        w.counters.inc(Counter::RateLimited);
+        Verdict::Reply(r)
+    }
+
     /// The request headers have arrived.
     pub fn on_request<H: Host, S: Stream + ?Sized>(
         &mut self,
@@ -97,7 +165,7 @@ impl Exchange {
             return self.inbound(w, stream);
         }
         match self.route(w, stream) {
-            Route::Sent => Verdict::Forward,
+            Route::Sent => self.sent(w),
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
             Route::Replied(r) => Verdict::Reply(r),
             Route::Load(key) => self.load(w, key),
@@ -131,7 +199,7 @@ impl Exchange {
             Err(r) => Route::Reject(r),
         };
         Some(match route {
-            Route::Sent => Verdict::Forward,
+            Route::Sent => self.sent(w),
             Route::Reject(r) => Verdict::Reply(reply(w, &r)),
             Route::Replied(r) => Verdict::Reply(r),
             Route::Load(_) => Verdict::Reply(reply(
@@ -172,6 +240,18 @@ impl Exchange {
         self.ticket.as_ref()
     }
 
+    /// The calls this stream waits on: their answers go to [`Exchange::on_call_result`].
+    pub fn pending_calls(&self) -> Vec<u32> {
+        let loading = self
+            .loading
+            .iter()
+            .flat_map(|l| l.tokens.iter().map(|(t, _)| *t));
+        let offline = self.offline.iter().map(|step| match step {
+            OfflineStep::Isolating(t) | OfflineStep::Deregistering(t, _) => *t,
+        });
+        loading.chain(offline).collect()
+    }
+
     /// Whether the response needs the core (the trace, or the breakers' feedback).
     pub fn wants_response(&self) -> bool {
         !self.trace.is_empty() || self.feedback.is_some()
@@ -198,12 +278,14 @@ impl Exchange {
             }
             if let Some(local) = w.local_service() {
                 if let Ok(Some(side)) = limits_of(w, &local) {
-                    if let Some(r) = check_limits(w, &local, side, stream) {
-                        return Verdict::Reply(reply(w, &r));
+                    match check_limits(w, &local, side, stream, &mut self.held) {
+                        Limit::Pass => {}
+                        Limit::Wait { rule, wait_ms } => self.turn = Some((rule, wait_ms)),
+                        Limit::Reply(r) => return Verdict::Reply(r),
                     }
                 }
             }
-            return Verdict::Forward;
+            return self.sent(w);
         }
         // Both ends of the connection on loopback: the destination is the connection's local
         // address, which no request header can change (the source alone can come from
@@ -299,11 +381,11 @@ impl Exchange {
         }
         match limits_of(w, &key) {
             Err(()) => return Route::Load(key),
-            Ok(Some(side)) => {
-                if let Some(r) = check_limits(w, &key, side, stream) {
-                    return Route::Reject(r);
-                }
-            }
+            Ok(Some(side)) => match check_limits(w, &key, side, stream, &mut self.held) {
+                Limit::Pass => {}
+                Limit::Wait { rule, wait_ms } => self.turn = Some((rule, wait_ms)),
+                Limit::Reply(r) => return Route::Replied(r),
+            },
             Ok(None) => {}
         }
         let guard = match breaking::rules_for(w, &key) {
@@ -373,6 +455,12 @@ impl Exchange {
                     self.feedback
                         .as_ref()
                         .map_or_else(|| "-".to_string(), Feedback::trace),
+                ),
+                (
+                    RATE_LIMIT_TRACE,
+                    self.turn
+                        .as_ref()
+                        .map_or_else(|| "-".to_string(), |(r, ms)| format!("queued/{r}/{ms}ms")),
                 ),
             ];
             self.ticket = Some(Ticket {
@@ -472,16 +560,21 @@ fn limits_of<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<Option<Rate
     }
 }
 
-/// Applies the rate-limit rules of `side` to the request; the rejection when one limits.
+/// Applies the rate-limit rules of `side` to the request: pass, wait for a unirate turn, or the
+/// 429 (the rule's own body when it has one; the limiting rule in the trace when asked for).
 fn check_limits<H: Host, S: Stream + ?Sized>(
     w: &mut Worker<H>,
     key: &ServiceKey,
     side: RateLimitSide,
     stream: &mut S,
-) -> Option<Rejection> {
+    held: &mut Vec<String>,
+) -> Limit {
     let local = match side {
         RateLimitSide::Destination => None,
-        RateLimitSide::Local => Some(w.local_service()?),
+        RateLimitSide::Local => match w.local_service() {
+            Some(l) => Some(l),
+            None => return Limit::Pass,
+        },
     };
     let Worker {
         host,
@@ -492,28 +585,53 @@ fn check_limits<H: Host, S: Stream + ?Sized>(
         ..
     } = w;
     let rules_of = local.as_ref().unwrap_or(key);
-    let l = limits.peek(rules_of).filter(|l| !l.is_empty())?;
+    let Some(l) = limits.peek(rules_of).filter(|l| !l.is_empty()) else {
+        return Limit::Pass;
+    };
     let who = CallerFacts {
         namespace: &config.caller.namespace,
         service: &config.caller.service,
     };
     let mut facts = StreamFacts::new(stream, &config.caller);
-    let admission = limiter.check(&*host, rules_of, l, &mut facts, &who, || host.now_ms());
+    let admission = limiter.check(
+        &*host,
+        rules_of,
+        l,
+        &mut facts,
+        &who,
+        || host.now_ms(),
+        held,
+    );
+    let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
+    drop(facts);
     counters.add(Counter::RateLimitContended, limiter.take_contended());
     counters.add(Counter::RateLimitDryRun, limiter.take_dry_run_hits());
-    let Admission::Limited {
-        rule,
-        retry_after_s,
-    } = admission
-    else {
-        return None;
+    let (rule, retry_after_s, body) = match admission {
+        Admission::Allowed => return Limit::Pass,
+        Admission::Queued { rule, wait_ms } => return Limit::Wait { rule, wait_ms },
+        Admission::Limited {
+            rule,
+            retry_after_s,
+            body,
+        } => (rule, retry_after_s, body),
     };
     counters.inc(Counter::RateLimited);
-    Some(Rejection::RateLimited {
+    let rejection = Rejection::RateLimited {
         service: rules_of.clone(),
         rule,
         retry_after_s,
-    })
+    };
+    let mut r = reply(w, &rejection);
+    if let Some(b) = body {
+        r.body = b;
+    }
+    if trace {
+        if let Rejection::RateLimited { rule, .. } = &rejection {
+            r.headers
+                .push((RATE_LIMIT_TRACE.to_string(), format!("limited/{rule}")));
+        }
+    }
+    Limit::Reply(r)
 }
 
 /// The local reply for a rejection, counted.
@@ -613,9 +731,10 @@ fn install_loaded<H: Host>(
             let limits = match rate_limits {
                 None => None,
                 Some(Ok(b)) => {
-                    let l = Limits::from_stored(key, &b, &w.config.rate_limit_dry_run).map_err(
-                        |e| failed(DiscoveryError::Limits(Box::new(DiscoveryError::Answer(e)))),
-                    )?;
+                    let l =
+                        Limits::from_stored(key, &b, &w.config.rate_limit_rules).map_err(|e| {
+                            failed(DiscoveryError::Limits(Box::new(DiscoveryError::Answer(e))))
+                        })?;
                     Some((l, b))
                 }
                 Some(Err(e)) => {

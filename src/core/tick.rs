@@ -10,9 +10,22 @@ use crate::config::RateLimitSide;
 use crate::model::{Kind, ServiceKey};
 
 impl<H: Host> Worker<H> {
-    /// The timer: the leader's work when we hold the lease, then resync and metrics.
+    /// The timer: the leader's work when we hold the lease, then resync and metrics; queued
+    /// requests that are due are resumed last (the host's later calls of this callback may
+    /// act on the last stream resumed). Ticks that come early because requests are queued
+    /// only resume them.
     pub fn on_tick(&mut self) {
         let now = self.host.now_ms();
+        if !self.queue.ticks_fast() || now >= self.next_full_tick {
+            let period = u64::try_from(self.tick_period().as_millis()).unwrap_or(u64::MAX);
+            // A quarter early, so timer jitter never skips a full tick.
+            self.next_full_tick = now.saturating_add(period - period / 4);
+            self.full_tick(now);
+        }
+        self.resume_due(now);
+    }
+
+    fn full_tick(&mut self, now: u64) {
         self.settle_location(false);
         let mut extra: Vec<(Kind, ServiceKey)> = self
             .caller_key()
@@ -49,11 +62,13 @@ impl<H: Host> Worker<H> {
                 probing::probe(self, watched.services(), now);
             }
         }
+        self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
     }
 
-    /// The tick of a worker that never leads: resync, breaker windows and metrics, and the
-    /// provider's address (for its status and offline paths; registering is the leader's). The
+    /// The tick of a worker that never leads: resync, breaker windows, limiter grants and
+    /// metrics, the provider's address (for its status and offline paths; registering is the
+    /// leader's), and the queued requests that are due. The
     /// native build runs one leading worker per plugin on Envoy's main thread; its request
     /// threads' workers tick this way (no timer of their own, no root context for calls).
     pub fn on_follower_tick(&mut self) {
@@ -65,7 +80,9 @@ impl<H: Host> Worker<H> {
         if self.config.breaker.is_some() {
             breaking::flush_windows(self, now);
         }
+        self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
+        self.resume_due(now);
     }
 
     /// An answer to a call this VM's root context made.

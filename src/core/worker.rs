@@ -1,9 +1,10 @@
 //! Per-VM state: one Envoy thread's configuration, decoded snapshots, compiled rules and plans,
 //! shared by its root context (ticks, the leader's refresh) and its HTTP streams.
 
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
+
+use rustc_hash::FxHashMap;
 
 use super::breakers::Breakers;
 use super::discover::Link;
@@ -14,6 +15,7 @@ use super::metrics::Counters;
 use super::node;
 use super::probe_queue::Probing;
 use super::provider::Provider;
+use super::queue::Queue;
 use super::store;
 use crate::breaker::probe::{self, Detector};
 use crate::breaker::window::Schedule;
@@ -45,7 +47,7 @@ pub struct Worker<H> {
     /// This Envoy's own service (`caller`), when configured.
     pub(super) caller: Option<ServiceKey>,
     /// Routing plans by destination, rebuilt on first use after their instances or rules change.
-    pub(super) plans: HashMap<ServiceKey, Plan>,
+    pub(super) plans: FxHashMap<ServiceKey, Plan>,
     pub(super) destinations: DestinationMemo,
     pub(super) rng: Rng,
     pub(super) counters: Counters,
@@ -53,17 +55,22 @@ pub struct Worker<H> {
     /// Compiled circuit-breaker rules by destination.
     pub(super) breakers: Cache<Rc<Breakers>>,
     /// The last decoded breaker state of each service, by the CAS it was read at.
-    pub(super) tables: HashMap<ServiceKey, (u32, Rc<Table>)>,
+    pub(super) tables: FxHashMap<ServiceKey, (u32, Rc<Table>)>,
     /// The table of a service without breaker state (shared, so reading it allocates nothing).
     pub(super) empty_table: Rc<Table>,
     /// The leader's ERROR_RATE checks in progress.
-    pub(super) schedules: HashMap<(ServiceKey, String), Schedule>,
+    pub(super) schedules: FxHashMap<(ServiceKey, String), Schedule>,
     /// Compiled fault-detection rules by service (the leader's).
     pub(super) detectors: Cache<Rc<Vec<Detector>>>,
     /// The leader's probes.
     pub(super) probing: Probing,
     /// The instance this Envoy registers, when configured.
     pub(super) provider: Option<Provider>,
+    /// Requests paused for their unirate turn.
+    pub(super) queue: Queue,
+    /// When the next full tick (lease, refresh, resync, metrics) is due: ticks come faster
+    /// while requests are queued, and those in between only resume them.
+    pub(super) next_full_tick: u64,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -100,16 +107,18 @@ impl<H: Host> Worker<H> {
             limits: Cache::default(),
             limiter: Limiter::default(),
             caller,
-            plans: HashMap::new(),
+            plans: FxHashMap::default(),
             destinations: DestinationMemo::default(),
             rng: Rng::new(seed),
             counters,
             breakers: Cache::default(),
-            tables: HashMap::new(),
+            tables: FxHashMap::default(),
             empty_table: Rc::new(Table::default()),
-            schedules: HashMap::new(),
+            schedules: FxHashMap::default(),
             detectors: Cache::default(),
             probing: Probing::default(),
+            queue: Queue::default(),
+            next_full_tick: 0,
             tick,
             seen_generation: 0,
         })
@@ -138,6 +147,7 @@ impl<H: Host> Worker<H> {
             Some(p) => p.on_done(&self.host, &self.link, &self.counters),
             None => true,
         };
+        self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
         done
     }
@@ -225,10 +235,10 @@ impl<H: Host> Worker<H> {
                 }
             }
         }
-        let dry_run = &self.config.rate_limit_dry_run;
+        let settings = &self.config.rate_limit_rules;
         for key in self.limits.keys() {
             sync(&self.host, &mut self.limits, Kind::RateLimit, &key, |b| {
-                Limits::from_stored(&key, b, dry_run)
+                Limits::from_stored(&key, b, settings)
             });
         }
         for key in self.breakers.keys() {
@@ -300,9 +310,9 @@ impl<H: Host> Worker<H> {
     /// The compiled rate-limit rules of `key`, filling the cache from shared data on a miss.
     pub(super) fn lookup_limits(&mut self, key: &ServiceKey) -> Option<&Limits> {
         if self.limits.peek(key).is_none() {
-            let dry_run = &self.config.rate_limit_dry_run;
+            let settings = &self.config.rate_limit_rules;
             sync(&self.host, &mut self.limits, Kind::RateLimit, key, |b| {
-                Limits::from_stored(key, b, dry_run)
+                Limits::from_stored(key, b, settings)
             });
         }
         self.limits.peek(key)

@@ -4,7 +4,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType, Status};
 
 use crate::core::host::{
-    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Properties, Store, StoreError, Stream,
+    Calls, Clock, GrpcCall, HostError, HttpCall, Metrics, Pacing, Properties, Store, StoreError,
+    Stream,
 };
 use crate::polaris::CallError;
 
@@ -106,6 +107,20 @@ impl Metrics for Wasm {
 impl Properties for Wasm {
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+}
+
+impl Pacing for Wasm {
+    /// Envoy refuses to switch to a stream that is gone (`BadArgument`); a resume after that
+    /// would act on the calling context, so it is not made. Later host calls of the same
+    /// callback act on the stream: the root context switches back after its tick.
+    fn resume_request(&self, id: u32) -> Result<(), HostError> {
+        hostcalls::set_effective_context(id).map_err(refused)?;
+        hostcalls::resume_http_request().map_err(refused)
+    }
+
+    fn set_tick_period(&self, period: std::time::Duration) -> Result<(), HostError> {
+        hostcalls::set_tick_period(period.max(std::time::Duration::from_millis(1))).map_err(refused)
     }
 }
 

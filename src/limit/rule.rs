@@ -44,6 +44,44 @@ pub struct Amount {
     pub window_ms: u64,
 }
 
+/// What a rule does with the requests it counts (polaris-go's `reject`, `unirate` and
+/// `concurrency` plugins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behavior {
+    /// Fixed QPS windows; beyond the amount, 429.
+    Reject,
+    /// Requests leave spaced evenly; a request waits its turn up to a bound, beyond it 429.
+    Unirate(Pace),
+    /// At most `max` requests in flight at once (CONCURRENCY); beyond, 429.
+    Concurrency { max: u32 },
+}
+
+/// A unirate rule's spacing and how long a request may wait for its turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pace {
+    /// validDuration / maxAmount of the strictest amount, in microseconds.
+    pub interval_us: u64,
+    pub max_delay_ms: u64,
+}
+
+/// polaris-go's unirate queueing bound when the rule gives none (`max_queue_delay` 0 or absent).
+pub const DEFAULT_MAX_QUEUE_DELAY_MS: u64 = 1000;
+
+/// Per-rule settings the OSS server cannot carry (it refuses rule `metadata`,
+/// `concurrencyAmount` and `customResponse`), from the plugin configuration, by rule name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RuleSettings {
+    /// Rules evaluated and counted, never rejecting (`rate_limit.dry_run`).
+    pub dry_run: Vec<String>,
+    /// CONCURRENCY thresholds (`rate_limit.concurrency`).
+    pub concurrency: Vec<(String, u32)>,
+    /// Bodies of the 429 a rule answers (`rate_limit.bodies`).
+    pub bodies: Vec<(String, String)>,
+    /// The host cannot tell when a stream ends (the lean wasm build): a CONCURRENCY slot could
+    /// never be given back, so such rules are skipped.
+    pub no_stream_ends: bool,
+}
+
 /// A compiled rule.
 #[derive(Clone, Debug)]
 pub struct LimitRule {
@@ -57,6 +95,9 @@ pub struct LimitRule {
     pub amounts: Vec<Amount>,
     /// Evaluated and counted, never rejecting (plugin `rate_limit.dry_run`).
     pub dry_run: bool,
+    pub behavior: Behavior,
+    /// The body of this rule's 429, instead of the default naming the rule.
+    pub body: Option<String>,
 }
 
 /// The compiled rules of one service, in the order they apply.
@@ -92,17 +133,49 @@ impl Limits {
         self.rules.is_empty()
     }
 
-    /// Compiles a stored RATE_LIMIT answer, marking the rules named in `dry_run`, logging the
+    /// Applies the plugin's per-rule settings: dry run, CONCURRENCY thresholds, bodies.
+    pub fn apply(&mut self, settings: &RuleSettings) {
+        for rule in &mut self.rules {
+            rule.dry_run = settings.dry_run.contains(&rule.name);
+            if let Behavior::Concurrency { max } = &mut rule.behavior {
+                if let Some((_, n)) = settings.concurrency.iter().find(|(r, _)| *r == rule.name) {
+                    *max = *n;
+                }
+            }
+            if let Some((_, body)) = settings.bodies.iter().find(|(r, _)| *r == rule.name) {
+                rule.body = Some(body.clone());
+            }
+        }
+    }
+
+    /// Compiles a stored RATE_LIMIT answer with the plugin's per-rule `settings`, logging the
     /// rules skipped; a malformed answer is an error (the caller keeps the last good limits).
     pub fn from_stored(
         key: &ServiceKey,
         bytes: &[u8],
-        dry_run: &[String],
+        settings: &RuleSettings,
     ) -> Result<Limits, DecodeError> {
-        let (mut limits, skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
-        for rule in &mut limits.rules {
-            rule.dry_run = dry_run.contains(&rule.name);
-        }
+        let (mut limits, mut skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
+        limits.apply(settings);
+        limits.rules.retain(|r| match r.behavior {
+            Behavior::Concurrency { max: 0 } => {
+                skipped.push(format!(
+                    "rate-limit rule `{}` skipped: a CONCURRENCY rule needs a threshold \
+                     (rate_limit.concurrency, or an amount's maxAmount)",
+                    r.name
+                ));
+                false
+            }
+            Behavior::Concurrency { .. } if settings.no_stream_ends => {
+                skipped.push(format!(
+                    "rate-limit rule `{}` skipped: CONCURRENCY gives slots back when streams \
+                     end, which polaris_wasm_lean.wasm does not see: use polaris_wasm.wasm",
+                    r.name
+                ));
+                false
+            }
+            _ => true,
+        });
         for e in skipped {
             log::warn!("{key}: {e}");
         }
@@ -117,16 +190,17 @@ impl LimitRule {
         if r.disable.unwrap_or(false) {
             return Ok(None);
         }
-        if r.resource != Resource::Qps as i32 {
-            return Err("CONCURRENCY rules are not enforced yet".into());
-        }
-        if r.r#type != Type::Local as i32 && r.cluster.is_some() {
+        let concurrency = r.resource == Resource::Concurrency as i32;
+        if !concurrency && r.r#type != Type::Local as i32 && r.cluster.is_some() {
             return Err("GLOBAL rules with a limiter cluster are not enforced yet".into());
         }
         let action = r.action.as_deref().unwrap_or("reject").to_ascii_lowercase();
-        if !action.is_empty() && action != "reject" {
-            return Err(format!("action `{action}` is not enforced yet"));
-        }
+        let unirate = match action.as_str() {
+            _ if concurrency => false,
+            "" | "reject" => false,
+            "unirate" => true,
+            _ => return Err(format!("action `{action}` is not enforced yet")),
+        };
         let mut amounts = Vec::with_capacity(r.amounts.len());
         for a in &r.amounts {
             let max = a.max_amount.ok_or("an amount has no maxAmount")?;
@@ -147,10 +221,25 @@ impl LimitRule {
             }
             amounts.push(Amount { max, window_ms });
         }
-        if amounts.is_empty() {
+        let declared = r.concurrency_amount.as_ref().map_or(0, |c| c.max_amount);
+        // A CONCURRENCY rule without amounts may still get its threshold from the plugin:
+        // `from_stored` drops it when none comes.
+        if amounts.is_empty() && !concurrency {
             return Ok(None);
         }
         amounts.sort_by_key(|a| std::cmp::Reverse(a.window_ms));
+        let behavior = if concurrency {
+            // The OSS server drops `concurrencyAmount`; the strictest amount stands in for it.
+            let max = match declared {
+                0 => amounts.iter().map(|a| a.max).min().unwrap_or(0),
+                n => n,
+            };
+            Behavior::Concurrency { max }
+        } else if unirate {
+            Behavior::Unirate(Pace::of(&amounts, r.max_queue_delay))
+        } else {
+            Behavior::Reject
+        };
         let method = match &r.method {
             Some(m) if m.value.as_deref().is_some_and(|v| !v.is_empty()) => {
                 Some(Matcher::compile(m).map_err(|e| format!("method: {e}"))?)
@@ -171,6 +260,12 @@ impl LimitRule {
             regex_combine: r.regex_combine.unwrap_or(false),
             amounts,
             dry_run: false,
+            behavior,
+            body: r
+                .custom_response
+                .as_ref()
+                .map(|c| c.body.clone())
+                .filter(|b| !b.is_empty()),
         }))
     }
 
@@ -210,6 +305,25 @@ impl LimitRule {
             &m.raw
         } else {
             value
+        }
+    }
+}
+
+impl Pace {
+    /// The strictest amount's spacing; `max_queue_delay` is in seconds (0 or absent: 1 s).
+    fn of(amounts: &[Amount], max_queue_delay: Option<u32>) -> Pace {
+        let interval_us = amounts
+            .iter()
+            .map(|a| a.window_ms.saturating_mul(1000) / u64::from(a.max.max(1)))
+            .max()
+            .unwrap_or(0);
+        let max_delay_ms = match max_queue_delay.unwrap_or(0) {
+            0 => DEFAULT_MAX_QUEUE_DELAY_MS,
+            s => u64::from(s).saturating_mul(1000),
+        };
+        Pace {
+            interval_us,
+            max_delay_ms,
         }
     }
 }
@@ -371,16 +485,91 @@ mod tests {
     }
 
     #[test]
-    fn rules_the_filter_cannot_enforce_yet_are_skipped_by_name() {
-        let mut conc = rule("conc", vec![], false);
-        conc.resource = proto::rule::Resource::Concurrency as i32;
-        let mut uni = rule("uni", vec![], false);
-        uni.action = Some("UNIRATE".into());
+    fn rules_the_filter_cannot_enforce_are_skipped_by_name() {
+        let mut warm = rule("warm", vec![], false);
+        warm.action = Some("WARMUP".into());
         let mut short = rule("short", vec![], false);
         short.amounts = vec![amount(1, 0)];
-        let (limits, skipped) = Limits::compile(&[conc, uni, short, rule("ok", vec![], false)]);
+        let (limits, skipped) = Limits::compile(&[warm, short, rule("ok", vec![], false)]);
         assert_eq!(limits.rules.len(), 1);
-        assert_eq!(skipped.len(), 3);
-        assert!(skipped.iter().any(|s| s.contains("`uni`")));
+        assert_eq!(skipped.len(), 2);
+        assert!(skipped.iter().any(|s| s.contains("`warm`")));
+    }
+
+    #[test]
+    fn a_unirate_rule_spaces_requests_by_its_strictest_amount() {
+        let mut uni = rule("uni", vec![], false);
+        uni.action = Some("UNIRATE".into());
+        uni.max_queue_delay = Some(3);
+        // 10/1s is one per 100 ms, 100/60s one per 600 ms: the latter is stricter.
+        let (limits, _) = Limits::compile(&[uni.clone()]);
+        assert_eq!(
+            limits.rules[0].behavior,
+            Behavior::Unirate(Pace {
+                interval_us: 600_000,
+                max_delay_ms: 3000
+            })
+        );
+        uni.max_queue_delay = Some(0);
+        let (limits, _) = Limits::compile(&[uni]);
+        let Behavior::Unirate(pace) = limits.rules[0].behavior else {
+            panic!("not unirate");
+        };
+        assert_eq!(pace.max_delay_ms, DEFAULT_MAX_QUEUE_DELAY_MS);
+    }
+
+    #[test]
+    fn a_concurrency_threshold_comes_from_the_plugin_else_the_strictest_amount() {
+        let mut conc = rule("conc", vec![], false);
+        conc.resource = proto::rule::Resource::Concurrency as i32;
+        let (mut limits, _) = Limits::compile(&[conc]);
+        assert_eq!(limits.rules[0].behavior, Behavior::Concurrency { max: 10 });
+        limits.apply(&RuleSettings {
+            concurrency: vec![("conc".into(), 3)],
+            bodies: vec![("conc".into(), "busy".into())],
+            ..RuleSettings::default()
+        });
+        assert_eq!(limits.rules[0].behavior, Behavior::Concurrency { max: 3 });
+        assert_eq!(limits.rules[0].body.as_deref(), Some("busy"));
+    }
+
+    #[test]
+    fn a_concurrency_rule_without_a_threshold_or_stream_ends_is_skipped() {
+        let key = ServiceKey::new("default", "echo");
+        let mut conc = rule("conc", vec![], false);
+        conc.resource = proto::rule::Resource::Concurrency as i32;
+        conc.amounts.clear();
+        let answer = proto::DiscoverResponse {
+            code: Some(200_000),
+            r#type: proto::discover_response::DiscoverResponseType::RateLimit as i32,
+            service: Some(proto::Service {
+                name: Some("echo".into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }),
+            rate_limit: Some(proto::RateLimit {
+                rules: vec![conc],
+                revision: Some("r1".into()),
+            }),
+            ..Default::default()
+        };
+        let bytes = prost::Message::encode_to_vec(&answer);
+        let none = Limits::from_stored(&key, &bytes, &RuleSettings::default()).unwrap();
+        assert!(none.is_empty());
+        let settings = RuleSettings {
+            concurrency: vec![("conc".into(), 2)],
+            ..RuleSettings::default()
+        };
+        let two = Limits::from_stored(&key, &bytes, &settings).unwrap();
+        assert_eq!(two.rules[0].behavior, Behavior::Concurrency { max: 2 });
+        let lean = RuleSettings {
+            no_stream_ends: true,
+            ..settings
+        };
+        let skipped = Limits::from_stored(&key, &bytes, &lean).unwrap();
+        assert!(
+            skipped.is_empty(),
+            "a host that sees no stream ends could never free a slot"
+        );
     }
 }

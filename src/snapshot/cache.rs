@@ -2,7 +2,7 @@
 //! each keeps its own caches, filled from shared data and decoded (and compiled) only when a
 //! service's shared entry changes (its CAS).
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::decode::{decode_instances, DecodeError, Discovered, DiscoveryError};
 use crate::model::{ServiceKey, ServiceSnapshot};
@@ -41,13 +41,13 @@ struct Entry<T> {
 /// Decoded values of one kind by service.
 #[derive(Clone, Debug)]
 pub struct Cache<T> {
-    entries: HashMap<ServiceKey, Entry<T>>,
+    entries: FxHashMap<ServiceKey, Entry<T>>,
 }
 
 impl<T> Default for Cache<T> {
     fn default() -> Self {
         Cache {
-            entries: HashMap::new(),
+            entries: FxHashMap::default(),
         }
     }
 }

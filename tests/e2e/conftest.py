@@ -55,6 +55,7 @@ BOTH_BUILDS = {
     "test_nearby",
     "test_provider",
     "test_rate_limit",
+    "test_rate_limit_pacing",
     "test_routing",
 }
 

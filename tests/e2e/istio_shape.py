@@ -2,7 +2,8 @@
 swap its Wasm filter for what Istio would put there in a failure, and a stand-in module that
 crashes.
 
-Not a test module; test_istio_shape.py and test_failure_policy.py import it.
+Not a test module; test_failure_policy.py and test_shipped_configs.py import it (tests/istio checks
+the shape against what a real istiod generates).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 from harness.envoy import ROOT, WASM, Envoy
 
 SHAPE = ROOT / "envoy" / "istio" / "envoy-istio-shape.yaml"
-FILTER_NAME = "istio-system.polaris-wasm"
+# Istio's name for the filter (and its ECDS resource) at the version pinned in istio/go.mod.
+FILTER_NAME = "extensions.istio.io/trafficextension/istio-system.polaris-wasm~istio-translated-wasmplugin"
 UPSTREAM_CLUSTER = "outbound|18080||polaris-upstream.local"
 POLARIS_CLUSTER = "outbound|8091||polaris.polaris-system.svc.cluster.local"
 

@@ -41,3 +41,38 @@ def test_valid_plugin_config_passes_validation(tmp_path):
     result = validate(render(plugin_config(), 10000, 9901, 8091), tmp_path)
 
     assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
+
+
+def _two_plugins(text: str, second_vm_id: str) -> str:
+    """The shipped filter twice in one chain, the second with another plugin config and VM id."""
+    start = text.index("          - name: envoy.filters.http.wasm")
+    end = text.index("          - name: envoy.filters.http.router")
+    first = text[start:end]
+    second = (first.replace("name: polaris\n", "name: polaris-second\n", 1)
+              .replace("value: '{\"polaris_cluster\"", "value: '{\"namespace\": \"second\", \"polaris_cluster\"")
+              .replace("vm_id: polaris\n", f"vm_id: {second_vm_id}\n"))
+    assert second != first
+    return text[:end] + second + text[end:]
+
+
+REFUSED = "vm_config: another polaris plugin already runs in this VM"
+
+
+def test_a_second_plugin_in_the_same_vm_is_refused_naming_vm_config(tmp_path):
+    """A stream does not say which root it belongs to (no context-create callback), so a VM runs
+    one plugin; Envoy reports the thread-local plugin failed (validate mode still exits 0)."""
+    text = _two_plugins(render(plugin_config(), 10000, 9901, 8091), "polaris")
+    out = validate(text, tmp_path)
+
+    log = out.stdout + out.stderr
+    assert REFUSED in log, log[-2000:]
+    assert "Failed to configure thread-local Wasm plugin" in log, log[-2000:]
+
+
+def test_two_plugins_with_their_own_vm_ids_are_both_configured(tmp_path):
+    text = _two_plugins(render(plugin_config(), 10000, 9901, 8091), "polaris-second")
+    out = validate(text, tmp_path)
+
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log[-2000:]
+    assert REFUSED not in log and "Failed to configure" not in log, log[-2000:]

@@ -31,8 +31,8 @@ def header_arg(key: str, value: str, match: str = "EXACT") -> dict:
     return {"type": "HEADER", "key": key, "value": {"type": match, "value": value}}
 
 
-def served(polaris, service: str, upstreams, *rules: dict) -> None:
-    """One upstream for `service`, and `rules` visible to Discover."""
+def served(polaris, service: str, upstreams, *rules: dict):
+    """One upstream for `service`, and `rules` visible to Discover; returns the upstream."""
     (up,) = upstreams("rl-" + service[:8])
     polaris.create_service(service)
     polaris.register_instance(service, "127.0.0.1", up.port)
@@ -44,6 +44,7 @@ def served(polaris, service: str, upstreams, *rules: dict) -> None:
             service=service,
             type="RATE_LIMIT",
         )
+    return up
 
 
 def next_window(at: float = 0.05) -> None:

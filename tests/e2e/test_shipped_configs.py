@@ -5,8 +5,8 @@
 - The Istio resources under envoy/istio/ are not Envoy configs. They are parsed, their enums
   checked against the Istio API, the WasmPlugin's pluginConfig is run through the real filter's
   on_configure, and every Envoy fragment they carry (EnvoyFilter patch values, cluster and filter
-  names) must appear in envoy-istio-shape.yaml, which itself is validated here and run end to end
-  by test_istio_shape.py.
+  names) must appear in envoy-istio-shape.yaml, which itself is validated here and checked against
+  what a real istiod generates by tests/istio.
 - No shipped config fails open (see test_failure_policy.py for why).
 """
 
@@ -165,7 +165,10 @@ def test_wasmplugin_is_the_filter_in_the_shape():
     config = wasm["typed_config"]["config"]
     istio_policy = {"FAIL_CLOSE": "FAIL_CLOSED", "FAIL_OPEN": "FAIL_OPEN", "FAIL_RELOAD": "FAIL_RELOAD"}
 
-    assert FILTER_NAME == config["name"] == f"{meta['namespace']}.{meta['name']}"
+    # Istio's names: the filter's is prefixed (extensions.istio.io/<kind>/) and both may carry a
+    # suffix of the translation (~istio-translated-wasmplugin at the pinned version).
+    assert FILTER_NAME.startswith("extensions.istio.io/") and FILTER_NAME.endswith("/" + config["name"])
+    assert config["name"].startswith(f"{meta['namespace']}.{meta['name']}")
     assert config["root_id"] == spec["pluginName"]
     assert config["failure_policy"] == istio_policy[spec["failStrategy"]]
     assert shape_plugin_config() == spec["pluginConfig"]

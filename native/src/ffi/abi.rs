@@ -166,6 +166,12 @@ extern "C" {
         details: Buf,
     );
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: *mut c_void);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
         filter: *mut c_void,
         attribute_id: u32,
@@ -433,6 +439,13 @@ impl FilterHandle {
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
 
+    /// A way to run this stream's scheduled hook on its worker thread from another thread.
+    pub fn scheduler(&self) -> Option<StreamScheduler> {
+        // SAFETY: valid filter pointer.
+        let ptr = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(StreamScheduler(ptr))
+    }
+
     pub fn attribute(&self, id: Attribute) -> Option<String> {
         let mut value = Buf::NULL;
         // SAFETY: valid filter pointer; `value` is written by Envoy.
@@ -470,6 +483,30 @@ impl FilterHandle {
         } else {
             Err(CalloutRefused(r))
         }
+    }
+}
+
+/// Envoy's scheduler of one stream: `commit` from any thread runs the stream's scheduled hook on
+/// its worker thread (nothing, once the stream is gone). Deleted on drop.
+pub struct StreamScheduler(*mut c_void);
+
+// SAFETY: Envoy documents the scheduler for use from threads the module manages; it outlives
+// its stream safely (a commit after the stream ended is dropped by Envoy).
+unsafe impl Send for StreamScheduler {}
+// SAFETY: as above.
+unsafe impl Sync for StreamScheduler {}
+
+impl StreamScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler lives until drop.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for StreamScheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_http_filter_scheduler_delete(self.0) }
     }
 }
 

@@ -286,8 +286,15 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(
     _filter_envoy: *mut c_void,
-    _filter_module: *const c_void,
+    filter_module: *const c_void,
 ) {
+    // SAFETY: our own live filter pointer.
+    let Some(f) = (unsafe { filter(filter_module) }) else {
+        return;
+    };
+    if catch_unwind(AssertUnwindSafe(|| f.on_end())).is_err() {
+        guard((), || f.count_panic());
+    }
 }
 
 #[no_mangle]
@@ -329,10 +336,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
-    _filter_envoy: *mut c_void,
-    _filter_module: *const c_void,
+    filter_envoy: *mut c_void,
+    filter_module: *const c_void,
     _event_id: u64,
 ) {
+    // SAFETY: our own live filter pointer, on its worker thread.
+    let Some(f) = (unsafe { filter(filter_module) }) else {
+        return;
+    };
+    let h = FilterHandle::new(filter_envoy);
+    if catch_unwind(AssertUnwindSafe(|| f.on_wake(h))).is_err() {
+        guard((), || f.on_panic(h));
+    }
 }
 
 #[no_mangle]

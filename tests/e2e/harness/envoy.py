@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[3]
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("POLARIS_WASM", ROOT / "target/wasm32-wasip1/release/polaris_wasm.wasm"))
 NATIVE = Path(os.environ.get("POLARIS_NATIVE", ROOT / "build" / "libpolaris_native.so"))
+# The lean build of the same compile (`make wasm`): no response or stream-end callbacks.
+WASM_LEAN = WASM.with_name(WASM.stem + "_lean.wasm")
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
 SHIPPED_NATIVE = ROOT / "envoy" / "envoy-native.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
