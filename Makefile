@@ -1,6 +1,7 @@
 # polaris-wasm: PolarisMesh service governance inside Envoy, as a proxy-wasm filter.
 #
 #   make demo    build everything, start Polaris + Envoy + 3 upstreams, show weighted traffic
+#   make native  the native Envoy dynamic module, build/libpolaris_native.so (Envoy 1.40 only)
 #   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end,
 #                and the filter under a real istiod + pilot-agent (test-istio)
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
@@ -19,6 +20,7 @@ PY          := $(VENV)/bin/python
 ENVOY       := $(VENV)/bin/envoy
 TOOLS       := .tools
 WASM        := target/wasm32-wasip1/release/polaris_wasm.wasm
+NATIVE      := build/libpolaris_native.so
 WASM_LEAN   := target/wasm32-wasip1/release/polaris_wasm_lean.wasm
 # wasm-bindgen-cli must match the wasm-bindgen version in Cargo.lock exactly.
 WBG_VERSION := $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/"/,"",$$3); print $$3}' Cargo.lock)
@@ -44,10 +46,10 @@ include mk/oci.mk
 include mk/fuzz.mk
 include mk/istio.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm native lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
 
 help:
-	@sed -n '3,8p' Makefile
+	@sed -n '3,9p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
@@ -74,9 +76,18 @@ wasm: rust-targets
 	python3 scripts/wasm_exports.py $(WASM_LEAN) --lean --keep $(filter-out $(WASM_LEAN_LEAVES_OUT),$(WASM_CALLBACKS))
 	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
 
+# The native module (native/, workspace member `polaris-native`): its own profile, as catching a
+# panic at the ABI boundary needs unwinding (the wasm build aborts).
+native:
+	cargo build --profile native -p polaris-native
+	@mkdir -p build
+	cp target/native/libpolaris_native.so $(NATIVE)
+	@ls -l $(NATIVE) | awk '{print "native:", $$5, "bytes"}'
+
 lint: rust-targets
-	cargo fmt --check
+	cargo fmt --all --check
 	cargo clippy --all-targets -- -D warnings
+	cargo clippy -p polaris-native --all-targets -- -D warnings
 	cargo clippy --no-default-features --lib -- -D warnings
 	python3 scripts/module_cycles.py
 
@@ -84,6 +95,7 @@ test: lint test-native test-wasm fuzz-smoke test-e2e test-istio
 
 test-native:
 	cargo test
+	cargo test -p polaris-native
 
 test-wasm: rust-targets $(WBG_RUNNER)
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=$(abspath $(WBG_RUNNER)) \
@@ -92,7 +104,7 @@ test-wasm: rust-targets $(WBG_RUNNER)
 # One pytest session for both suites: they share one Polaris server (tests/conftest.py).
 # tests/parity asks polaris-go (build/parity-oracle) and the filter the same questions; it runs
 # first, as it needs a server where no other suite has left rules behind (it removes its own).
-test-e2e: venv wasm polaris-server parity-oracle oci oci-tools
+test-e2e: venv wasm native polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
 
 # Istio for real (tests/istio): istiod and pilot-agent built from Istio's Go module (mk/istio.mk),
@@ -114,7 +126,7 @@ CONSTANT_WASM := benches/constant-header/target/wasm32-wasip1/release/constant_h
 $(CONSTANT_WASM): benches/constant-header/Cargo.toml benches/constant-header/src/lib.rs
 	cd benches/constant-header && cargo build --release --target wasm32-wasip1
 
-bench: venv wasm polaris-server $(CONSTANT_WASM)
+bench: venv wasm native polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
 	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)

@@ -6,6 +6,9 @@ within the round, and the median of those is reported:
   baseline  Envoy without any wasm filter, a static cluster over the 3 upstreams, round robin;
   filter    the shipped envoy/envoy.yaml: our filter (discovery from a real Polaris + weighted
             pick) writing the ORIGINAL_DST header.
+A *dynmod* Envoy runs the shipped envoy/envoy-native.yaml: the same governance (same plugin JSON)
+by the native dynamic module (build/libpolaris_native.so, issue 13 target >= 0.90), its ratios
+to baseline printed beside the wasm filter's (`--no-native` leaves it out).
 A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
 polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
 breaker state and every response is classified); the breakers / filter ratio is the cost of the
@@ -164,6 +167,8 @@ def main() -> None:
                         help="the constant-header reference filter (benches/constant-header), or a "
                              "variant of it under NAME (repeatable)")
     parser.add_argument("--no-breakers", action="store_true", help="leave out the breakers setup")
+    parser.add_argument("--no-native", action="store_true",
+                        help="leave out the native dynamic module (setup `dynmod`, build/libpolaris_native.so)")
     parser.add_argument("--rate-limit", action="store_true",
                         help="also run the filter with a local rate-limit rule that never triggers")
     args = parser.parse_args()
@@ -197,6 +202,10 @@ def main() -> None:
         plugin = {"polaris_cluster": "polaris_grpc"}
         runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
             ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+        if not args.no_native:
+            listen, admin = free_port(), free_port()
+            dynmod = render(plugin, listen, admin, polaris.grpc_port, build="native")
+            runs.append(("dynmod", dynmod, (listen, admin)))
         if not args.no_breakers:
             listen, admin = free_port(), free_port()
             breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
@@ -323,7 +332,8 @@ def main() -> None:
             m_pairs = list(zip(results[name], results["filter"]))
             print(f"median filter / {name} capacity ratio: "
                   f"{statistics.median(m['cpu_us'] / f['cpu_us'] for m, f in m_pairs):.3f}  ({name} = {path})")
-        errors = sum(r["errors"] for r in results["filter"] + results.get("breakers", []))
+        errors = sum(r["errors"] for r in results["filter"] + results.get("breakers", [])
+                     + results.get("dynmod", []))
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
     finally:

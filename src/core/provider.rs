@@ -93,7 +93,12 @@ impl Provider {
 
     /// Settles the address and location once Envoy's node can be read (or is not needed).
     /// `plugin_location` is the plugin's `location` (or the node locality it was filled from).
-    fn settle<P: Properties + ?Sized>(&mut self, host: &P, plugin_location: &Location, now: u64) {
+    pub(super) fn settle<P: Properties + ?Sized>(
+        &mut self,
+        host: &P,
+        plugin_location: &Location,
+        now: u64,
+    ) {
         if self.settled.is_some() {
             return;
         }

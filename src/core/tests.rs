@@ -548,3 +548,50 @@ fn without_rate_limiting_configured_no_rate_limit_rules_are_asked_for() {
     let kinds: Vec<i32> = discovers(&host.take_calls()).iter().map(|d| d.0).collect();
     assert_eq!(kinds, vec![1, 3]);
 }
+
+#[test]
+fn a_follower_tick_resyncs_but_never_claims_the_lease_nor_calls() {
+    let host = FakeHost::new(START);
+    seed(&host, &[8080]);
+    let mut w = worker(&host, "");
+    w.on_follower_tick();
+    for i in 1..=5 {
+        host.set_now(START + i * 1_000);
+        w.on_follower_tick();
+    }
+    let calls = host.take_calls();
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Grpc { .. } | Call::Http { .. })),
+        "{calls:?}"
+    );
+    assert!(
+        !calls
+            .iter()
+            .any(|c| matches!(c, Call::Set { key, .. } if key == shared::LEASE_KEY)),
+        "{calls:?}"
+    );
+    assert!(host.stored(shared::LEASE_KEY).is_none());
+
+    // A leader's update reaches the follower's next request through the tick's resync.
+    let mut stream = FakeStream::with(&[(":authority", "echo")]);
+    assert_eq!(
+        Exchange::default().on_request(&mut w, &mut stream),
+        Verdict::Forward
+    );
+    assert_eq!(stream.header("x-polaris-upstream"), Some("127.0.0.1:8080"));
+    assert!(store::store_answer(
+        &host,
+        Kind::Instances,
+        &echo(),
+        &instances("r2", &[9090])
+    ));
+    w.on_follower_tick();
+    let mut stream = FakeStream::with(&[(":authority", "echo")]);
+    assert_eq!(
+        Exchange::default().on_request(&mut w, &mut stream),
+        Verdict::Forward
+    );
+    assert_eq!(stream.header("x-polaris-upstream"), Some("127.0.0.1:9090"));
+}

@@ -71,6 +71,25 @@ impl<H: Host> Worker<H> {
         self.counters.flush(&self.host);
     }
 
+    /// The tick of a worker that never leads: resync, breaker windows, limiter grants and
+    /// metrics, the provider's address (for its status and offline paths; registering is the
+    /// leader's), and the queued requests that are due. The
+    /// native build runs one leading worker per plugin on Envoy's main thread; its request
+    /// threads' workers tick this way (no timer of their own, no root context for calls).
+    pub fn on_follower_tick(&mut self) {
+        let now = self.host.now_ms();
+        if let Some(p) = &mut self.provider {
+            p.settle(&self.host, &self.config.nearby.location, now);
+        }
+        self.resync();
+        if self.config.breaker.is_some() {
+            breaking::flush_windows(self, now);
+        }
+        self.limiter.on_tick(&self.host);
+        self.counters.flush(&self.host);
+        self.resume_due(now);
+    }
+
     /// An answer to a call this VM's root context made.
     pub fn on_call_result(&mut self, token: u32, result: CallResult) {
         if self.on_time_adjust(token, &result) {

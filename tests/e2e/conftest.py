@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from harness.envoy import Client, Envoy
+from harness.envoy import BUILDS, Client, Envoy
 from harness.upstream import Upstream
 
 REFRESH = 1.0  # seconds; the plugin's refresh_interval in these tests
@@ -43,12 +43,44 @@ def upstreams() -> Callable[..., list[Upstream]]:
         u.stop()
 
 
+# The behaviour suites: each of their tests runs against both builds (the wasm filter and the
+# native dynamic module), so no capability exists in one build only. Config, module-format and
+# Istio tests are about the wasm build's packaging and stay wasm-only.
+BOTH_BUILDS = {
+    "test_balancers",
+    "test_breakers",
+    "test_discovery",
+    "test_failure_policy",
+    "test_metadata",
+    "test_nearby",
+    "test_provider",
+    "test_rate_limit",
+    "test_rate_limit_pacing",
+    "test_routing",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "build" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        builds = list(BUILDS) if module in BOTH_BUILDS else ["wasm"]
+        metafunc.parametrize("build", builds, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def build(request) -> str:
+    """Which build of the filter this test's Envoy runs: `wasm` or `native`."""
+    return getattr(request, "param", "wasm")
+
+
 @pytest.fixture
-def envoy(tmp_path) -> Callable[..., Envoy]:
+def envoy(tmp_path, build) -> Callable[..., Envoy]:
     started: list[Envoy] = []
 
     def start(polaris_grpc_port: int, concurrency: int = 2, **plugin) -> Envoy:
-        e = Envoy(tmp_path / "envoy", plugin_config(**plugin), polaris_grpc_port, concurrency)
+        e = Envoy(
+            tmp_path / "envoy", plugin_config(**plugin), polaris_grpc_port, concurrency, build=build
+        )
         started.append(e)
         return e.start()
 

@@ -167,6 +167,9 @@ def test_concurrency_rejects_the_request_beyond_the_threshold_and_slots_come_bac
         t.join(timeout=10)
     assert sorted(results) == [200, 200, 200], results
     assert fourth == 429
-    stat = f"rate_limit.default.{service}.three-at-once.limited"
-    assert e.wait_counter(stat, lambda n: n >= 2) >= 2
-    assert e.counter(f"rate_limit.default.{service}.three-at-once.allowed") >= 4
+    if e.build == "wasm":
+        # Per-rule stats are defined at run time; the native module's Envoy freezes stat creation
+        # after configuration (README, Native build).
+        stat = f"rate_limit.default.{service}.three-at-once.limited"
+        assert e.wait_counter(stat, lambda n: n >= 2) >= 2
+        assert e.counter(f"rate_limit.default.{service}.three-at-once.allowed") >= 4

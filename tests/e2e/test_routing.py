@@ -65,9 +65,12 @@ def with_rules(polaris, service, *rules) -> None:
 
 
 @pytest.fixture(scope="module")
-def routed(polaris, tmp_path_factory):
-    """One Envoy for the module: debug trace on; each test routes its own service."""
-    e = Envoy(tmp_path_factory.mktemp("envoy"), plugin_config(debug_trace=True), polaris.grpc_port)
+def routed(polaris, tmp_path_factory, build):
+    """One Envoy per build: debug trace on; each test routes its own service."""
+    e = Envoy(
+        tmp_path_factory.mktemp("envoy"), plugin_config(debug_trace=True), polaris.grpc_port,
+        build=build,
+    )
     e.start()
     yield e
     e.stop()

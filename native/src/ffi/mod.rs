@@ -1,0 +1,6 @@
+//! The only module with `unsafe`: our declarations of Envoy 1.40's dynamic-module ABI
+//! ([`abi`]: the callbacks we call, behind safe handles) and the event hooks we export
+//! ([`hooks`], each catching panics).
+
+pub mod abi;
+mod hooks;

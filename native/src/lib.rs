@@ -1,0 +1,20 @@
+//! polaris-native: the filter's core (`polaris-wasm` without its proxy-wasm shell) as a native
+//! Envoy dynamic module for Envoy 1.40 (`envoy.filters.http.dynamic_modules`).
+//!
+//! - [`ffi`]: the only `unsafe`: our ABI declarations and the exported event hooks.
+//! - [`plugin`]: one filter config; its leading worker on the main thread, ticked by a timer
+//!   thread through Envoy's config scheduler.
+//! - [`filter`]: one stream, on a worker thread's follower worker.
+//! - [`host`]: the core's host traits; [`store`]: shared data in process memory; [`grpc`]:
+//!   Polaris's gRPC calls as Envoy callouts; [`logger`]: `log` to Envoy's log.
+
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+mod ffi;
+mod filter;
+mod grpc;
+mod host;
+mod logger;
+mod plugin;
+mod store;

@@ -1,0 +1,246 @@
+//! One Envoy filter config (one plugin JSON): parsed and checked at config time, its leading
+//! worker on Envoy's main thread, and the timer thread that ticks it.
+//!
+//! The leading worker is the only one that ticks in full: it holds the refresh lease (no other
+//! worker contends: request threads' workers run [`Worker::on_follower_tick`]), refreshes from
+//! Polaris, registers the provider, leads breakers and probes. Its calls are Envoy callouts from
+//! the filter config; their answers come back on the main thread.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use polaris_wasm::config::Config;
+use polaris_wasm::core::host::Clock;
+use polaris_wasm::core::Worker;
+
+use crate::ffi::abi::{Answer, ConfigHandle, Scheduler};
+use crate::grpc;
+use crate::host::{lock, CallKind, Native, Shared};
+
+/// The config scheduler's event: the leader's tick.
+const TICK: u64 = 1;
+/// A held stream's scheduler event: its thread's worker ticks if due.
+const WAKE: u64 = 2;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The leading worker of each live plugin (Envoy's main thread only).
+    static LEADERS: RefCell<HashMap<u64, Worker<Native>>> = RefCell::new(HashMap::new());
+    /// Callout answers that arrived while a leader was busy (Envoy may answer inline).
+    static INBOX: RefCell<VecDeque<(u64, u64, Answer)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+pub struct Plugin {
+    id: u64,
+    config: Config,
+    shared: Arc<Shared>,
+    panics: Option<usize>,
+    /// Fault injection for the e2e test of the panic path: a request carrying this header
+    /// panics in the request hook (`POLARIS_NATIVE_PANIC_HEADER`, read at config time).
+    panic_header: Option<String>,
+    timer: Mutex<Option<Timer>>,
+}
+
+/// Wakes the main thread every leader tick through Envoy's config scheduler, and every held
+/// stream through its own scheduler, at the shortest period any follower wants (short while
+/// requests are queued), so worker threads tick without traffic of their own.
+struct Timer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+fn ms(d: &AtomicU64) -> Duration {
+    Duration::from_millis(d.load(Ordering::Relaxed).max(1))
+}
+
+impl Timer {
+    fn start(scheduler: Scheduler, tick_ms: Arc<AtomicU64>, shared: Arc<Shared>) -> Option<Timer> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let shared_for_wake = Arc::clone(&shared);
+        let thread = thread::Builder::new()
+            .name("polaris-tick".into())
+            .spawn(move || {
+                let mut next_tick = Instant::now() + ms(&tick_ms);
+                while !flag.load(Ordering::Acquire) {
+                    let leader = ms(&tick_ms);
+                    let fastest = lock(&shared.periods)
+                        .values()
+                        .min()
+                        .map_or(leader, |m| Duration::from_millis((*m).max(1)));
+                    let until_tick = next_tick.saturating_duration_since(Instant::now());
+                    thread::park_timeout(until_tick.min(fastest).max(Duration::from_millis(1)));
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let now = Instant::now();
+                    if now >= next_tick {
+                        scheduler.commit(TICK);
+                        next_tick = now + leader;
+                    }
+                    for waker in lock(&shared.wakers).values() {
+                        waker.commit(WAKE);
+                    }
+                }
+            })
+            .ok()?;
+        *lock(&shared_for_wake.timer) = Some(thread.thread().clone());
+        Some(Timer { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        let _ = self.thread.join();
+    }
+}
+
+impl Plugin {
+    /// The plugin of `bytes` (the same plugin JSON as the wasm filter's); `None`, with the
+    /// reason logged naming the field, when it cannot run.
+    pub fn new(handle: ConfigHandle, bytes: &[u8]) -> Option<Arc<Plugin>> {
+        let config = match Config::parse(bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("{e}");
+                return None;
+            }
+        };
+        let here = &config.nearby.location;
+        log::info!(
+            "configured: Polaris cluster {}, namespace {}, refresh every {:?}, location {}/{}/{}",
+            config.polaris_cluster,
+            config.namespace,
+            config.refresh_interval,
+            here.region,
+            here.zone,
+            here.campus
+        );
+        let shared = Arc::new(Shared::new(handle, config.polaris_cluster.clone()));
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let tick_ms = Arc::new(AtomicU64::new(0));
+        let host = Native::main(Arc::clone(&shared), Arc::clone(&tick_ms));
+        let seed = host.now_ms() ^ (id << 40) ^ 0x9e37_79b9_7f4a_7c15;
+        let leader = match Worker::new(host, config.clone(), seed) {
+            Ok(w) => w,
+            Err(e) => {
+                log::error!("{}", e.0);
+                return None;
+            }
+        };
+        let panics = shared.define_own_counter("polaris_wasm.native_panics");
+        tick_ms.store(
+            u64::try_from(leader.tick_period().as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let Some(timer) = handle
+            .scheduler()
+            .and_then(|s| Timer::start(s, tick_ms, Arc::clone(&shared)))
+        else {
+            log::error!("cannot start the refresh timer");
+            return None;
+        };
+        LEADERS.with(|l| l.borrow_mut().insert(id, leader));
+        Some(Arc::new(Plugin {
+            id,
+            config,
+            shared,
+            panics,
+            panic_header: std::env::var("POLARIS_NATIVE_PANIC_HEADER")
+                .ok()
+                .filter(|h| !h.is_empty()),
+            timer: Mutex::new(Some(timer)),
+        }))
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn panic_header(&self) -> Option<&str> {
+        self.panic_header.as_deref()
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Envoy is done with this config: stop the timer, flush the leader's counts.
+    pub fn shutdown(&self) {
+        let timer = self
+            .timer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(t) = timer {
+            t.stop();
+        }
+        self.shared.close();
+        if let Some(leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) {
+            // No `on_done`: a provider's deregistration cannot be sent from here (Envoy may be
+            // stopping, its cluster manager gone): the offline trigger is the way to deregister
+            // before stopping, as in wasm.
+            leader.counters().flush(leader.host());
+        }
+    }
+
+    /// The timer's event, on the main thread.
+    pub fn on_scheduled(&self, event: u64) {
+        if event == TICK {
+            LEADERS.with(|l| {
+                if let Some(w) = l.borrow_mut().get_mut(&self.id) {
+                    w.on_tick();
+                }
+            });
+        }
+        drain();
+    }
+
+    /// A callout of the leader's has its answer (on the main thread).
+    pub fn on_callout_done(&self, id: u64, answer: Answer) {
+        INBOX.with(|i| i.borrow_mut().push_back((self.id, id, answer)));
+        drain();
+    }
+
+    pub fn count_panic(&self) {
+        if let Some(id) = self.panics {
+            self.shared.config.increment_counter(id, 1);
+        }
+    }
+}
+
+/// Hands queued answers to their leaders, unless a leader is busy (the answer came inline, from
+/// inside its own tick): then the tick's end drains them.
+fn drain() {
+    LEADERS.with(|leaders| {
+        let Ok(mut leaders) = leaders.try_borrow_mut() else {
+            return;
+        };
+        loop {
+            let Some((plugin, id, answer)) = INBOX.with(|i| i.borrow_mut().pop_front()) else {
+                return;
+            };
+            let Some(w) = leaders.get_mut(&plugin) else {
+                continue;
+            };
+            match w.host().take_call(None, id) {
+                Some((token, CallKind::Grpc)) => {
+                    w.on_call_result(token, grpc::unary_result(&answer))
+                }
+                Some((token, CallKind::Http)) => {
+                    w.on_http_call_result(token, grpc::http_status(&answer), &answer.body)
+                }
+                None => log::debug!("callout {id} answered but not ours"),
+            }
+        }
+    });
+}
