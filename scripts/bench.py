@@ -8,7 +8,8 @@ within the round, and the median of those is reported:
             pick) writing the ORIGINAL_DST header.
 A *dynmod* Envoy runs the shipped envoy/envoy-native.yaml: the same governance (same plugin JSON)
 by the native dynamic module (build/libpolaris_native.so, issue 13 target >= 0.90), its ratios
-to baseline printed beside the wasm filter's (`--no-native` leaves it out).
+to baseline printed beside the wasm filter's (`--no-native` leaves it out); *dynmod_cb* is the
+same with `circuit_breaker: {}` beside *breakers*.
 A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
 polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
 breaker state and every response is classified); the breakers / filter ratio is the cost of the
@@ -210,6 +211,11 @@ def main() -> None:
             listen, admin = free_port(), free_port()
             breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
             runs.append(("breakers", breakers, (listen, admin)))
+            if not args.no_native:
+                listen, admin = free_port(), free_port()
+                dyn_cb = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port,
+                                build="native")
+                runs.append(("dynmod_cb", dyn_cb, (listen, admin)))
         if args.rate_limit:
             polaris.create_ratelimit([{
                 "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
@@ -302,6 +308,11 @@ def main() -> None:
                   "  (target >= 0.98)")
             print("per-round breakers / filter capacity:    "
                   + " ".join(f"{f['cpu_us'] / b['cpu_us']:.3f}" for f, b in br_pairs))
+        if "dynmod_cb" in results:
+            nb_pairs = list(zip(results["dynmod"], results["dynmod_cb"]))
+            print("median dynmod_cb / dynmod capacity ratio: "
+                  f"{statistics.median(d['cpu_us'] / b['cpu_us'] for d, b in nb_pairs):.3f}"
+                  "  (circuit breaking in the native build; issue 10 target >= 0.98)")
         if "limited" in results:
             lim_pairs = list(zip(results["filter"], results["limited"]))
             print("median limited / filter req/s ratio:     "
