@@ -76,6 +76,12 @@ pub enum Counter {
     ClientReportErrors,
     /// Requests for the offline or status path refused because they were not local.
     ProviderAdminRefused,
+    /// Requests naming a service outside `admission.allowed_services` (answered 403).
+    NotAllowed,
+    /// First discoveries refused because this second's budget was used up (answered 503).
+    DiscoveryThrottled,
+    /// Services dropped from the watch list and shared data after `admission.idle_timeout`.
+    ServicesDropped,
 }
 
 /// Gauges the leader sets.
@@ -83,11 +89,16 @@ pub enum Counter {
 pub enum Gauge {
     /// Breakers of enforcing rules now open or half-open, all levels.
     BreakersOpen,
+    /// Services on the watch list (the leader's view).
+    WatchedServices,
 }
 
-const GAUGES: [(Gauge, &str); 1] = [(Gauge::BreakersOpen, "polaris_wasm.breakers_open")];
+const GAUGES: [(Gauge, &str); 2] = [
+    (Gauge::BreakersOpen, "polaris_wasm.breakers_open"),
+    (Gauge::WatchedServices, "polaris_wasm.watched_services"),
+];
 
-const ALL: [(Counter, &str); 37] = [
+const ALL: [(Counter, &str); 40] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -188,6 +199,12 @@ const ALL: [(Counter, &str); 37] = [
         Counter::ProviderAdminRefused,
         "polaris_wasm.provider_admin_refused",
     ),
+    (Counter::NotAllowed, "polaris_wasm.not_allowed"),
+    (
+        Counter::DiscoveryThrottled,
+        "polaris_wasm.discovery_throttled",
+    ),
+    (Counter::ServicesDropped, "polaris_wasm.services_dropped"),
 ];
 
 /// The VM's counters; a metric the host refused to define is skipped, never fatal.

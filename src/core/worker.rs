@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::admission::Admission;
 use super::breakers::Breakers;
 use super::discover::Link;
 use super::host::{Host, Store};
@@ -64,6 +65,8 @@ pub struct Worker<H> {
     pub(super) probing: Probing,
     /// The instance this Envoy registers, when configured.
     pub(super) provider: Option<Provider>,
+    /// What requests for unknown services may cost; which services requests use.
+    pub(super) admission: Admission,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -110,6 +113,7 @@ impl<H: Host> Worker<H> {
             schedules: HashMap::new(),
             detectors: Cache::default(),
             probing: Probing::default(),
+            admission: Admission::default(),
             tick,
             seen_generation: 0,
         })
@@ -204,6 +208,9 @@ impl<H: Host> Worker<H> {
                 Known::from_stored(&key, b)
             }) {
                 self.plans.remove(&key);
+                if self.cache.peek(&key).is_none() {
+                    self.admission.forget(&key);
+                }
             }
         }
         let caller = self.caller_key();
@@ -320,8 +327,9 @@ impl<H: Host> Worker<H> {
     }
 }
 
-/// Brings one cached value of `kind` up to date with its shared entry; true when it was replaced.
-/// An unusable entry keeps the last good value.
+/// Brings one cached value of `kind` up to date with its shared entry; true when it was replaced
+/// or dropped. An unusable entry keeps the last good value; an empty one (the leader dropped the
+/// service for idleness) drops it.
 fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     store: &S,
     cache: &mut Cache<T>,
@@ -332,6 +340,11 @@ fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     let (Some(bytes), cas) = store.get(&shared::resource_key(kind, key)) else {
         return false;
     };
+    if bytes.is_empty() {
+        let held = cache.peek(key).is_some();
+        cache.remove(key);
+        return held;
+    }
     match cache.install_shared(key, &bytes, cas, build) {
         Ok(replaced) => replaced,
         Err(e) => {
