@@ -80,6 +80,8 @@ pub(super) fn sweep<H: Host>(w: &mut Worker<H>, now_ms: u64) {
     let watched = store::watch_list(&w.host);
     w.counters
         .set(Gauge::WatchedServices, watched.services().len() as u64);
+    w.counters
+        .set(Gauge::SharedDataBytes, shared_bytes(&w.host, &watched));
     let mut idle = Vec::new();
     let seen = store::cas_update(&w.host, shared::SEEN_KEY, |bytes| {
         let mut seen = Seen::decode(bytes);
@@ -138,6 +140,37 @@ pub(super) fn sweep<H: Host>(w: &mut Worker<H>, now_ms: u64) {
     if let Err(e) = store::increment(&w.host, shared::GEN_KEY) {
         log::warn!("cannot bump snapshot generation after dropping idle services: {e}");
     }
+}
+
+/// Bytes held by the values of every shared-data key the filter knows of: the fixed records and
+/// each watched service's entries (an Envoy keeps a key once written; dropped services' keys
+/// hold empty values).
+fn shared_bytes<H: Host>(host: &H, watched: &WatchList) -> u64 {
+    let len = |key: &str| host.get(key).0.map_or(0, |v| v.len() as u64);
+    let fixed: u64 = [
+        shared::LEASE_KEY,
+        shared::SEQ_KEY,
+        shared::WATCH_KEY,
+        shared::GEN_KEY,
+        shared::BUDGET_KEY,
+        shared::SEEN_KEY,
+    ]
+    .iter()
+    .map(|k| len(k))
+    .sum();
+    let per_service: u64 = watched
+        .services()
+        .iter()
+        .map(|s| {
+            Kind::ALL
+                .iter()
+                .map(|k| len(&shared::resource_key(*k, s)))
+                .sum::<u64>()
+                + len(&shared::breaker_key(s))
+                + len(&shared::window_key(s))
+        })
+        .sum();
+    fixed + per_service
 }
 
 fn millis(d: std::time::Duration) -> u64 {

@@ -91,11 +91,14 @@ pub enum Gauge {
     BreakersOpen,
     /// Services on the watch list (the leader's view).
     WatchedServices,
+    /// Bytes of shared data the filter's records hold (values of every key it knows of).
+    SharedDataBytes,
 }
 
-const GAUGES: [(Gauge, &str); 2] = [
+const GAUGES: [(Gauge, &str); 3] = [
     (Gauge::BreakersOpen, "polaris_wasm.breakers_open"),
     (Gauge::WatchedServices, "polaris_wasm.watched_services"),
+    (Gauge::SharedDataBytes, "polaris_wasm.shared_data_bytes"),
 ];
 
 const ALL: [(Counter, &str); 40] = [

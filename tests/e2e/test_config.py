@@ -22,6 +22,16 @@ from harness.envoy import render, validate
         (plugin_config(refresh_intervall="1s"), "refresh_intervall", "unknown field"),
         (plugin_config(max_services=0), "max_services", "from 1 to"),
         (
+            plugin_config(admission={"allowed_services": ["ok", "bad name"]}),
+            "admission.allowed_services[1]",
+            "may hold only letters",
+        ),
+        (
+            plugin_config(admission={"new_services_per_second": 0}),
+            "admission.new_services_per_second",
+            "from 1 to 10000",
+        ),
+        (
             plugin_config(load_balancer={"policy": "ringHash", "ring_hash": {"vnodes": 0}}),
             "load_balancer.ring_hash.vnodes",
             "from 1 to 1000",

@@ -365,6 +365,18 @@ class Polaris:
         self._close_log()
         _live.discard(self)
 
+    def kill(self) -> None:
+        """SIGKILL the server's process group: no graceful shutdown, the store stays as is."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_log()
+        _live.discard(self)
+
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:
         # start_new_session=True: the server leads its own process group,
