@@ -142,7 +142,7 @@ def test_oversized_headers_cookies_and_queries_get_a_clear_answer_and_change_not
     e = envoy(polaris.grpc_port)
     client = e.client()
     assert client.counts(service, 5) == {"legit": 5}
-    picks = e.counter("picks")
+    picks = e.wait_counter("picks", lambda n: n == 5)
 
     big = "v" * (70 * 1024)  # Envoy's default limit on request headers is 60 KiB
     for headers, path in [
