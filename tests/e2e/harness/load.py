@@ -52,8 +52,9 @@ class Steady:
         rate: float = 100,
         limit: float = 900,
         path: str = "/",
+        headers: dict | None = None,
     ):
-        self.port, self.host, self.path = port, host, path
+        self.port, self.host, self.path, self.headers = port, host, path, headers
         self.period = 1.0 / rate
         self.limit = limit
         self.answers: list[Answer] = []
@@ -66,7 +67,7 @@ class Steady:
         next_at = time.monotonic()
         while not self._stop.is_set() and time.monotonic() < deadline:
             host = self.host() if callable(self.host) else self.host
-            self.answers.append(_send(box, self.port, host, self.path, None))
+            self.answers.append(_send(box, self.port, host, self.path, self.headers))
             next_at += self.period
             pause = next_at - time.monotonic()
             if pause > 0:

@@ -775,6 +775,11 @@ class Polaris:
         res = self._write("POST", "/naming/v2/routings", self._rules_list(rules_json))
         return [(r.get("data") or {}).get("id") for r in res]
 
+    def update_routing_v2(self, rule_id: str, rule: dict) -> None:
+        """PUT /naming/v2/routings: edits a rule in place (one write, so clients never see it
+        missing)."""
+        self._write("PUT", "/naming/v2/routings", [{**rule, "id": rule_id}])
+
     def delete_routing_v2(self, ids: Iterable[str]) -> None:
         self._write("POST", "/naming/v2/routings/delete", [{"id": i} for i in ids])
 
