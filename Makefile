@@ -41,7 +41,7 @@ include mk/fuzz.mk
 .PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench soak clean
 
 help:
-	@sed -n '3,8p' Makefile
+	@sed -n '3,7p' Makefile
 
 setup: rust-targets venv $(WBG_RUNNER) polaris-server parity-oracle
 
