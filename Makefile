@@ -38,7 +38,7 @@ include mk/parity.mk
 include mk/oci.mk
 include mk/fuzz.mk
 
-.PHONY: help setup rust-targets venv wasm lint test test-native test-wasm test-e2e test-parity demo bench soak clean
+.PHONY: help setup rust-targets venv wasm wasm-crash-hook lint test test-native test-wasm test-e2e test-parity demo bench soak clean
 
 help:
 	@sed -n '3,7p' Makefile
@@ -66,6 +66,11 @@ wasm: rust-targets
 	python3 scripts/wasm_exports.py $(WASM) --keep $(WASM_CALLBACKS)
 	@ls -l $(WASM) | awk '{print "wasm:", $$5, "bytes"}'
 
+# The filter with a crash hook (feature `crash-hook`) for the VM-reload test only
+# (tests/e2e/test_faults.py). Its own target dir, so the shipped module is never this one.
+wasm-crash-hook: rust-targets
+	cargo build --release --target wasm32-wasip1 --features crash-hook --target-dir target/crash-hook
+
 lint: rust-targets
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
@@ -84,7 +89,7 @@ test-wasm: rust-targets $(WBG_RUNNER)
 # One pytest session for both suites: they share one Polaris server (tests/conftest.py).
 # tests/parity asks polaris-go (build/parity-oracle) and the filter the same questions; it runs
 # first, as it needs a server where no other suite has left rules behind (it removes its own).
-test-e2e: venv wasm polaris-server parity-oracle oci oci-tools
+test-e2e: venv wasm wasm-crash-hook polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
 
 # The parity suite alone.

@@ -67,6 +67,8 @@ impl Context for Http {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        #[cfg(feature = "crash-hook")]
+        crash_if_asked();
         let verdict = self
             .exchange
             .on_request(&mut self.worker.borrow_mut(), &mut WasmStream);
@@ -84,5 +86,20 @@ impl HttpContext for Http {
         self.exchange
             .on_response(&mut self.worker.borrow_mut(), &mut WasmStream);
         Action::Continue
+    }
+}
+
+/// Test builds only (feature `crash-hook`): aborts the VM when the request asks for it.
+#[cfg(feature = "crash-hook")]
+fn crash_if_asked() {
+    let asked = hostcalls::get_map_value(
+        proxy_wasm::types::MapType::HttpRequestHeaders,
+        "x-polaris-test-crash",
+    );
+    if let Ok(Some(v)) = asked {
+        if v == "1" {
+            log::error!("x-polaris-test-crash: aborting this VM (crash-hook build)");
+            std::process::abort();
+        }
     }
 }

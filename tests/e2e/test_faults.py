@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import REFRESH
+from conftest import REFRESH, plugin_config
+from harness.envoy import ROOT, WASM, Envoy, render
 from harness.grpc_proxy import SpoilingProxy
 from harness.load import Steady
 from harness.polaris import Polaris, breaker_rule
@@ -153,4 +154,51 @@ def test_garbage_or_truncated_discover_answers_keep_the_last_good_snapshot(
         assert load.failed() == []
         assert "keeping the last good snapshot" in e.log_text()
     finally:
+        proxy.stop()
+
+
+CRASH_WASM = ROOT / "target/crash-hook/wasm32-wasip1/release/polaris_wasm.wasm"
+
+
+def test_a_worker_vm_reloaded_mid_traffic_decides_from_shared_data_with_polaris_down(
+    tmp_path, polaris, service, upstreams
+):
+    """The filter built with its test crash hook (`make wasm-crash-hook`): a request carrying
+    `x-polaris-test-crash: 1` aborts the worker's VM; the shipped FAIL_RELOAD policy loads a new
+    one for the next request. Polaris is unreachable by then (the proxy fails every call), so the
+    new VM can only decide from what shared data kept."""
+    assert CRASH_WASM.exists(), "run `make wasm-crash-hook`"
+    a, b = upstreams("a", "b")
+    register_all(polaris, service, [a, b])
+    proxy = SpoilingProxy(polaris.grpc_port).start()
+    e = Envoy(tmp_path / "envoy", {}, proxy.port, concurrency=1, config_text="-")
+    e.config_text = render(plugin_config(), e.listen_port, e.admin_port, proxy.port).replace(
+        f"filename: {WASM}", f"filename: {CRASH_WASM}"
+    )
+    assert str(CRASH_WASM) in e.config_text
+    e.start()
+    try:
+        client = e.client()
+        assert set(client.counts(service, 20)) == {"a", "b"}
+        proxy.mode = "down"
+        with Steady(e.listen_port, service, rate=100) as load:
+            time.sleep(1)
+            crashed = time.monotonic()
+            status, _, body = e.client().request(service, headers={"x-polaris-test-crash": "1"})
+            time.sleep(2)
+        after = load.between(crashed)
+        failed = [r for r in after if r.status != 200]
+        print(
+            f"crash request answered {status}; {len(after)} requests after it, {len(failed)} "
+            f"failed; answers {sorted({r.body for r in after if r.status == 200})}"
+        )
+        assert status != 200
+        assert len(failed) <= 2, [(r.status, r.reason, r.body[:80]) for r in failed]
+        ok = [r for r in after if r.status == 200]
+        assert len(ok) >= 50 and {r.body for r in ok} == {"a", "b"}
+        assert set(client.counts(service, 20)) == {"a", "b"}
+        log = e.log_text()
+        assert "x-polaris-test-crash: aborting this VM" in log
+    finally:
+        e.stop()
         proxy.stop()

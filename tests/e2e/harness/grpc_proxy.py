@@ -3,7 +3,8 @@
 Envoy's `polaris_grpc` cluster points here; every `v1.PolarisGRPC` call is forwarded to Polaris
 as raw bytes. With `mode` set, `Discover` answers are replaced: `garbage` (bytes that are no
 protobuf), `truncated` (the real answer without its last byte, so its last field is cut: never a
-valid protobuf), or passed as they are (`pass`). The gRPC
+valid protobuf), or passed as they are (`pass`); `down` fails every call with UNAVAILABLE, as an unreachable
+Polaris would. The gRPC
 status stays OK, so the filter sees a well-delivered answer it cannot use.
 """
 
@@ -43,6 +44,8 @@ class SpoilingProxy:
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details() or "")
             mode = self.mode
+            if mode == "down":
+                context.abort(grpc.StatusCode.UNAVAILABLE, "spoiling proxy: Polaris down")
             if method != "Discover" or mode == "pass":
                 return answer
             with self._lock:
