@@ -107,7 +107,20 @@ fn unknown_names_beyond_the_budget_are_answered_503_at_once_without_asking_polar
         }
     }
     assert_eq!(throttled, 7);
-    assert_eq!(discover_calls(&host), 6, "3 first discoveries of 2 calls");
+    let calls = host.take_calls();
+    let budget_reads = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Get(k) if k == shared::BUDGET_KEY))
+        .count();
+    assert_eq!(
+        budget_reads, 4,
+        "once used up, the second's budget is not read again"
+    );
+    let discovers = calls
+        .iter()
+        .filter(|c| matches!(c, Call::Grpc { method, .. } if method.ends_with("/Discover")))
+        .count();
+    assert_eq!(discovers, 6, "3 first discoveries of 2 calls");
 
     host.set_now(START + 1000);
     let (_, reply) = ask(&host, &mut w, "junk-next-second", not_found);

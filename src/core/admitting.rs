@@ -14,18 +14,21 @@ const SWEEP_EVERY_MS: u64 = 1000;
 
 /// Takes one first discovery from this Envoy's budget for the current second; the rejection when
 /// it is used up (or the budget record is contended: the request is answered, the next retries).
-pub(super) fn take_budget<H: Host>(w: &Worker<H>, key: &ServiceKey) -> Result<(), Rejection> {
+pub(super) fn take_budget<H: Host>(w: &mut Worker<H>, key: &ServiceKey) -> Result<(), Rejection> {
     let per_second = w.config.admission.new_services_per_second;
     let second = w.host.now_ms() / 1000;
-    let taken = store::cas_update(&w.host, shared::BUDGET_KEY, |bytes| {
-        match Budget::decode(bytes).take(second, per_second) {
-            Some(next) => Update::Write(next.encode(), true),
-            None => Update::Keep(false),
-        }
-    });
-    if taken.unwrap_or(false) {
+    let taken = w.admission.spent_second != Some(second)
+        && store::cas_update(&w.host, shared::BUDGET_KEY, |bytes| {
+            match Budget::decode(bytes).take(second, per_second) {
+                Some(next) => Update::Write(next.encode(), true),
+                None => Update::Keep(false),
+            }
+        })
+        .unwrap_or(false);
+    if taken {
         return Ok(());
     }
+    w.admission.spent_second = Some(second);
     w.counters.inc(Counter::DiscoveryThrottled);
     Err(Rejection::DiscoveryThrottled {
         service: key.clone(),
