@@ -4,6 +4,7 @@ session's Polaris: steady load, churn every second, a rule edit every 5 s."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
@@ -12,6 +13,7 @@ SOAK = Path(__file__).resolve().parents[2] / "scripts" / "soak.py"
 def load_soak():
     spec = importlib.util.spec_from_file_location("soak", SOAK)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["soak"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
