@@ -22,7 +22,7 @@ connections. It passes when:
 - memory is flat after warm-up (the first fifth): Envoy's RSS grows less than 5 % from the mean
   of the first three samples after warm-up to the mean of the last three; the filter's
   `shared_data_bytes` gauge (the bytes of every shared-data value it keeps, set by the leader
-  each second) likewise. Envoy has no stat for a wasm VM's memory: RSS includes the VMs.
+  every 5 s) likewise. Envoy has no stat for a wasm VM's memory: RSS includes the VMs.
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ pub struct Admission {
     used: HashMap<ServiceKey, bool>,
     pub(super) next_publish_ms: u64,
     pub(super) next_sweep_ms: u64,
+    /// When the leader next sums the shared-data bytes (reading every entry: not every sweep).
+    pub(super) next_measure_ms: u64,
     /// The second whose shared budget this worker saw used up: the rest of it is refused without
     /// touching shared data.
     pub(super) spent_second: Option<u64>,

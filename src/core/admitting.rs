@@ -11,6 +11,8 @@ use crate::shared::{self, admission::Budget, admission::Seen, WatchList};
 
 /// The leader looks for idle services at most this often.
 const SWEEP_EVERY_MS: u64 = 1000;
+/// The leader sums the shared-data bytes at most this often (it reads every entry).
+const MEASURE_EVERY_MS: u64 = 5000;
 
 /// Takes one first discovery from this Envoy's budget for the current second; the rejection when
 /// it is used up (or the budget record is contended: the request is answered, the next retries).
@@ -83,8 +85,11 @@ pub(super) fn sweep<H: Host>(w: &mut Worker<H>, now_ms: u64) {
     let watched = store::watch_list(&w.host);
     w.counters
         .set(Gauge::WatchedServices, watched.services().len() as u64);
-    w.counters
-        .set(Gauge::SharedDataBytes, shared_bytes(&w.host, &watched));
+    if now_ms >= w.admission.next_measure_ms {
+        w.admission.next_measure_ms = now_ms.saturating_add(MEASURE_EVERY_MS);
+        w.counters
+            .set(Gauge::SharedDataBytes, shared_bytes(&w.host, &watched));
+    }
     let mut idle = Vec::new();
     let seen = store::cas_update(&w.host, shared::SEEN_KEY, |bytes| {
         let mut seen = Seen::decode(bytes);

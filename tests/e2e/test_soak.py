@@ -25,4 +25,5 @@ def test_a_minute_of_churn_under_load_fails_nothing_and_memory_stays_flat(polari
     assert report.late == [], report.render()
     assert report.rss_growth < 0.05, report.render()
     assert report.shared_growth < 0.05, report.render()
+    assert all(s.shared_bytes > 0 for s in report.samples[1:]), "the leader reports shared data"
     assert report.requests >= 60 * 100, "moderate load: at least 100 requests a second"
