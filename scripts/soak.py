@@ -19,8 +19,9 @@ connections. It passes when:
   was isolated or deregistered, a registered or re-admitted instance answers within ALLOWANCE,
   gray requests hit only the rule's version from ALLOWANCE after each edit. ALLOWANCE is two
   refresh intervals plus Polaris's own cache (1 s: the server serves a write after it);
-- memory is flat after warm-up (the first fifth): Envoy's RSS grows less than 5 % from the mean
-  of the first three samples after warm-up to the mean of the last three; the filter's
+- memory is flat after warm-up (the first fifth): Envoy's RSS grows less than 5 % from the peak
+  of the first samples after warm-up to the peak of the last (windows of at least three samples
+  spanning a churn cycle: 30 s at the 10 s sampling); the filter's
   `shared_data_bytes` gauge (the bytes of every shared-data value it keeps, set by the leader
   every 5 s) likewise. Envoy has no stat for a wasm VM's memory: RSS includes the VMs.
 """
@@ -28,6 +29,7 @@ connections. It passes when:
 from __future__ import annotations
 
 import argparse
+import math
 import random
 import sys
 import tempfile
@@ -48,6 +50,8 @@ REFRESH = 1.0
 POLARIS_CACHE = 1.0
 ALLOWANCE = 2 * REFRESH + POLARIS_CACHE
 SAMPLE_EVERY = 10.0
+# The churn repeats every this many seconds.
+CYCLE = 20
 GRAY = {"x-soak": "gray"}
 
 
@@ -163,18 +167,20 @@ class Timeline:
         return out
 
 
-def growth(values: list[float]) -> float:
-    """Growth from the mean of the first samples to the mean of the last (three each, fewer in
-    a short run)."""
-    k = min(3, len(values) // 2)
+def growth(values: list[float], every: float) -> float:
+    """Growth from the peak of the first samples to the peak of the last: windows of at least
+    three samples spanning a whole churn cycle (what is registered or isolated at a sampling
+    instant changes the stored answers' size), at most half the samples each."""
+    k = min(max(3, math.ceil(CYCLE / every) + 1), len(values) // 2)
     if k == 0:
         return 0.0
-    first = sum(values[:k]) / k
-    last = sum(values[-k:]) / k
+    first, last = max(values[:k]), max(values[-k:])
     return (last - first) / first if first else 0.0
 
 
-def run(polaris: Polaris, workdir: Path, seconds: float, log=print) -> Report:
+def run(
+    polaris: Polaris, workdir: Path, seconds: float, sample_every: float = SAMPLE_EVERY, log=print
+) -> Report:
     service = f"soak-{uuid.uuid4().hex[:6]}"
     names = ["v1-fixed", "v1-iso", "v2-fixed", "v2-iso", "v1-pool", "v2-pool"]
     ups = {n: Upstream(n).start() for n in names}
@@ -228,8 +234,8 @@ def run(polaris: Polaris, workdir: Path, seconds: float, log=print) -> Report:
                             ),
                         )
                     )
-                    next_sample += SAMPLE_EVERY
-                step = tick % 20
+                    next_sample += sample_every
+                step = tick % CYCLE
                 t = time.monotonic()
                 if step in (0, 10):
                     n = "v1-pool" if step == 0 else "v2-pool"
@@ -276,8 +282,8 @@ def run(polaris: Polaris, workdir: Path, seconds: float, log=print) -> Report:
         check_changes(report, timeline, plain, gray, rule_versions, version, start, end)
         warm = seconds / 5
         after = [s for s in samples if s.at >= warm]
-        report.rss_growth = growth([s.rss_kb for s in after])
-        report.shared_growth = growth([s.shared_bytes for s in after])
+        report.rss_growth = growth([s.rss_kb for s in after], sample_every)
+        report.shared_growth = growth([s.shared_bytes for s in after], sample_every)
         log(report.render())
         return report
     finally:
