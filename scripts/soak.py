@@ -17,7 +17,8 @@ connections. It passes when:
   healthy instance);
 - every change reached traffic in time: no answer from an instance more than ALLOWANCE after it
   was isolated or deregistered, a registered or re-admitted instance answers within ALLOWANCE,
-  gray requests hit only the rule's version from ALLOWANCE after each edit. ALLOWANCE is two
+  gray requests hit only the rule's version from ALLOWANCE after each edit (re-weights are churn
+  only: their shares are not checked per change). ALLOWANCE is two
   refresh intervals plus Polaris's own cache (1 s: the server serves a write after it);
 - memory is flat after warm-up (the first fifth): Envoy's RSS grows less than 5 % from the peak
   of the first samples after warm-up to the peak of the last (windows of at least three samples
