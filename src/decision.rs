@@ -46,6 +46,13 @@ pub enum Rejection {
     },
     /// The watch list is full.
     TooManyServices { service: ServiceKey, limit: usize },
+    /// The service is not in `admission.allowed_services`.
+    NotAllowed(ServiceKey),
+    /// This Envoy started its `admission.new_services_per_second` first discoveries this second.
+    DiscoveryThrottled {
+        service: ServiceKey,
+        per_second: u32,
+    },
     /// A rate-limit rule's window is used up.
     RateLimited {
         service: ServiceKey,
@@ -69,6 +76,7 @@ impl Rejection {
         match self {
             Rejection::NoDestination { .. } => 400,
             Rejection::RateLimited { .. } => 429,
+            Rejection::NotAllowed(_) => 403,
             _ => 503,
         }
     }
@@ -84,6 +92,8 @@ impl Rejection {
             Rejection::NoMetadataMatch { .. } => "metadata-routing",
             Rejection::DiscoveryFailed { .. } => "discovery-failed",
             Rejection::TooManyServices { .. } => "too-many-services",
+            Rejection::NotAllowed(_) => "service-not-allowed",
+            Rejection::DiscoveryThrottled { .. } => "discovery-throttled",
             Rejection::HostRefused { .. } => "host-refused",
             Rejection::RateLimited { .. } => "rate-limited",
             Rejection::CircuitOpen { .. } => "circuit-open",
@@ -135,6 +145,21 @@ impl fmt::Display for Rejection {
                 f,
                 "cannot watch service {} in namespace {}: already watching {limit} services \
                  (max_services)",
+                service.name, service.namespace
+            ),
+            Rejection::NotAllowed(s) => write!(
+                f,
+                "service {} in namespace {} is not in admission.allowed_services",
+                s.name, s.namespace
+            ),
+            Rejection::DiscoveryThrottled {
+                service,
+                per_second,
+            } => write!(
+                f,
+                "service {} in namespace {} is not known yet and this Envoy already started \
+                 {per_second} first discoveries this second (admission.new_services_per_second); \
+                 retry later",
                 service.name, service.namespace
             ),
             Rejection::HostRefused { what } => write!(f, "Envoy refused a host call: {what}"),

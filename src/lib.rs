@@ -2,6 +2,7 @@
 //!
 //! Everything but [`host`] is plain Rust with no proxy-wasm calls, tested natively and as wasm32.
 
+pub mod allow;
 pub mod breaker;
 pub mod config;
 pub mod core;

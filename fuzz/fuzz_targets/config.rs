@@ -46,6 +46,10 @@ const NESTED: &[&str] = &[
     "headers",
     "header",
     "x-meta",
+    "allowed_services",
+    "new_services_per_second",
+    "not_found_ttl",
+    "idle_timeout",
 ];
 
 /// String values the fields take, valid and not.
@@ -54,6 +58,8 @@ const STRINGS: &[&str] = &[
     "default",
     "echo",
     "",
+    "shop-*",
+    "*/x",
     "500ms",
     "2s",
     "1m",
@@ -183,6 +189,11 @@ fn check(bytes: &[u8]) {
             assert!(discover.contains(&config.discover_timeout));
             assert!(config.lazy_load_timeout <= Duration::from_secs(60));
             assert!((1..=100_000).contains(&config.max_services));
+            let admission = &config.admission;
+            assert!((1..=10_000).contains(&admission.new_services_per_second));
+            assert!(admission.not_found_ttl <= Duration::from_secs(600));
+            let idle = Duration::from_secs(1)..=Duration::from_secs(7 * 24 * 3600);
+            assert!(idle.contains(&admission.idle_timeout));
             assert!(!config.upstream_header.is_empty());
             assert!(config.metadata.labels.len() <= 3);
             assert!(config.nearby.max_match_level <= config.nearby.match_level);

@@ -1,6 +1,6 @@
 //! The records workers read back from proxy-wasm shared data, as arbitrary bytes (another VM, an
 //! older build or a torn write may have left anything there): the watch list, the leader lease
-//! and the counters.
+//! the counters, and the admission records (first-discovery budget, services last asked for).
 //!
 //! Invariants:
 //! - nothing panics;
@@ -10,11 +10,15 @@
 //! - adding to a decoded list keeps it within its limit and never duplicates a service;
 //! - a decoded lease encodes to a value that decodes to it; `step` follows only a readable,
 //!   live lease of another owner;
-//! - a counter is its 8 little-endian bytes, anything else reads as 0, and encoding round-trips.
+//! - a counter is its 8 little-endian bytes, anything else reads as 0, and encoding round-trips;
+//! - a budget decodes from exactly 12 bytes (else reads as unused), round-trips, and `take`
+//!   never hands out more than its size in a second;
+//! - the services-last-asked-for record round-trips, and `touch` only moves a time forward.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use polaris_wasm::model::ServiceKey;
+use polaris_wasm::shared::admission::{Budget, Seen};
 use polaris_wasm::shared::lease::{step, Lease, LeaseStep};
 use polaris_wasm::shared::{decode_counter, encode_counter, Added, WatchList};
 
@@ -68,4 +72,25 @@ fuzz_target!(|data: &[u8]| {
         Err(_) => assert_eq!(n, 0),
     }
     assert_eq!(decode_counter(Some(&encode_counter(n))), n);
+
+    let budget = Budget::decode(Some(data));
+    if data.len() != 12 {
+        assert_eq!(budget, Budget::default());
+    }
+    assert_eq!(Budget::decode(Some(&budget.encode())), budget);
+    let per_second = u32::from(data.first().copied().unwrap_or(0) % 8);
+    let second = budget.second;
+    let mut b = Budget { second, used: 0 };
+    for _ in 0..per_second {
+        b = b.take(second, per_second).expect("within the size");
+    }
+    assert_eq!(b.take(second, per_second), None, "more than the size in a second");
+
+    let seen = Seen::decode(Some(data));
+    assert_eq!(Seen::decode(Some(&seen.encode())), seen, "seen does not round-trip");
+    let mut touched = seen.clone();
+    let key = ServiceKey::new("default", "fuzz-extra");
+    let before = touched.get(&key);
+    touched.touch(&key, 5);
+    assert_eq!(touched.get(&key), Some(before.map_or(5, |t| t.max(5))));
 });

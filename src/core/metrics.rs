@@ -90,6 +90,12 @@ pub enum Counter {
     LimiterReports,
     /// Limiter sync failures: streams that failed or closed, error codes, TimeAdjust failures.
     LimiterSyncErrors,
+    /// Requests naming a service outside `admission.allowed_services` (answered 403).
+    NotAllowed,
+    /// First discoveries refused because this second's budget was used up (answered 503).
+    DiscoveryThrottled,
+    /// Services dropped from the watch list and shared data after `admission.idle_timeout`.
+    ServicesDropped,
 }
 
 /// Gauges the leader sets.
@@ -99,14 +105,20 @@ pub enum Gauge {
     BreakersOpen,
     /// polaris-limiter streams up (open, initialized, answered within a second): the leader's.
     LimiterStreamsUp,
+    /// Services on the watch list (the leader's view).
+    WatchedServices,
+    /// Bytes of shared data the filter's records hold (values of every key it knows of).
+    SharedDataBytes,
 }
 
-const GAUGES: [(Gauge, &str); 2] = [
+const GAUGES: [(Gauge, &str); 4] = [
     (Gauge::BreakersOpen, "polaris_wasm.breakers_open"),
     (Gauge::LimiterStreamsUp, "polaris_wasm.limiter_streams_up"),
+    (Gauge::WatchedServices, "polaris_wasm.watched_services"),
+    (Gauge::SharedDataBytes, "polaris_wasm.shared_data_bytes"),
 ];
 
-const ALL: [(Counter, &str); 45] = [
+const ALL: [(Counter, &str); 48] = [
     (Counter::DiscoverRequests, "polaris_wasm.discover_requests"),
     (Counter::Refreshes, "polaris_wasm.refreshes"),
     (Counter::RefreshErrors, "polaris_wasm.refresh_errors"),
@@ -227,6 +239,12 @@ const ALL: [(Counter, &str); 45] = [
         Counter::LimiterSyncErrors,
         "polaris_wasm.limiter_sync_errors",
     ),
+    (Counter::NotAllowed, "polaris_wasm.not_allowed"),
+    (
+        Counter::DiscoveryThrottled,
+        "polaris_wasm.discovery_throttled",
+    ),
+    (Counter::ServicesDropped, "polaris_wasm.services_dropped"),
 ];
 
 /// The VM's counters; a metric the host refused to define is skipped, never fatal.

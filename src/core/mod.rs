@@ -8,6 +8,8 @@
 //!   `on_call_result` for the root context's calls.
 //! - [`Exchange`]: one HTTP stream; `on_request`, `on_call_result`, `on_response`.
 
+pub mod admission;
+pub mod admitting;
 pub mod breakers;
 pub mod breaking;
 pub mod discover;
@@ -32,6 +34,8 @@ pub mod store;
 pub mod tick;
 pub mod worker;
 
+#[cfg(test)]
+mod admission_tests;
 #[cfg(test)]
 mod breaker_tests;
 #[cfg(test)]

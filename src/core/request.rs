@@ -5,6 +5,8 @@
 //! the destination header, write the upstream header) and allocates nothing. Rules read only the
 //! request facts they name.
 
+use super::admission::{Negative, FAILURE_MEMORY_MS};
+use super::admitting;
 use super::breaking::{self, Feedback};
 use super::facts::StreamFacts;
 use super::host::{CallResult, Host, Stream};
@@ -24,8 +26,6 @@ use crate::routing::{Plan, Rules};
 use crate::shared::Added;
 use crate::snapshot::{decode_instances, Discovered, DiscoveryError, Known};
 
-/// How long a failed first discovery is remembered, so a down Polaris is not asked per request.
-const FAILURE_MEMORY_MS: u64 = 1000;
 /// Request header asking for the decision trace (honoured when `debug_trace` is on).
 pub const DEBUG_HEADER: &str = "x-polaris-debug";
 /// Trace header: the unirate turn a request waited for (`queued/RULE/WAITms`), or the rule
@@ -364,17 +364,25 @@ impl Exchange {
                 source: w.config.destination.describe(),
             });
         };
-        match w.lookup(&key) {
-            None => return Route::Load(key),
-            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(key)),
-            Some(Known::Failed(cause)) => {
-                let cause = cause.clone();
-                return Route::Reject(Rejection::DiscoveryFailed {
-                    service: key,
-                    cause,
-                });
+        if let Some(allowed) = &w.config.admission.allowed {
+            if !allowed.allows(&key) {
+                w.counters.inc(Counter::NotAllowed);
+                return Route::Reject(Rejection::NotAllowed(key));
             }
-            Some(Known::Ready(_)) => {}
+        }
+        let host = &w.host;
+        if let Some(r) = w.admission.remembered(&key, || host.now_ms()) {
+            return Route::Reject(r);
+        }
+        match w.lookup(&key) {
+            None => {
+                if let Err(r) = admitting::take_budget(w, &key) {
+                    return Route::Reject(r);
+                }
+                return Route::Load(key);
+            }
+            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(key)),
+            Some(Known::Ready(_)) => w.admission.touch(&key),
         }
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {
             return Route::Load(key);
@@ -644,6 +652,7 @@ fn reply<H: Host>(w: &Worker<H>, rejection: &Rejection) -> LocalReply {
         Rejection::RateLimited { retry_after_s, .. } => {
             vec![("retry-after".to_string(), retry_after_s.to_string())]
         }
+        Rejection::DiscoveryThrottled { .. } => vec![("retry-after".to_string(), "1".to_string())],
         _ => Vec::new(),
     };
     LocalReply {
@@ -701,9 +710,10 @@ fn install_loaded<H: Host>(
         Ok(b) => b,
         Err(e) => {
             let cause = DiscoveryError::Unreachable(e);
-            let until = w.host.now_ms().saturating_add(FAILURE_MEMORY_MS);
-            w.cache
-                .install_transient(key, Known::Failed(cause.clone()), Some(until));
+            let now = w.host.now_ms();
+            let until = now.saturating_add(FAILURE_MEMORY_MS);
+            w.admission
+                .remember(key, Negative::Failed(cause.clone()), now, until);
             return Err(failed(cause));
         }
     };
@@ -760,8 +770,10 @@ fn install_loaded<H: Host>(
             Ok(())
         }
         Ok(Discovered::NotFound) => {
-            let until = w.host.now_ms().saturating_add(interval);
-            w.cache.install_transient(key, Known::NotFound, Some(until));
+            let now = w.host.now_ms();
+            let ttl = u64::try_from(w.config.admission.not_found_ttl.as_millis()).unwrap_or(0);
+            w.admission
+                .remember(key, Negative::NotFound, now, now.saturating_add(ttl));
             Err(Rejection::ServiceNotFound(key.clone()))
         }
         Ok(Discovered::Unchanged) => Err(failed(DiscoveryError::NoChangeOnFirst)),

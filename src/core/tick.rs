@@ -1,6 +1,7 @@
 //! A thread's timer and its root context's call answers: the leader's refresh, breaker state and
 //! probes, then resync and metrics.
 
+use super::admitting;
 use super::breaking;
 use super::global_limit;
 use super::host::{CallResult, Host};
@@ -57,8 +58,12 @@ impl<H: Host> Worker<H> {
             let here = &self.config.nearby.location;
             p.tick(&self.host, &self.link, &self.counters, here, now);
         }
+        if self.leader.holds_lease() {
+            admitting::sweep(self, now);
+        }
         self.resync();
         global_limit::tick(self, now);
+        admitting::publish(self, now);
         if self.config.breaker.is_some() {
             breaking::flush_windows(self, now);
             if self.leader.holds_lease() {

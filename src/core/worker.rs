@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rustc_hash::FxHashMap;
 
+use super::admission::Admission;
 use super::breakers::Breakers;
 use super::discover::Link;
 use super::host::{Host, Store};
@@ -74,6 +75,8 @@ pub struct Worker<H> {
     /// When the next full tick (lease, refresh, resync, metrics) is due: ticks come faster
     /// while requests are queued, and those in between only resume them.
     pub(super) next_full_tick: u64,
+    /// What requests for unknown services may cost; which services requests use.
+    pub(super) admission: Admission,
     /// How often the host should call `on_tick`.
     tick: Duration,
     /// No location was configured: Envoy's node locality is read on first use (the node
@@ -127,6 +130,7 @@ impl<H: Host> Worker<H> {
             probing: Probing::default(),
             queue: Queue::default(),
             next_full_tick: 0,
+            admission: Admission::default(),
             tick,
             seen_generation: 0,
         };
@@ -224,6 +228,9 @@ impl<H: Host> Worker<H> {
                 Known::from_stored(&key, b)
             }) {
                 self.plans.remove(&key);
+                if self.cache.peek(&key).is_none() {
+                    self.admission.forget(&key);
+                }
             }
         }
         let caller = self.caller_key();
@@ -340,8 +347,9 @@ impl<H: Host> Worker<H> {
     }
 }
 
-/// Brings one cached value of `kind` up to date with its shared entry; true when it was replaced.
-/// An unusable entry keeps the last good value.
+/// Brings one cached value of `kind` up to date with its shared entry; true when it was replaced
+/// or dropped. An unusable entry keeps the last good value; an empty one (the leader dropped the
+/// service for idleness) drops it.
 fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     store: &S,
     cache: &mut Cache<T>,
@@ -352,6 +360,11 @@ fn sync<S: Store + ?Sized, T, E: std::fmt::Display>(
     let (Some(bytes), cas) = store.get(&shared::resource_key(kind, key)) else {
         return false;
     };
+    if bytes.is_empty() {
+        let held = cache.peek(key).is_some();
+        cache.remove(key);
+        return held;
+    }
     match cache.install_shared(key, &bytes, cas, build) {
         Ok(replaced) => replaced,
         Err(e) => {

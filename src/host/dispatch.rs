@@ -213,6 +213,8 @@ pub extern "C" fn polaris_on_request_headers(
     _num_headers: usize,
     _end_of_stream: bool,
 ) -> Action {
+    #[cfg(feature = "crash-hook")]
+    crash_if_asked();
     with_vm(|vm| {
         let Some((root, worker)) = vm.newest() else {
             return Action::Continue;
@@ -402,4 +404,16 @@ pub extern "C" fn polaris_on_http_call_response(
             worker.on_http_call_result(token, status, &body);
         }
     });
+}
+
+/// Test builds only (feature `crash-hook`): aborts the VM when the request asks for it.
+#[cfg(feature = "crash-hook")]
+fn crash_if_asked() {
+    let asked = hostcalls::get_map_value(MapType::HttpRequestHeaders, "x-polaris-test-crash");
+    if let Ok(Some(v)) = asked {
+        if v == "1" {
+            log::error!("x-polaris-test-crash: aborting this VM (crash-hook build)");
+            std::process::abort();
+        }
+    }
 }

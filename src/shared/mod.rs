@@ -7,13 +7,16 @@
 //! | `polaris-wasm/seq` | counter handing each root context a unique id |
 //! | `polaris-wasm/watch` | [`watch::WatchList`]: services the leader refreshes |
 //! | `polaris-wasm/gen` | bumped on every snapshot write, so workers resync cheaply |
-//! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`, `circuitbreaker`, `faultdetector`) |
+//! | `polaris-wasm/budget` | [`admission::Budget`]: first discoveries started this second |
+//! | `polaris-wasm/seen` | [`admission::Seen`]: when each watched service was last asked for |
+//! | `polaris-wasm/<kind>/<ns>/<name>` | the last good `DiscoverResponse` of that kind (`instances`, `routing`, `circuitbreaker`, `faultdetector`); empty once the service was dropped for idleness |
 //! | `polaris-wasm/cb/<ns>/<name>` | [`crate::breaker::Table`]: the circuit-breaker state of the service's resources |
 //! | `polaris-wasm/cbw/<ns>/<name>` | [`crate::breaker::window::Windows`]: ERROR_RATE counts, merged by every worker |
 //! | `polaris-wasm/grl/w/<ns>/<name>/<rule>/<window ms>/<label hash>` | [`crate::limit::GlobalWindow`]: this Envoy's record of a GLOBAL rule's window (`core::global_take`) |
 //! | `polaris-wasm/grl/list` | JSON list of the GLOBAL window keys the leader syncs with polaris-limiter |
 //! | `polaris-wasm/grl/client-id`, `grl/offset`, `grl/answered` | this Envoy's limiter clientId, the limiter's clock offset (ms, i64 LE), when the limiter last answered (ms, u64 LE) |
 
+pub mod admission;
 pub mod lease;
 pub mod watch;
 
@@ -25,6 +28,8 @@ pub const LEASE_KEY: &str = "polaris-wasm/lease";
 pub const SEQ_KEY: &str = "polaris-wasm/seq";
 pub const WATCH_KEY: &str = "polaris-wasm/watch";
 pub const GEN_KEY: &str = "polaris-wasm/gen";
+pub const BUDGET_KEY: &str = "polaris-wasm/budget";
+pub const SEEN_KEY: &str = "polaris-wasm/seen";
 
 /// Shared-data key of one kind of data about a service.
 pub fn resource_key(kind: Kind, service: &ServiceKey) -> String {

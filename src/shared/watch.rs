@@ -55,6 +55,13 @@ impl WatchList {
         self.services.contains(key)
     }
 
+    /// Drops every service `drop` says yes to; true when any went.
+    pub fn remove_where(&mut self, mut drop: impl FnMut(&ServiceKey) -> bool) -> bool {
+        let before = self.services.len();
+        self.services.retain(|k| !drop(k));
+        self.services.len() != before
+    }
+
     pub fn add(&mut self, key: &ServiceKey, limit: usize) -> Added {
         if self.contains(key) {
             Added::AlreadyWatched

@@ -4,7 +4,7 @@
 
 use rustc_hash::FxHashMap;
 
-use super::decode::{decode_instances, DecodeError, Discovered, DiscoveryError};
+use super::decode::{decode_instances, DecodeError, Discovered};
 use crate::model::{ServiceKey, ServiceSnapshot};
 
 /// What a worker knows about a service's instances.
@@ -12,8 +12,6 @@ use crate::model::{ServiceKey, ServiceSnapshot};
 pub enum Known {
     Ready(Box<ServiceSnapshot>),
     NotFound,
-    /// The first discovery failed; remembered briefly so a down Polaris is not asked per request.
-    Failed(DiscoveryError),
 }
 
 impl Known {

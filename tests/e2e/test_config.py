@@ -28,6 +28,16 @@ from harness.envoy import render, validate
             "not both",
         ),
         (
+            plugin_config(admission={"allowed_services": ["ok", "bad name"]}),
+            "admission.allowed_services[1]",
+            "may hold only letters",
+        ),
+        (
+            plugin_config(admission={"new_services_per_second": 0}),
+            "admission.new_services_per_second",
+            "from 1 to 10000",
+        ),
+        (
             plugin_config(load_balancer={"policy": "ringHash", "ring_hash": {"vnodes": 0}}),
             "load_balancer.ring_hash.vnodes",
             "from 1 to 1000",

@@ -360,12 +360,15 @@ class World:
 
     def _warm_up(self, timeout: float = 30.0) -> None:
         """One request per case, so every Envoy has loaded its services before the questions
-        (a first load on a busy machine must not pass for an answer)."""
+        (a first load on a busy machine must not pass for an answer, nor a first discovery the
+        budget of the second refused)."""
         deadline = time.monotonic() + timeout
         for case in self.cases.values():
             while True:
                 status, headers, _ = self.send(case.profile, self.svc(case), Req("warm-up"))
-                if headers.get("x-polaris-reason") != "discovery-failed":
+                # Throttled: the Envoy's first-discovery budget of the second (`admission`) was
+                # used up, nothing was loaded: ask again.
+                if headers.get("x-polaris-reason") not in ("discovery-failed", "discovery-throttled"):
                     break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{case.profile} Envoy cannot load {self.svc(case)}: {status} {headers}")

@@ -365,6 +365,18 @@ class Polaris:
         self._close_log()
         _live.discard(self)
 
+    def kill(self) -> None:
+        """SIGKILL the server's process group: no graceful shutdown, the store stays as is."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._signal(proc, signal.SIGKILL)
+            try:
+                proc.wait(timeout=10.0)
+            except subprocess.TimeoutExpired:
+                pass
+        self._close_log()
+        _live.discard(self)
+
     @staticmethod
     def _signal(proc: subprocess.Popen, sig: int) -> None:
         # start_new_session=True: the server leads its own process group,
@@ -762,6 +774,11 @@ class Polaris:
         list of rule dicts, one dict, or a JSON string; returns the new ids."""
         res = self._write("POST", "/naming/v2/routings", self._rules_list(rules_json))
         return [(r.get("data") or {}).get("id") for r in res]
+
+    def update_routing_v2(self, rule_id: str, rule: dict) -> None:
+        """PUT /naming/v2/routings: edits a rule in place (one write, so clients never see it
+        missing)."""
+        self._write("PUT", "/naming/v2/routings", [{**rule, "id": rule_id}])
 
     def delete_routing_v2(self, ids: Iterable[str]) -> None:
         self._write("POST", "/naming/v2/routings/delete", [{"id": i} for i in ids])
