@@ -20,7 +20,7 @@
 use libfuzzer_sys::fuzz_target;
 use polaris_wasm::breaker::rule::select as select_breakers;
 use polaris_wasm::breaker::{probe, Level, Rules, Settings};
-use polaris_wasm::limit::Limits;
+use polaris_wasm::limit::{Behavior, Limits, RuleSettings};
 use polaris_wasm::model::{Kind, ServiceKey};
 use polaris_wasm::polaris::{client, proto};
 use polaris_wasm::routing::Caller;
@@ -74,8 +74,14 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(skipped, skipped_again);
     let dry_run: Vec<String> = limits.rules.first().map(|r| r.name.clone()).into_iter().collect();
     let bytes = stored(Kind::RateLimit, &key, response.clone());
-    let from_stored = Limits::from_stored(&key, &bytes, &dry_run).expect("a well-formed answer");
-    assert_eq!(from_stored.rules.len(), limits.rules.len());
+    let settings = RuleSettings {
+        dry_run: dry_run.clone(),
+        ..RuleSettings::default()
+    };
+    let from_stored = Limits::from_stored(&key, &bytes, &settings).expect("a well-formed answer");
+    // A CONCURRENCY rule without any threshold is skipped once stored.
+    let kept = limits.rules.iter().filter(|r| r.behavior != Behavior::Concurrency { max: 0 }).count();
+    assert_eq!(from_stored.rules.len(), kept);
     for r in &from_stored.rules {
         assert_eq!(r.dry_run, dry_run.contains(&r.name), "{r:?}");
     }
