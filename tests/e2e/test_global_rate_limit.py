@@ -144,6 +144,10 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
     t = threading.Thread(target=trickle)
     t.start()
     try:
+        # The loaded Envoy's leader opens its limiter stream for its first key: have it open and
+        # INIT answered before measuring (a FAILOVER_PASS key passes while nothing answers).
+        loaded.client().request(service)
+        loaded.wait_counter("limiter_inits", lambda n: n > 0)
         time.sleep(1.2)
 
         def two_windows() -> dict:
