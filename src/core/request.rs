@@ -240,12 +240,14 @@ impl Exchange {
         self.ticket.as_ref()
     }
 
-    /// The calls this stream waits on: their answers go to [`Exchange::on_call_result`].
+    /// The calls this stream still waits on: their answers go to [`Exchange::on_call_result`].
     pub fn pending_calls(&self) -> Vec<u32> {
-        let loading = self
-            .loading
-            .iter()
-            .flat_map(|l| l.tokens.iter().map(|(t, _)| *t));
+        let loading = self.loading.iter().flat_map(|l| {
+            l.tokens
+                .iter()
+                .filter(|(_, kind)| !l.answers.iter().any(|(answered, _)| answered == kind))
+                .map(|(t, _)| *t)
+        });
         let offline = self.offline.iter().map(|step| match step {
             OfflineStep::Isolating(t) | OfflineStep::Deregistering(t, _) => *t,
         });

@@ -195,9 +195,18 @@ fn a_first_request_waits_for_instances_and_rules_then_is_forwarded() {
     );
     let (instances_token, routing_token) = last_two_tokens(&host);
     assert_eq!(
+        exchange.pending_calls(),
+        vec![instances_token, routing_token]
+    );
+    assert_eq!(
         exchange.on_call_result(&mut w, &mut stream, routing_token, Ok(no_rules())),
         None,
         "still waiting for the instances"
+    );
+    assert_eq!(
+        exchange.pending_calls(),
+        vec![instances_token],
+        "the answered one is not"
     );
     let verdict = exchange.on_call_result(
         &mut w,
@@ -206,6 +215,7 @@ fn a_first_request_waits_for_instances_and_rules_then_is_forwarded() {
         Ok(instances("r1", &[9])),
     );
     assert_eq!(verdict, Some(Verdict::Forward));
+    assert_eq!(exchange.pending_calls(), Vec::<u32>::new());
     assert_eq!(stream.header("x-polaris-upstream"), Some("127.0.0.1:9"));
     assert_eq!(
         host.stored(shared::WATCH_KEY).as_deref(),

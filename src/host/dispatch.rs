@@ -62,10 +62,14 @@ impl Vm {
         self.roots.last_mut().map(|(id, w)| (*id, w))
     }
 
-    /// Keeps the stream while the core needs it, and notes the calls it waits on.
-    fn hold(&mut self, stream: u32, root: u32, exchange: Exchange, verdict: &Verdict) {
-        if matches!(verdict, Verdict::Wait) || exchange.wants_response() || exchange.wants_end() {
-            for token in exchange.pending_calls() {
+    /// Keeps the stream while the core needs it, and notes the calls it waits on. The lean
+    /// build gets no response or stream end, so it keeps a stream only for its calls' answers
+    /// (anything more would never be let go).
+    fn hold(&mut self, stream: u32, root: u32, exchange: Exchange) {
+        let calls = exchange.pending_calls();
+        let later = exchange.wants_response() || exchange.wants_end();
+        if !calls.is_empty() || (later && !lean()) {
+            for token in calls {
                 self.callouts.insert(token, stream);
             }
             self.held.insert(stream, Held { root, exchange });
@@ -229,7 +233,7 @@ pub extern "C" fn polaris_on_request_headers(
             }
             Verdict::Wait => Action::Pause,
         };
-        vm.hold(context_id, root, exchange, &verdict);
+        vm.hold(context_id, root, exchange);
         action
     })
     .unwrap_or(Action::Continue)
@@ -318,8 +322,7 @@ fn stream_answer(vm: &mut Vm, stream: u32, token: u32, status: u32, size: usize)
         Some(Verdict::Reply(reply)) => send(stream, reply),
         Some(Verdict::Wait) | None => {}
     }
-    let verdict = verdict.unwrap_or(Verdict::Wait);
-    vm.hold(stream, root, exchange, &verdict);
+    vm.hold(stream, root, exchange);
 }
 
 /// A message on one of the leader's polaris-limiter streams; false if `token` is not one.
