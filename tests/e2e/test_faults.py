@@ -202,7 +202,8 @@ def test_a_worker_vm_reloaded_mid_traffic_decides_from_shared_data_with_polaris_
         assert status != 200
         # Envoy answers 503 until it has loaded the new VM (FAIL_RELOAD's backoff), then every
         # request is decided by the new VM from shared data.
-        assert all(r.status == 503 for r in failed), failed
+        # A request in flight on the VM that aborted may lose its connection instead (status 0).
+        assert all(r.status in (503, 0) for r in failed), failed
         assert reloaded < 1.5, reloaded
         ok = [r for r in after if r.status == 200]
         assert len(ok) >= 50 and {r.body for r in ok} == {"a", "b"}
