@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
 from typing import Callable
 
 import pytest
 
 from harness.envoy import BUILDS, Client, Envoy
-from harness.upstream import Upstream
+from harness.fixtures import service, upstreams  # noqa: F401 (fixtures)
 
 REFRESH = 1.0  # seconds; the plugin's refresh_interval in these tests
 
@@ -20,27 +18,6 @@ def plugin_config(**overrides) -> dict:
     config = {"polaris_cluster": "polaris_grpc", "refresh_interval": f"{int(REFRESH * 1000)}ms"}
     config.update(overrides)
     return config
-
-
-@pytest.fixture
-def service(request) -> str:
-    """A service name of this test's own, so tests never see each other's instances."""
-    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    return f"{stem}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def upstreams() -> Callable[..., list[Upstream]]:
-    started: list[Upstream] = []
-
-    def start(*names: str) -> list[Upstream]:
-        ups = [Upstream(name).start() for name in names]
-        started.extend(ups)
-        return ups
-
-    yield start
-    for u in started:
-        u.stop()
 
 
 # The behaviour suites: each of their tests runs against both builds (the wasm filter and the

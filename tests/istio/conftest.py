@@ -9,15 +9,13 @@ Polaris server and the upstreams of this session live in the same namespaces as 
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
 import chain as ch
-from harness.upstream import Upstream
+from harness.fixtures import service, upstreams  # noqa: F401 (fixtures)
 
 ch.enter_private_namespaces()
 
@@ -67,24 +65,3 @@ def chain(polaris, tmp_path_factory) -> Chain:
         for p in (agent, istiod, registry):
             if p is not None:
                 p.stop()
-
-
-@pytest.fixture
-def service(request) -> str:
-    """A service name of this test's own, so tests never see each other's instances."""
-    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    return f"{stem}-{uuid.uuid4().hex[:6]}"
-
-
-@pytest.fixture
-def upstreams() -> Callable[..., list[Upstream]]:
-    started: list[Upstream] = []
-
-    def start(*names: str) -> list[Upstream]:
-        ups = [Upstream(name).start() for name in names]
-        started.extend(ups)
-        return ups
-
-    yield start
-    for u in started:
-        u.stop()
