@@ -21,6 +21,40 @@ pub fn frame(message: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Takes the first whole message frame off `buf`: `Ok(None)` while it is incomplete.
+pub fn take_frame(buf: &mut Vec<u8>) -> Result<Option<Vec<u8>>, CallError> {
+    let (Some(&flag), Some(len)) = (buf.first(), buf.get(1..5)) else {
+        return Ok(None);
+    };
+    if flag != 0 {
+        return Err(error(INTERNAL, "compressed gRPC message"));
+    }
+    let mut n = [0u8; 4];
+    n.copy_from_slice(len);
+    let end = usize::try_from(u32::from_be_bytes(n))
+        .ok()
+        .and_then(|n| n.checked_add(5))
+        .ok_or_else(|| error(INTERNAL, "oversized gRPC message"))?;
+    let Some(message) = buf.get(5..end).map(<[u8]>::to_vec) else {
+        return Ok(None);
+    };
+    buf.drain(..end);
+    Ok(Some(message))
+}
+
+/// The Envoy cluster an encoded `GrpcService { envoy_grpc { cluster_name } }` names (what the
+/// core passes as a call's `upstream`, built by `polaris::client::envoy_grpc_service`).
+pub fn cluster_of(upstream: &str) -> Option<&str> {
+    let b = upstream.as_bytes();
+    let (&[0x0a, outer, 0x0a, inner], rest) = (b.get(..4)?, b.get(4..)?) else {
+        return None;
+    };
+    let n = usize::from(inner);
+    (usize::from(outer) == n + 2 && rest.len() == n)
+        .then(|| upstream.get(4..))
+        .flatten()
+}
+
 fn error(status: u32, message: impl Into<String>) -> CallError {
     CallError {
         status,
@@ -121,6 +155,26 @@ mod tests {
             e.and_then(|e| e.message).as_deref(),
             Some("no healthy upstream")
         );
+    }
+
+    #[test]
+    fn the_cluster_of_an_encoded_grpc_service_reads_back() {
+        let up = polaris_wasm::polaris::client::envoy_grpc_service("polaris_limiter");
+        assert_eq!(up.as_deref().and_then(cluster_of), Some("polaris_limiter"));
+        assert_eq!(cluster_of("polaris_grpc"), None);
+        assert_eq!(cluster_of("\u{0a}\u{09}\u{0a}\u{07}abc"), None);
+    }
+
+    #[test]
+    fn frames_are_taken_whole_and_a_partial_one_waits() {
+        let mut buf = frame(b"one");
+        buf.extend(frame(b"two"));
+        buf.truncate(buf.len() - 1);
+        assert_eq!(take_frame(&mut buf), Ok(Some(b"one".to_vec())));
+        assert_eq!(take_frame(&mut buf), Ok(None));
+        buf.push(b'o');
+        assert_eq!(take_frame(&mut buf), Ok(Some(b"two".to_vec())));
+        assert!(buf.is_empty());
     }
 
     #[test]

@@ -16,6 +16,8 @@ use polaris_wasm::core::host::{
 
 use crate::ffi::abi::{Attribute, Callout, ConfigHandle, FilterHandle, HeaderMap, StreamScheduler};
 use crate::grpc;
+use crate::grpc_stream::GrpcStreams;
+use crate::rule_stats::{self, RuleVecs};
 use crate::store;
 
 /// What a plugin's hosts share across threads: Envoy's filter config, the Polaris cluster, and
@@ -24,6 +26,8 @@ pub struct Shared {
     pub config: ConfigHandle,
     pub cluster: String,
     counters: Mutex<HashMap<String, usize>>,
+    /// The per-rule rate-limit counters, defined with the config (labelled by rule).
+    rule_vecs: RuleVecs,
     gauges: Mutex<HashMap<String, usize>>,
     /// Envoy is done with the filter config: no more callouts from it.
     closed: AtomicBool,
@@ -43,6 +47,7 @@ impl Shared {
             config,
             cluster,
             counters: Mutex::new(HashMap::new()),
+            rule_vecs: RuleVecs::define(&config),
             gauges: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             wakers: Mutex::new(HashMap::new()),
@@ -86,6 +91,10 @@ pub struct Native {
     /// Calls out, by the stream that made them (callout ids are per stream) and token: how to
     /// read the answer.
     pending: RefCell<HashMap<(usize, u32), CallKind>>,
+    /// The leader's gRPC streams (the main thread's host only).
+    grpc_streams: GrpcStreams,
+    /// Per-rule counters this worker defined: the vector and its label values, by our id.
+    labelled: RefCell<Vec<(usize, [String; 3])>>,
 }
 
 impl Native {
@@ -108,12 +117,18 @@ impl Native {
             streams: Rc::new(RefCell::new(HashMap::new())),
             stream: Cell::new(None),
             pending: RefCell::new(HashMap::new()),
+            grpc_streams: GrpcStreams::default(),
+            labelled: RefCell::new(Vec::new()),
         }
     }
 
     /// The tick period the core asked for last.
     pub fn tick_period(&self) -> Duration {
         Duration::from_millis(self.tick_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    pub fn grpc_streams(&self) -> &GrpcStreams {
+        &self.grpc_streams
     }
 
     pub fn streams(&self) -> &Streams {
@@ -139,6 +154,17 @@ impl Native {
         self.pending.borrow_mut().retain(|(s, _), _| *s != k);
     }
 
+    /// Calls from the filter config are the main thread's, while Envoy still has the config.
+    fn config_calls(&self) -> Result<(), HostError> {
+        if !self.main {
+            return Err(HostError("gRPC streams are the leader's only".into()));
+        }
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(HostError("the filter config is gone".into()));
+        }
+        Ok(())
+    }
+
     fn dispatch(&self, call: &Callout<'_>, kind: CallKind) -> Result<u32, HostError> {
         let stream = self.stream.get();
         let sent = match (self.main, stream) {
@@ -156,6 +182,17 @@ impl Native {
         self.pending.borrow_mut().insert((key(stream), token), kind);
         Ok(token)
     }
+}
+
+/// A gRPC request's headers to `cluster`.
+fn grpc_headers<'a>(cluster: &'a str, path: &'a str) -> Vec<(&'a str, &'a [u8])> {
+    vec![
+        (":method", b"POST"),
+        (":path", path.as_bytes()),
+        (":authority", cluster.as_bytes()),
+        ("content-type", b"application/grpc"),
+        ("te", b"trailers"),
+    ]
 }
 
 fn key(stream: Option<FilterHandle>) -> usize {
@@ -187,18 +224,13 @@ impl Clock for Native {
 
 impl Calls for Native {
     fn grpc_unary(&self, call: GrpcCall<'_>) -> Result<u32, HostError> {
+        let cluster = grpc::cluster_of(call.upstream).unwrap_or(&self.shared.cluster);
         let path = format!("/{}/{}", call.service, call.method);
-        let mut headers: Vec<(&str, &[u8])> = vec![
-            (":method", b"POST"),
-            (":path", path.as_bytes()),
-            (":authority", self.shared.cluster.as_bytes()),
-            ("content-type", b"application/grpc"),
-            ("te", b"trailers"),
-        ];
+        let mut headers = grpc_headers(cluster, &path);
         headers.extend_from_slice(call.metadata);
         let body = grpc::frame(call.message);
         let callout = Callout {
-            cluster: &self.shared.cluster,
+            cluster,
             headers: &headers,
             body: &body,
             timeout_ms: millis(call.timeout),
@@ -206,28 +238,37 @@ impl Calls for Native {
         self.dispatch(&callout, CallKind::Grpc)
     }
 
+    /// The leader's only (the limiter streams): an Envoy stream from the filter config.
     fn grpc_stream_open(
         &self,
-        _upstream: &str,
-        _service: &str,
-        _method: &str,
-        _metadata: &[(&str, &[u8])],
+        upstream: &str,
+        service: &str,
+        method: &str,
+        metadata: &[(&str, &[u8])],
     ) -> Result<u32, HostError> {
-        Err(HostError(
-            "gRPC streams are not in the native build yet".into(),
-        ))
+        self.config_calls()?;
+        let cluster = grpc::cluster_of(upstream).unwrap_or(&self.shared.cluster);
+        let path = format!("/{service}/{method}");
+        let mut headers = grpc_headers(cluster, &path);
+        headers.extend_from_slice(metadata);
+        let callout = Callout {
+            cluster,
+            headers: &headers,
+            body: &[],
+            timeout_ms: 0,
+        };
+        self.grpc_streams.open(&self.shared.config, &callout)
     }
 
-    fn grpc_stream_send(&self, _token: u32, _message: &[u8], _end: bool) -> Result<(), HostError> {
-        Err(HostError(
-            "gRPC streams are not in the native build yet".into(),
-        ))
+    fn grpc_stream_send(&self, token: u32, message: &[u8], end: bool) -> Result<(), HostError> {
+        self.config_calls()?;
+        self.grpc_streams
+            .send(&self.shared.config, token, message, end)
     }
 
-    fn grpc_stream_close(&self, _token: u32) -> Result<(), HostError> {
-        Err(HostError(
-            "gRPC streams are not in the native build yet".into(),
-        ))
+    fn grpc_stream_close(&self, token: u32) -> Result<(), HostError> {
+        self.config_calls()?;
+        self.grpc_streams.close(&self.shared.config, token)
     }
 
     fn http_call(&self, call: HttpCall<'_>) -> Result<u32, HostError> {
@@ -258,6 +299,19 @@ impl Metrics for Native {
     /// The main thread defines (Envoy freezes stat creation after configuration); request
     /// threads look the name up.
     fn define_counter(&self, name: &str) -> Result<u32, HostError> {
+        if let Some((vec, labels)) = rule_stats::parse(name) {
+            let vec = self
+                .shared
+                .rule_vecs
+                .id(vec)
+                .ok_or_else(|| HostError(format!("Envoy refused counter {name}")))?;
+            let mut labelled = self.labelled.borrow_mut();
+            let id = rule_stats::FIRST_ID
+                .checked_add(u32::try_from(labelled.len()).unwrap_or(u32::MAX))
+                .ok_or_else(|| HostError(format!("too many rule counters for {name}")))?;
+            labelled.push((vec, labels));
+            return Ok(id);
+        }
         let mut known = lock(&self.shared.counters);
         if let Some(id) = known.get(name) {
             return stat_id(*id);
@@ -275,6 +329,17 @@ impl Metrics for Native {
     }
 
     fn add(&self, id: u32, n: u64) {
+        if let Some(i) = id.checked_sub(rule_stats::FIRST_ID) {
+            let labelled = self.labelled.borrow();
+            if let Some((vec, [ns, svc, rule])) =
+                usize::try_from(i).ok().and_then(|i| labelled.get(i))
+            {
+                self.shared
+                    .config
+                    .increment_counter_vec(*vec, &[ns, svc, rule], n);
+            }
+            return;
+        }
         if let Ok(id) = usize::try_from(id) {
             self.shared.config.increment_counter(id, n);
         }

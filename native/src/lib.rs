@@ -6,7 +6,9 @@
 //!   thread through Envoy's config scheduler.
 //! - [`filter`]: one stream, on a worker thread's follower worker.
 //! - [`host`]: the core's host traits; [`store`]: shared data in process memory; [`grpc`]:
-//!   Polaris's gRPC calls as Envoy callouts; [`logger`]: `log` to Envoy's log.
+//!   Polaris's gRPC calls as Envoy callouts; [`grpc_stream`]: the limiter's gRPC streams as
+//!   Envoy streams; [`rule_stats`]: per-rule counters as labelled vectors; [`logger`]: `log` to
+//!   Envoy's log.
 
 #![deny(unsafe_code)]
 
@@ -14,7 +16,9 @@
 mod ffi;
 mod filter;
 mod grpc;
+mod grpc_stream;
 mod host;
 mod logger;
 mod plugin;
+mod rule_stats;
 mod store;

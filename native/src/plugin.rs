@@ -19,6 +19,7 @@ use polaris_wasm::core::Worker;
 
 use crate::ffi::abi::{Answer, ConfigHandle, Scheduler};
 use crate::grpc;
+use crate::grpc_stream::{Delivery, StreamEvent};
 use crate::host::{lock, CallKind, Native, Shared};
 
 /// The config scheduler's event: the leader's tick.
@@ -31,8 +32,15 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// The leading worker of each live plugin (Envoy's main thread only).
     static LEADERS: RefCell<HashMap<u64, Worker<Native>>> = RefCell::new(HashMap::new());
-    /// Callout answers that arrived while a leader was busy (Envoy may answer inline).
-    static INBOX: RefCell<VecDeque<(u64, u64, Answer)>> = const { RefCell::new(VecDeque::new()) };
+    /// Callout answers and stream events that arrived while a leader was busy (Envoy may
+    /// answer inline), by plugin.
+    static INBOX: RefCell<VecDeque<(u64, Inbound)>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// What the main thread hands a leader.
+enum Inbound {
+    Callout(u64, Answer),
+    Stream(u64, StreamEvent),
 }
 
 pub struct Plugin {
@@ -186,6 +194,8 @@ impl Plugin {
         }
         self.shared.close();
         if let Some(leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) {
+            // Envoy's streams of this config end with it; reset them while it still exists.
+            leader.host().grpc_streams().close_all(&self.shared.config);
             // No `on_done`: a provider's deregistration cannot be sent from here (Envoy may be
             // stopping, its cluster manager gone): the offline trigger is the way to deregister
             // before stopping, as in wasm.
@@ -207,7 +217,16 @@ impl Plugin {
 
     /// A callout of the leader's has its answer (on the main thread).
     pub fn on_callout_done(&self, id: u64, answer: Answer) {
-        INBOX.with(|i| i.borrow_mut().push_back((self.id, id, answer)));
+        INBOX.with(|i| i.borrow_mut().push_back((self.id, Inbound::Callout(id, answer))));
+        drain();
+    }
+
+    /// An event of one of the leader's streams (on the main thread).
+    pub fn on_stream_event(&self, stream_id: u64, event: StreamEvent) {
+        INBOX.with(|i| {
+            i.borrow_mut()
+                .push_back((self.id, Inbound::Stream(stream_id, event)))
+        });
         drain();
     }
 
@@ -226,11 +245,25 @@ fn drain() {
             return;
         };
         loop {
-            let Some((plugin, id, answer)) = INBOX.with(|i| i.borrow_mut().pop_front()) else {
+            let Some((plugin, inbound)) = INBOX.with(|i| i.borrow_mut().pop_front()) else {
                 return;
             };
             let Some(w) = leaders.get_mut(&plugin) else {
                 continue;
+            };
+            let (id, answer) = match inbound {
+                Inbound::Callout(id, answer) => (id, answer),
+                Inbound::Stream(id, event) => {
+                    for d in w.host().grpc_streams().on_event(id, event) {
+                        match d {
+                            Delivery::Message(token, m) => w.on_stream_message(token, &m),
+                            Delivery::Close(token, status, m) => {
+                                w.on_stream_close(token, status, m)
+                            }
+                        }
+                    }
+                    continue;
+                }
             };
             match w.host().take_call(None, id) {
                 Some((token, CallKind::Grpc)) => {

@@ -28,6 +28,7 @@ BOTH_BUILDS = {
     "test_breakers",
     "test_discovery",
     "test_failure_policy",
+    "test_global_rate_limit",
     "test_metadata",
     "test_nearby",
     "test_provider",

@@ -78,7 +78,7 @@ def synced(envoys, host: str, timeout: float = 15.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(
                 "limiter streams not up: "
-                + "; ".join(f"{e.stats('wasmcustom.polaris_wasm.limiter')}\n{e.log_tail(20)}" for e in pending)
+                + "; ".join(f"{e.stats(e.stat_prefix + 'polaris_wasm.limiter')}\n{e.log_tail(20)}" for e in pending)
             )
         time.sleep(0.2)
 
@@ -112,7 +112,7 @@ def test_two_envoys_share_one_global_limit_through_the_limiter(
     # Three windows of 20 for the two Envoys together. Tolerance: +-6 (10 %), for a report that
     # lands after its window ended and for each Envoy's rounding up of its share. Counted per
     # Envoy (no limiter), each would admit 20 per window: 120.
-    print(counts, [e.stats("wasmcustom.polaris_wasm.limiter") for e in envoys])
+    print(counts, [e.stats(e.stat_prefix + "polaris_wasm.limiter") for e in envoys])
     assert 54 <= sum(allowed) <= 66, counts
     assert all(a >= 15 for a in allowed), counts
     assert all(set(c) <= {200, 429} for c in counts), counts
@@ -182,7 +182,7 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
 
 
 def test_a_limiter_cluster_named_in_the_plugin_config_is_used_as_it_is(
-    polaris, upstreams, service, limiter, tmp_path
+    polaris, upstreams, service, limiter, tmp_path, build
 ):
     """`rate_limit.limiter.cluster`: an HTTP/2 cluster of the operator's (here STATIC, to the
     stand-in's address) instead of discovery."""
@@ -207,7 +207,7 @@ def test_a_limiter_cluster_named_in_the_plugin_config_is_used_as_it_is(
     envoys = []
     try:
         for _ in range(2):
-            e = Envoy(tmp_path / "envoy", config, polaris.grpc_port)
+            e = Envoy(tmp_path / "envoy", config, polaris.grpc_port, build=build)
             marker = "  # The Polaris gRPC client API"
             e.config_text = e.config_text.replace(marker, cluster + marker, 1)
             envoys.append(e.start())

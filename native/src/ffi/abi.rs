@@ -134,6 +134,26 @@ extern "C" {
         body: Buf,
         timeout_milliseconds: u64,
     ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+        config: *mut c_void,
+        stream_id_out: *mut u64,
+        cluster_name: Buf,
+        headers: *mut Header,
+        headers_size: usize,
+        body: Buf,
+        end_stream: bool,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+        config: *mut c_void,
+        stream_id: u64,
+        data: Buf,
+        end_stream: bool,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_config_reset_http_stream(
+        config: *mut c_void,
+        stream_id: u64,
+    );
     fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
         config: *mut c_void,
     ) -> *mut c_void;
@@ -267,6 +287,39 @@ impl ConfigHandle {
         (r == METRICS_SUCCESS).then_some(id)
     }
 
+    /// Defines a counter vector: one counter per set of values of `labels` (Envoy tags), made
+    /// when first incremented, so after stat creation is frozen too.
+    pub fn define_counter_vec(&self, name: &str, labels: &[&str]) -> Option<usize> {
+        let mut names: Vec<Buf> = labels.iter().map(|l| Buf::of(l.as_bytes())).collect();
+        let mut id = 0usize;
+        // SAFETY: valid config pointer; name and label buffers valid for the call.
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                Buf::of(name.as_bytes()),
+                names.as_mut_ptr(),
+                names.len(),
+                &mut id,
+            )
+        };
+        (r == METRICS_SUCCESS).then_some(id)
+    }
+
+    /// Increments the counter of vector `id` with these label values (as many as its labels).
+    pub fn increment_counter_vec(&self, id: usize, values: &[&str], n: u64) {
+        let mut values: Vec<Buf> = values.iter().map(|v| Buf::of(v.as_bytes())).collect();
+        // SAFETY: valid config pointer; value buffers valid for the call.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(
+                self.0,
+                id,
+                values.as_mut_ptr(),
+                values.len(),
+                n,
+            );
+        }
+    }
+
     pub fn define_gauge(&self, name: &str) -> Option<usize> {
         let mut id = 0usize;
         // SAFETY: as for counters.
@@ -329,6 +382,50 @@ impl ConfigHandle {
         } else {
             Err(CalloutRefused(r))
         }
+    }
+
+    /// Opens a streamed HTTP request on the main thread (headers sent, the request left open:
+    /// no timeout); its response arrives in the config's `http_stream_*` hooks.
+    pub fn start_stream(&self, call: &Callout<'_>) -> Result<u64, CalloutRefused> {
+        let mut headers = call.raw_headers();
+        let mut id = 0u64;
+        // SAFETY: valid config pointer; every buffer lives through the call (Envoy copies).
+        let r = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_start_http_stream(
+                self.0,
+                &mut id,
+                Buf::of(call.cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                Buf::of(call.body),
+                false,
+                call.timeout_ms,
+            )
+        };
+        if r == CALLOUT_INIT_SUCCESS {
+            Ok(id)
+        } else {
+            Err(CalloutRefused(r))
+        }
+    }
+
+    /// Sends request data on an open stream (main thread); false if Envoy no longer has it.
+    pub fn stream_send(&self, id: u64, data: &[u8], end: bool) -> bool {
+        // SAFETY: valid config pointer; the buffer lives through the call (Envoy copies).
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_stream_send_data(
+                self.0,
+                id,
+                Buf::of(data),
+                end,
+            )
+        }
+    }
+
+    /// Resets an open stream (main thread); Envoy may call the reset hook inline.
+    pub fn stream_reset(&self, id: u64) {
+        // SAFETY: valid config pointer; an unknown id is ignored by Envoy.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_reset_http_stream(self.0, id) }
     }
 
     /// A way to run code on the main thread from another thread.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::abi::{Answer, Buf, ConfigHandle, FilterHandle, Header, ABI_VERSION};
 use crate::filter::Filter;
+use crate::grpc_stream::StreamEvent;
 use crate::plugin::Plugin;
 
 /// `FilterHeadersStatus::Continue`.
@@ -46,24 +47,18 @@ unsafe fn filter<'a>(ptr: *const c_void) -> Option<&'a mut Filter> {
     unsafe { ptr.cast::<Filter>().cast_mut().as_mut() }
 }
 
-/// Copies a callout's answer out of Envoy's buffers.
+/// Copies headers out of Envoy's buffers.
 ///
 /// # Safety
-/// The arrays are null or hold `n` valid elements whose buffers live through this hook.
-unsafe fn answer(
-    result: u32,
-    headers: *const Header,
-    headers_size: usize,
-    chunks: *const Buf,
-    chunks_size: usize,
-) -> Answer {
-    let mut out = Answer {
-        failed: result != 0,
-        ..Answer::default()
-    };
-    if !headers.is_null() {
-        // SAFETY: the caller's contract.
-        for h in unsafe { std::slice::from_raw_parts(headers, headers_size) } {
+/// `headers` is null or holds `n` valid elements whose buffers live through this hook.
+unsafe fn headers_of(headers: *const Header, n: usize) -> Vec<(String, String)> {
+    if headers.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the caller's contract.
+    let raw = unsafe { std::slice::from_raw_parts(headers, n) };
+    raw.iter()
+        .map(|h| {
             // SAFETY: header buffers live through this hook.
             let (k, v) = unsafe {
                 (
@@ -79,20 +74,59 @@ unsafe fn answer(
                     .bytes(),
                 )
             };
-            out.headers.push((
+            (
                 String::from_utf8_lossy(k).into_owned(),
                 String::from_utf8_lossy(v).into_owned(),
-            ));
-        }
-    }
+            )
+        })
+        .collect()
+}
+
+/// Copies body chunks out of Envoy's buffers, joined.
+///
+/// # Safety
+/// `chunks` is null or holds `n` valid buffers that live through this hook.
+unsafe fn body_of(chunks: *const Buf, n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
     if !chunks.is_null() {
         // SAFETY: the caller's contract.
-        for c in unsafe { std::slice::from_raw_parts(chunks, chunks_size) } {
+        for c in unsafe { std::slice::from_raw_parts(chunks, n) } {
             // SAFETY: chunk buffers live through this hook.
-            out.body.extend_from_slice(unsafe { c.bytes() });
+            out.extend_from_slice(unsafe { c.bytes() });
         }
     }
     out
+}
+
+/// Hands a stream event to the plugin behind `config_module`, catching panics.
+fn stream_event(config_module: *const c_void, stream_id: u64, event: impl FnOnce() -> StreamEvent) {
+    // SAFETY: our own live config pointer.
+    let Some(p) = (unsafe { plugin(config_module) }) else {
+        return;
+    };
+    if catch_unwind(AssertUnwindSafe(|| p.on_stream_event(stream_id, event()))).is_err() {
+        guard((), || p.count_panic());
+    }
+}
+
+/// Copies a callout's answer out of Envoy's buffers.
+///
+/// # Safety
+/// The arrays are null or hold `n` valid elements whose buffers live through this hook.
+unsafe fn answer(
+    result: u32,
+    headers: *const Header,
+    headers_size: usize,
+    chunks: *const Buf,
+    chunks_size: usize,
+) -> Answer {
+    Answer {
+        failed: result != 0,
+        // SAFETY: the caller's contract.
+        headers: unsafe { headers_of(headers, headers_size) },
+        // SAFETY: the caller's contract.
+        body: unsafe { body_of(chunks, chunks_size) },
+    }
 }
 
 #[no_mangle]
@@ -375,7 +409,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buf
 ) {
 }
 
-/// Streamed callouts (not used: every call of ours is a one-shot callout).
+/// A stream's own streamed callouts (not used: the limiter streams are the filter config's).
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
     _filter_envoy: *mut c_void,
@@ -425,51 +459,67 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
 ) {
 }
 
+/// The filter config's streams (the leader's gRPC streams to polaris-limiter): their events come
+/// on the main thread.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
     _config_envoy: *mut c_void,
-    _config_module: *const c_void,
-    _stream_id: u64,
-    _headers: *const Header,
-    _headers_size: usize,
+    config_module: *const c_void,
+    stream_id: u64,
+    headers: *const Header,
+    headers_size: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: Envoy's array lives through this hook.
+    stream_event(config_module, stream_id, || {
+        StreamEvent::Headers(unsafe { headers_of(headers, headers_size) })
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
     _config_envoy: *mut c_void,
-    _config_module: *const c_void,
-    _stream_id: u64,
-    _data: *const Buf,
-    _data_count: usize,
+    config_module: *const c_void,
+    stream_id: u64,
+    data: *const Buf,
+    data_count: usize,
     _end_stream: bool,
 ) {
+    // SAFETY: Envoy's buffers live through this hook.
+    stream_event(config_module, stream_id, || {
+        StreamEvent::Data(unsafe { body_of(data, data_count) })
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
     _config_envoy: *mut c_void,
-    _config_module: *const c_void,
-    _stream_id: u64,
-    _trailers: *const Header,
-    _trailers_size: usize,
+    config_module: *const c_void,
+    stream_id: u64,
+    trailers: *const Header,
+    trailers_size: usize,
 ) {
+    // SAFETY: Envoy's array lives through this hook.
+    stream_event(config_module, stream_id, || {
+        StreamEvent::Trailers(unsafe { headers_of(trailers, trailers_size) })
+    });
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
     _config_envoy: *mut c_void,
-    _config_module: *const c_void,
-    _stream_id: u64,
+    config_module: *const c_void,
+    stream_id: u64,
 ) {
+    stream_event(config_module, stream_id, || StreamEvent::Complete);
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
     _config_envoy: *mut c_void,
-    _config_module: *const c_void,
-    _stream_id: u64,
-    _reason: u32,
+    config_module: *const c_void,
+    stream_id: u64,
+    reason: u32,
 ) {
+    stream_event(config_module, stream_id, || StreamEvent::Reset(reason));
 }
