@@ -243,6 +243,19 @@ class Envoy:
     def counter(self, name: str) -> int:
         return self.stats(name).get(f"{self.stat_prefix}polaris_wasm.{name}", 0)
 
+    def rule_counter(self, service: str, rule: str, outcome: str, namespace: str = "default") -> int:
+        """A rate-limit rule's `allowed` / `limited` / `dry_run_limited` count. wasm: its own
+        counter `rate_limit.<ns>.<service>.<rule>.<outcome>`; native: Envoy freezes stat creation
+        after configuration, so it is the counter vector `rate_limit.<outcome>` with the labels
+        namespace, service and rule (in /stats: the tag names and values joined after the name)."""
+        if self.build == "wasm":
+            return self.counter(f"rate_limit.{namespace}.{service}.{rule}.{outcome}")
+        name = (
+            f"{self.stat_prefix}polaris_wasm.rate_limit.{outcome}"
+            f".namespace.{namespace}.service.{service}.rule.{rule}"
+        )
+        return self.stats(name).get(name, 0)
+
     def wait_counter(self, name: str, predicate, timeout: float = 3.0) -> int:
         """Polls a counter (the filter flushes its counts every tick, <= 500 ms) until it holds."""
         deadline = time.monotonic() + timeout
