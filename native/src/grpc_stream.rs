@@ -71,7 +71,10 @@ fn status_of(headers: &[(String, String)]) -> Option<(u32, Option<String>)> {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     };
-    let code = find("grpc-status")?.trim().parse::<u32>().unwrap_or(UNKNOWN);
+    let code = find("grpc-status")?
+        .trim()
+        .parse::<u32>()
+        .unwrap_or(UNKNOWN);
     Some((code, find("grpc-message").map(str::to_owned)))
 }
 
@@ -170,7 +173,10 @@ impl GrpcStreams {
                 let (status, message) = match (&stream.grpc_status, &stream.http_status) {
                     (Some(s), _) => s.clone(),
                     (None, Some(h)) if h != "200" => (UNAVAILABLE, Some(format!("HTTP {h}"))),
-                    _ => (UNKNOWN, Some("the stream ended without a gRPC status".into())),
+                    _ => (
+                        UNKNOWN,
+                        Some("the stream ended without a gRPC status".into()),
+                    ),
                 };
                 out.push(Delivery::Close(token, status, message));
                 open.remove(&token);
@@ -214,7 +220,9 @@ mod tests {
     #[test]
     fn messages_split_across_data_events_are_delivered_whole_and_in_order() {
         let (s, t) = streams_with(9);
-        assert!(s.on_event(9, StreamEvent::Headers(h(&[(":status", "200")]))).is_empty());
+        assert!(s
+            .on_event(9, StreamEvent::Headers(h(&[(":status", "200")])))
+            .is_empty());
         let mut bytes = grpc::frame(b"first");
         bytes.extend(grpc::frame(b"second"));
         let (a, b) = bytes.split_at(12);
@@ -265,6 +273,8 @@ mod tests {
     #[test]
     fn events_of_a_stream_we_do_not_have_are_dropped() {
         let (s, _) = streams_with(4);
-        assert!(s.on_event(8, StreamEvent::Data(grpc::frame(b"x"))).is_empty());
+        assert!(s
+            .on_event(8, StreamEvent::Data(grpc::frame(b"x")))
+            .is_empty());
     }
 }

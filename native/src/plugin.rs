@@ -217,7 +217,10 @@ impl Plugin {
 
     /// A callout of the leader's has its answer (on the main thread).
     pub fn on_callout_done(&self, id: u64, answer: Answer) {
-        INBOX.with(|i| i.borrow_mut().push_back((self.id, Inbound::Callout(id, answer))));
+        INBOX.with(|i| {
+            i.borrow_mut()
+                .push_back((self.id, Inbound::Callout(id, answer)))
+        });
         drain();
     }
 

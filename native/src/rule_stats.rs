@@ -65,7 +65,10 @@ mod tests {
     fn other_counters_are_not_per_rule() {
         assert_eq!(parse("polaris_wasm.rate_limited"), None);
         assert_eq!(parse("polaris_wasm.rate_limit_queued"), None);
-        assert_eq!(parse("polaris_wasm.rate_limit.default.echo.r.allowed.x"), None);
+        assert_eq!(
+            parse("polaris_wasm.rate_limit.default.echo.r.allowed.x"),
+            None
+        );
         assert_eq!(parse("polaris_wasm.rate_limit.default.echo.r.passed"), None);
     }
 }
