@@ -2,7 +2,7 @@
 //! ([`crate::store`]), Polaris calls as Envoy HTTP callouts (gRPC framed by [`crate::grpc`]),
 //! counters as Envoy stats defined on the filter config.
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -95,6 +95,9 @@ pub struct Native {
     grpc_streams: GrpcStreams,
     /// Per-rule counters this worker defined: the vector and its label values, by our id.
     labelled: RefCell<Vec<(usize, [String; 3])>>,
+    /// Another live filter config of this process that calls and counts for this leader once
+    /// its own config is destroyed (its provider's deregistration goes out through it).
+    via: OnceCell<Arc<Shared>>,
 }
 
 impl Native {
@@ -119,12 +122,30 @@ impl Native {
             pending: RefCell::new(HashMap::new()),
             grpc_streams: GrpcStreams::default(),
             labelled: RefCell::new(Vec::new()),
+            via: OnceCell::new(),
         }
     }
 
     /// The tick period the core asked for last.
     pub fn tick_period(&self) -> Duration {
         Duration::from_millis(self.tick_ms.load(Ordering::Relaxed).max(1))
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// This leader's config is being destroyed: from now on its calls go out from `via`'s
+    /// config (answers come back in `via`'s callout hook) and its counters count there.
+    pub fn adopt(&self, via: Arc<Shared>) {
+        let _ = self.via.set(via);
+    }
+
+    /// The counter of `via` with the name our counter `id` has.
+    fn adopted_counter(&self, via: &Shared, id: usize) -> Option<usize> {
+        let known = lock(&self.shared.counters);
+        let name = known.iter().find(|(_, v)| **v == id).map(|(k, _)| k)?;
+        lock(&via.counters).get(name).copied()
     }
 
     pub fn grpc_streams(&self) -> &GrpcStreams {
@@ -167,11 +188,13 @@ impl Native {
 
     fn dispatch(&self, call: &Callout<'_>, kind: CallKind) -> Result<u32, HostError> {
         let stream = self.stream.get();
+        // An adopted leader calls from the adopting config (its own is gone).
+        let config = self.via.get().unwrap_or(&self.shared);
         let sent = match (self.main, stream) {
-            (true, _) if self.shared.closed.load(Ordering::Acquire) => {
+            (true, _) if config.closed.load(Ordering::Acquire) => {
                 return Err(HostError("the filter config is gone".into()))
             }
-            (true, _) => self.shared.config.callout(call),
+            (true, _) => config.config.callout(call),
             (false, Some(s)) => s.callout(call),
             (false, None) => return Err(HostError("no stream to call from".into())),
         };
@@ -299,6 +322,9 @@ impl Metrics for Native {
     /// The main thread defines (Envoy freezes stat creation after configuration); request
     /// threads look the name up.
     fn define_counter(&self, name: &str) -> Result<u32, HostError> {
+        if self.via.get().is_some() {
+            return Err(HostError(format!("counter {name}: the filter config is gone")));
+        }
         if let Some((vec, labels)) = rule_stats::parse(name) {
             let vec = self
                 .shared
@@ -329,6 +355,15 @@ impl Metrics for Native {
     }
 
     fn add(&self, id: u32, n: u64) {
+        if let Some(via) = self.via.get() {
+            let theirs = usize::try_from(id)
+                .ok()
+                .and_then(|id| self.adopted_counter(via, id));
+            if let Some(theirs) = theirs {
+                via.config.increment_counter(theirs, n);
+            }
+            return;
+        }
         if let Some(i) = id.checked_sub(rule_stats::FIRST_ID) {
             let labelled = self.labelled.borrow();
             if let Some((vec, [ns, svc, rule])) =
@@ -346,6 +381,9 @@ impl Metrics for Native {
     }
 
     fn define_gauge(&self, name: &str) -> Result<u32, HostError> {
+        if self.via.get().is_some() {
+            return Err(HostError(format!("gauge {name}: the filter config is gone")));
+        }
         let mut known = lock(&self.shared.gauges);
         if let Some(id) = known.get(name) {
             return stat_id(*id);
@@ -363,6 +401,9 @@ impl Metrics for Native {
     }
 
     fn set_gauge(&self, id: u32, value: u64) {
+        if self.via.get().is_some() {
+            return;
+        }
         if let Ok(id) = usize::try_from(id) {
             self.shared.config.set_gauge(id, value);
         }

@@ -35,6 +35,9 @@ thread_local! {
     /// Callout answers and stream events that arrived while a leader was busy (Envoy may
     /// answer inline), by plugin.
     static INBOX: RefCell<VecDeque<(u64, Inbound)>> = const { RefCell::new(VecDeque::new()) };
+    /// Leaders of destroyed configs waiting for their `on_done` calls (a provider's isolation
+    /// and deregistration), each with the live plugin whose config sends them.
+    static ORPHANS: RefCell<Vec<(u64, Worker<Native>)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// What the main thread hands a leader.
@@ -193,13 +196,38 @@ impl Plugin {
             t.stop();
         }
         self.shared.close();
-        if let Some(leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) {
-            // Envoy's streams of this config end with it; reset them while it still exists.
-            leader.host().grpc_streams().close_all(&self.shared.config);
-            // No `on_done`: a provider's deregistration cannot be sent from here (Envoy may be
-            // stopping, its cluster manager gone): the offline trigger is the way to deregister
-            // before stopping, as in wasm.
-            leader.counters().flush(leader.host());
+        ORPHANS.with(|o| {
+            o.borrow_mut().retain(|(via, _)| {
+                if *via == self.id {
+                    log::warn!("a provider's deregistration was still out: its config is gone");
+                }
+                *via != self.id
+            })
+        });
+        let Some(mut leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) else {
+            return;
+        };
+        // Envoy's streams of this config end with it; reset them while it still exists.
+        leader.host().grpc_streams().close_all(&self.shared.config);
+        // Envoy cancels this config's callouts as it goes, so `on_done`'s calls (a provider's
+        // isolation, then deregistration, when this was its last member: a listener update
+        // that removed the provider) go out from another live config of this process; their
+        // answers come back there. With none (Envoy stopping, or a single config), nothing is
+        // sent: the offline trigger deregisters before stopping, as in wasm.
+        let adopter = LEADERS.with(|l| {
+            l.borrow()
+                .iter()
+                .next()
+                .map(|(id, w)| (*id, Arc::clone(w.host().shared())))
+        });
+        match adopter {
+            Some((via, shared)) => {
+                leader.host().adopt(shared);
+                if !leader.on_done() {
+                    ORPHANS.with(|o| o.borrow_mut().push((via, leader)));
+                }
+            }
+            None => leader.counters().flush(leader.host()),
         }
     }
 
@@ -240,6 +268,32 @@ impl Plugin {
     }
 }
 
+/// Hands callout `id` of `plugin`'s config to the adopted leader that made it, if one did;
+/// drops that leader once its leaving is answered.
+fn to_orphan(plugin: u64, id: u64, answer: &Answer) -> bool {
+    ORPHANS.with(|orphans| {
+        let mut orphans = orphans.borrow_mut();
+        let found = orphans.iter_mut().enumerate().find_map(|(i, (via, w))| {
+            let call = (*via == plugin).then(|| w.host().take_call(None, id))??;
+            Some((i, w, call))
+        });
+        let Some((i, w, (token, kind))) = found else {
+            return false;
+        };
+        let gone = match kind {
+            CallKind::Grpc => {
+                w.on_call_result(token, grpc::unary_result(answer));
+                w.done_leaving(token)
+            }
+            CallKind::Http => true,
+        };
+        if gone {
+            orphans.swap_remove(i);
+        }
+        true
+    })
+}
+
 /// Hands queued answers to their leaders, unless a leader is busy (the answer came inline, from
 /// inside its own tick): then the tick's end drains them.
 fn drain() {
@@ -255,7 +309,8 @@ fn drain() {
                 continue;
             };
             let (id, answer) = match inbound {
-                Inbound::Callout(id, answer) => (id, answer),
+                Inbound::Callout(id, answer) if !to_orphan(plugin, id, &answer) => (id, answer),
+                Inbound::Callout(..) => continue,
                 Inbound::Stream(id, event) => {
                     for d in w.host().grpc_streams().on_event(id, event) {
                         match d {

@@ -382,28 +382,34 @@ LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 def write_lds(path: Path, listeners: list[dict], plugin: dict) -> None:
-    """The listeners, with this plugin JSON in their wasm filter, as a file-based LDS answer
-    (written aside and renamed in: Envoy watches the directory for moves)."""
+    """The listeners, with this plugin JSON in their filter (wasm or native), as a file-based LDS
+    answer (written aside and renamed in: Envoy watches the directory for moves)."""
     for listener in listeners:
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        wasm = hcm["http_filters"][0]["typed_config"]["config"]
-        wasm["configuration"]["value"] = json.dumps(plugin)
+        typed = hcm["http_filters"][0]["typed_config"]
+        if "filter_config" in typed:
+            typed["filter_config"]["value"] = json.dumps(plugin)
+        else:
+            typed["config"]["configuration"]["value"] = json.dumps(plugin)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump({"resources": [{"@type": LISTENER_TYPE, **l} for l in listeners]}))
     os.rename(tmp, path)
 
 
 def test_listener_update_keeping_the_vm_re_registers_changes_and_deregisters_removal_once(
-    polaris, service, upstreams, tmp_path
+    polaris, service, upstreams, tmp_path, build
 ):
     """The provider's listener comes from a file (LDS). Changing the filter's plugin
     configuration keeps the VM: the new root contexts join, the old ones leave after the drain
     time (on_done, once per thread). A changed instance is registered again by the new
     configuration and not deregistered by the old; a removed provider is deregistered by the
-    last old root context, once for the whole Envoy."""
+    last old root context, once for the whole Envoy. Native: the old config's leader leaves when
+    Envoy destroys the config, its calls sent from the new config (README, Native build)."""
     (app,) = upstreams("app")
     provider = {"service": service, "host": "127.0.0.1", "ttl": f"{TTL}s", "metadata": {"env": "gray"}}
-    e = ProviderEnvoy(tmp_path / "lds-envoy", plugin_config(provider=provider), polaris.grpc_port, app.port)
+    e = ProviderEnvoy(
+        tmp_path / "lds-envoy", plugin_config(provider=provider), polaris.grpc_port, app.port, build=build
+    )
     config = yaml.safe_load(e.config_text)
     listeners = config["static_resources"].pop("listeners")
     lds_dir = tmp_path / "lds"
