@@ -323,7 +323,9 @@ impl Metrics for Native {
     /// threads look the name up.
     fn define_counter(&self, name: &str) -> Result<u32, HostError> {
         if self.via.get().is_some() {
-            return Err(HostError(format!("counter {name}: the filter config is gone")));
+            return Err(HostError(format!(
+                "counter {name}: the filter config is gone"
+            )));
         }
         if let Some((vec, labels)) = rule_stats::parse(name) {
             let vec = self
@@ -382,7 +384,9 @@ impl Metrics for Native {
 
     fn define_gauge(&self, name: &str) -> Result<u32, HostError> {
         if self.via.get().is_some() {
-            return Err(HostError(format!("gauge {name}: the filter config is gone")));
+            return Err(HostError(format!(
+                "gauge {name}: the filter config is gone"
+            )));
         }
         let mut known = lock(&self.shared.gauges);
         if let Some(id) = known.get(name) {

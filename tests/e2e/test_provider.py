@@ -472,7 +472,8 @@ def test_sigterm_without_the_trigger_exits_cleanly_and_leaves_the_instance_to_it
     e.stop()
     assert e.returncode == 0, e.log_tail()
     if e.build == "wasm":
-        # The native module sends nothing from a config being destroyed (README, Native build).
+        # The native module sends nothing from a config destroyed with no other live config to
+        # send through (README, Native build).
         assert "(configuration removed, or Envoy stopping): isolating, then deregistering" in e.log_text()
     time.sleep(2)
     instances = listed(polaris, service)
