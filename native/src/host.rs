@@ -138,6 +138,8 @@ impl Native {
     /// This leader's config is being destroyed: from now on its calls go out from `via`'s
     /// config (answers come back in `via`'s callout hook) and its counters count there.
     pub fn adopt(&self, via: Arc<Shared>) {
+        // Calls out from our own config are cancelled with it: their ids are the adopter's now.
+        self.pending.borrow_mut().clear();
         let _ = self.via.set(via);
     }
 

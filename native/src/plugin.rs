@@ -285,7 +285,10 @@ fn to_orphan(plugin: u64, id: u64, answer: &Answer) -> bool {
                 w.on_call_result(token, grpc::unary_result(answer));
                 w.done_leaving(token)
             }
-            CallKind::Http => true,
+            CallKind::Http => {
+                w.on_http_call_result(token, grpc::http_status(answer), &answer.body);
+                false
+            }
         };
         if gone {
             orphans.swap_remove(i);
