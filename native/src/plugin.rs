@@ -35,9 +35,17 @@ thread_local! {
     /// Callout answers and stream events that arrived while a leader was busy (Envoy may
     /// answer inline), by plugin.
     static INBOX: RefCell<VecDeque<(u64, Inbound)>> = const { RefCell::new(VecDeque::new()) };
-    /// Leaders of destroyed configs waiting for their `on_done` calls (a provider's isolation
-    /// and deregistration), each with the live plugin whose config sends them.
-    static ORPHANS: RefCell<Vec<(u64, Worker<Native>)>> = const { RefCell::new(Vec::new()) };
+    /// Leaders of destroyed configs, each with the live plugin whose config sends their
+    /// `on_done` calls (a provider's isolation and deregistration) from its next tick on.
+    static ORPHANS: RefCell<Vec<Orphan>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A destroyed config's leader, adopted by another live plugin.
+struct Orphan {
+    via: u64,
+    worker: Worker<Native>,
+    /// `on_done` ran (on the adopter's tick): its calls are out.
+    leaving: bool,
 }
 
 /// What the main thread hands a leader.
@@ -197,23 +205,25 @@ impl Plugin {
         }
         self.shared.close();
         ORPHANS.with(|o| {
-            o.borrow_mut().retain(|(via, _)| {
-                if *via == self.id {
+            o.borrow_mut().retain(|orphan| {
+                if orphan.via == self.id {
                     log::warn!("a provider's deregistration was still out: its config is gone");
                 }
-                *via != self.id
+                orphan.via != self.id
             })
         });
-        let Some(mut leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) else {
+        let Some(leader) = LEADERS.with(|l| l.borrow_mut().remove(&self.id)) else {
             return;
         };
         // Envoy's streams of this config end with it; reset them while it still exists.
         leader.host().grpc_streams().close_all(&self.shared.config);
         // Envoy cancels this config's callouts as it goes, so `on_done`'s calls (a provider's
         // isolation, then deregistration, when this was its last member: a listener update
-        // that removed the provider) go out from another live config of this process; their
-        // answers come back there. With none (Envoy stopping, or a single config), nothing is
-        // sent: the offline trigger deregisters before stopping, as in wasm.
+        // that removed the provider) go out from another live config of this process, on that
+        // config's next tick; their answers come back there. Not from here: Envoy may be
+        // stopping (it then runs no more ticks, and a callout started now crashes it). With no
+        // other config, nothing is sent: the offline trigger deregisters before stopping, as
+        // in wasm.
         let adopter = LEADERS.with(|l| {
             l.borrow()
                 .iter()
@@ -223,9 +233,13 @@ impl Plugin {
         match adopter {
             Some((via, shared)) => {
                 leader.host().adopt(shared);
-                if !leader.on_done() {
-                    ORPHANS.with(|o| o.borrow_mut().push((via, leader)));
-                }
+                ORPHANS.with(|o| {
+                    o.borrow_mut().push(Orphan {
+                        via,
+                        worker: leader,
+                        leaving: false,
+                    })
+                });
             }
             None => leader.counters().flush(leader.host()),
         }
@@ -235,9 +249,12 @@ impl Plugin {
     pub fn on_scheduled(&self, event: u64) {
         if event == TICK {
             LEADERS.with(|l| {
-                if let Some(w) = l.borrow_mut().get_mut(&self.id) {
+                // Held throughout: answers Envoy gives inline wait in the inbox.
+                let mut leaders = l.borrow_mut();
+                if let Some(w) = leaders.get_mut(&self.id) {
                     w.on_tick();
                 }
+                start_leaving(self.id);
             });
         }
         drain();
@@ -268,14 +285,28 @@ impl Plugin {
     }
 }
 
+/// The leaders `plugin` adopted leave now (`on_done`: their calls go out from its config); those
+/// with nothing to wait for are dropped.
+fn start_leaving(plugin: u64) {
+    ORPHANS.with(|o| {
+        o.borrow_mut().retain_mut(|orphan| {
+            if orphan.via != plugin || orphan.leaving {
+                return true;
+            }
+            orphan.leaving = true;
+            !orphan.worker.on_done()
+        })
+    });
+}
+
 /// Hands callout `id` of `plugin`'s config to the adopted leader that made it, if one did;
 /// drops that leader once its leaving is answered.
 fn to_orphan(plugin: u64, id: u64, answer: &Answer) -> bool {
     ORPHANS.with(|orphans| {
         let mut orphans = orphans.borrow_mut();
-        let found = orphans.iter_mut().enumerate().find_map(|(i, (via, w))| {
-            let call = (*via == plugin).then(|| w.host().take_call(None, id))??;
-            Some((i, w, call))
+        let found = orphans.iter_mut().enumerate().find_map(|(i, o)| {
+            let call = (o.via == plugin).then(|| o.worker.host().take_call(None, id))??;
+            Some((i, &mut o.worker, call))
         });
         let Some((i, w, (token, kind))) = found else {
             return false;

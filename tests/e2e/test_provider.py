@@ -381,16 +381,21 @@ def test_readiness_gate_registers_when_the_service_answers_and_heartbeats_only_w
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
+def set_plugin(listener: dict, plugin: dict) -> None:
+    """Puts this plugin JSON into the listener's filter (wasm or native)."""
+    hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+    typed = hcm["http_filters"][0]["typed_config"]
+    if "filter_config" in typed:
+        typed["filter_config"]["value"] = json.dumps(plugin)
+    else:
+        typed["config"]["configuration"]["value"] = json.dumps(plugin)
+
+
 def write_lds(path: Path, listeners: list[dict], plugin: dict) -> None:
     """The listeners, with this plugin JSON in their filter (wasm or native), as a file-based LDS
     answer (written aside and renamed in: Envoy watches the directory for moves)."""
     for listener in listeners:
-        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        typed = hcm["http_filters"][0]["typed_config"]
-        if "filter_config" in typed:
-            typed["filter_config"]["value"] = json.dumps(plugin)
-        else:
-            typed["config"]["configuration"]["value"] = json.dumps(plugin)
+        set_plugin(listener, plugin)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(yaml.safe_dump({"resources": [{"@type": LISTENER_TYPE, **l} for l in listeners]}))
     os.rename(tmp, path)
@@ -480,6 +485,34 @@ def test_sigterm_without_the_trigger_exits_cleanly_and_leaves_the_instance_to_it
     print(f"2 s after SIGTERM Polaris lists {instances and {k: instances[0][k] for k in ('healthy', 'isolate') if k in instances[0]}}")
     took, _ = wait_listed(polaris, service, lambda i: i == [] or not i[0]["healthy"], 6 * TTL + 5)
     print(f"unhealthy or gone {took + 2:.1f}s after SIGTERM")
+
+
+def test_sigterm_with_two_provider_listeners_exits_cleanly(polaris, upstreams, tmp_path, build):
+    """Two filter configs in one Envoy, each a provider. On SIGTERM Envoy destroys both configs:
+    the native build's first destroyed leader is handed to the other config to leave through
+    it, and must send nothing while Envoy is stopping (a callout started then crashes Envoy)."""
+    (app,) = upstreams("app")
+    names = [f"two-{i}-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}" for i in range(2)]
+    for name in names:
+        polaris.create_service(name)
+    first = {"service": names[0], "host": "127.0.0.1", "ttl": f"{TTL}s"}
+    e = ProviderEnvoy(tmp_path / "two", plugin_config(provider=first), polaris.grpc_port, app.port, build=build)
+    config = yaml.safe_load(e.config_text)
+    listener = json.loads(json.dumps(config["static_resources"]["listeners"][0]))
+    listener["name"] = "second_provider"
+    port = free_port()
+    listener["address"]["socket_address"]["port_value"] = port
+    second = dict(e.plugin, provider={"service": names[1], "host": "127.0.0.1", "ttl": f"{TTL}s", "port": port})
+    set_plugin(listener, second)
+    config["static_resources"]["listeners"].append(listener)
+    e.config_text = yaml.safe_dump(config)
+    e.start()
+    try:
+        for name in names:
+            wait_listed(polaris, name, lambda i: len(i) == 1, 10)
+    finally:
+        e.stop()
+    assert e.returncode == 0, e.log_tail()
 
 
 @pytest.mark.parametrize(
