@@ -169,8 +169,13 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
             assert down.get(429, 0) == 0 and down.get(200, 0) > 60, down
         assert loaded.wait_counter("limiter_sync_errors", lambda n: n > 0) > 0
 
+        inits = loaded.counter("limiter_inits")
         standin.start()
         synced([loaded], service)
+        # The stream comes back after a reconnect delay: until its INIT is answered, a
+        # FAILOVER_PASS key passes, so measure only once the leader's keys are INIT again.
+        loaded.client().request(service)
+        assert loaded.wait_counter("limiter_inits", lambda n: n > inits, timeout=15) > inits
         time.sleep(1.2)
         back = two_windows()
         print(failover, "up", up, "down", down, "back", back)
