@@ -79,9 +79,12 @@ def test_removing_one_of_five_instances_remaps_about_a_fifth_of_keys(
     assert gone not in after.values()
     assert set(on_gone) <= set(moved)
     # Bounds: keys of survivors stay (ring hash: none may move; maglev: a few table slots shift,
-    # measured 0.4-0.9 % natively); all moved keys about 1/N, at most 1.5/N.
+    # measured 0.4-0.9 % natively); the gone instance's keys about 1/N, at most 1.5/N (its share
+    # of 200 keys varies run to run: the instances' addresses are new each run), plus the
+    # survivors' allowance.
     assert len(survivors_moved) <= survivor_moves * len(KEYS), survivors_moved
-    assert len(moved) <= 1.5 / N * len(KEYS), len(moved)
+    assert len(on_gone) <= 1.5 / N * len(KEYS), len(on_gone)
+    assert len(moved) <= (1.5 / N + survivor_moves) * len(KEYS), len(moved)
 
 
 def test_maglev_shares_are_balanced(polaris, service, upstreams, envoy):
