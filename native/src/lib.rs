@@ -10,6 +10,7 @@
 
 #![deny(unsafe_code)]
 
+mod cluster;
 #[allow(unsafe_code)]
 mod ffi;
 mod filter;

@@ -433,7 +433,7 @@ impl Exchange {
         let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
         drop(facts);
         // Replaces whatever the client sent: the header is always ours.
-        if let Err(e) = stream.set_request_header(&config.upstream_header, upstream) {
+        if let Err(e) = stream.set_upstream(&config.upstream_header, upstream) {
             return Route::Reject(Rejection::HostRefused {
                 what: format!("cannot set {}: {e}", config.upstream_header),
             });

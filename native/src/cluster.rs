@@ -1,0 +1,339 @@
+//! The native build's own upstream cluster (`envoy.clusters.dynamic_modules`, `cluster_name:
+//! polaris`): Polaris's instances as Envoy hosts, so the filter hands each pick over as
+//! Envoy's upstream override host instead of writing the upstream header for an ORIGINAL_DST
+//! cluster to parse (`make bench`: setup `dyncluster`).
+//!
+//! - The host set is every instance of every watched service, read from the process-wide store
+//!   the filter's workers fill ([`crate::store`]), synced on the main thread (Envoy adds hosts
+//!   there only): at init, then whenever the store's snapshot generation or watch list moves
+//!   (a small thread of ours polls them and wakes the main thread through the cluster's
+//!   scheduler).
+//! - Each Envoy worker learns the cluster's hosts a little after the store has them (Envoy posts
+//!   host updates to its workers): the first requests of a service just discovered on a worker,
+//!   or to an instance registered a moment ago, can name a host that worker does not hold yet.
+//!   Envoy then asks the cluster's load balancer ([`WorkerLb`]), which asks for a sync at once
+//!   and answers "pending" (Envoy's asynchronous host selection); the worker's next host update
+//!   ends the selection with the host, or after [`PENDING_TTL`] without it, with none (503).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use polaris_wasm::model::{Kind, ServiceKey};
+use polaris_wasm::shared::{self, WatchList};
+use polaris_wasm::snapshot::{decode_instances, Discovered};
+
+use crate::ffi::cluster::{
+    ClusterHandle, ClusterScheduler, HostPtr, LbContext, LbHandle, WorkerHost,
+};
+use crate::store;
+
+/// The `cluster_name` this module answers to.
+pub const CLUSTER_NAME: &str = "polaris";
+
+/// How often the thread looks at the store for changes to sync.
+const POLL: Duration = Duration::from_millis(50);
+
+/// How long a request waits for its pick to reach its worker's hosts before it gets no host.
+pub const PENDING_TTL: Duration = Duration::from_secs(3);
+
+/// Live clusters of ours in this process: while there is one, picks use the override host.
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether a cluster of ours is configured in this Envoy: then the filter hands picks over as
+/// override hosts (the config routes to the cluster).
+pub fn live() -> bool {
+    LIVE.load(Ordering::Relaxed) > 0
+}
+
+/// The cluster's config: nothing to configure but the name.
+#[derive(Debug)]
+pub struct ClusterConfig;
+
+impl ClusterConfig {
+    /// Rejects (logged naming the field) any name but [`CLUSTER_NAME`] and any config.
+    pub fn new(name: &[u8], config: &[u8]) -> Option<ClusterConfig> {
+        let name = String::from_utf8_lossy(name);
+        if name != CLUSTER_NAME {
+            log::error!(
+                "cluster_name: unknown cluster {name:?} (this module's cluster is {CLUSTER_NAME:?})"
+            );
+            return None;
+        }
+        let config = String::from_utf8_lossy(config);
+        if !matches!(config.trim(), "" | "{}") {
+            log::error!(
+                "cluster_config: the {CLUSTER_NAME} cluster takes no config, got {config:?}"
+            );
+            return None;
+        }
+        Some(ClusterConfig)
+    }
+}
+
+/// One cluster: the hosts it holds, and the thread that tells the main thread to sync them.
+pub struct Cluster {
+    hosts: Mutex<HashMap<String, HostPtr>>,
+    wake: Arc<Wake>,
+    watcher: Mutex<Option<Watcher>>,
+}
+
+/// The way to the main thread's [`Cluster::sync`] from any thread (once the cluster is up).
+#[derive(Default)]
+struct Wake(OnceLock<ClusterScheduler>);
+
+impl Wake {
+    fn sync_soon(&self) {
+        if let Some(s) = self.0.get() {
+            s.commit(0);
+        }
+    }
+}
+
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+impl Cluster {
+    pub fn new(_config: &ClusterConfig, _handle: ClusterHandle) -> Cluster {
+        LIVE.fetch_add(1, Ordering::Relaxed);
+        Cluster {
+            hosts: Mutex::new(HashMap::new()),
+            wake: Arc::new(Wake::default()),
+            watcher: Mutex::new(None),
+        }
+    }
+
+    fn hosts(&self) -> MutexGuard<'_, HashMap<String, HostPtr>> {
+        // Main thread only; a panic mid-sync leaves a map that the next sync corrects.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Main thread, after the first sync: starts the thread that wakes [`Cluster::sync`].
+    pub fn watch(&self, handle: ClusterHandle) {
+        let Some(scheduler) = handle.scheduler() else {
+            log::error!("cluster {CLUSTER_NAME}: Envoy gave no scheduler; hosts stay as at start");
+            return;
+        };
+        if self.wake.0.set(scheduler).is_err() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new()
+            .name("polaris-hosts".into())
+            .spawn(move || watch(&wake, &flag));
+        match spawned {
+            Ok(thread) => {
+                let mut w = self.watcher.lock().unwrap_or_else(|p| p.into_inner());
+                *w = Some(Watcher { stop, thread });
+            }
+            Err(e) => log::error!("cluster {CLUSTER_NAME}: cannot start its thread: {e}"),
+        }
+    }
+
+    /// Main thread: makes the cluster's hosts the instances the store holds.
+    pub fn sync(&self, handle: ClusterHandle) {
+        let wanted = instances_in_store();
+        let mut hosts = self.hosts();
+        let gone: Vec<String> = hosts
+            .keys()
+            .filter(|a| !wanted.contains(*a))
+            .cloned()
+            .collect();
+        let new: Vec<String> = wanted
+            .into_iter()
+            .filter(|a| !hosts.contains_key(a))
+            .collect();
+        if !gone.is_empty() {
+            let ptrs: Vec<HostPtr> = gone.iter().filter_map(|a| hosts.remove(a)).collect();
+            let removed = handle.remove_hosts(&ptrs);
+            log::debug!(
+                "cluster {CLUSTER_NAME}: removed {removed} of {} hosts",
+                ptrs.len()
+            );
+        }
+        if !new.is_empty() {
+            match handle.add_hosts(&new) {
+                Some(ptrs) => {
+                    log::debug!("cluster {CLUSTER_NAME}: added {}", new.join(", "));
+                    hosts.extend(new.into_iter().zip(ptrs));
+                }
+                None => log::warn!(
+                    "cluster {CLUSTER_NAME}: Envoy refused hosts {}; their requests go through the header cluster",
+                    new.join(", ")
+                ),
+            }
+        }
+    }
+
+    /// A worker's load balancer (`lb_new`, on that worker).
+    pub fn worker_lb(&self, lb: LbHandle) -> WorkerLb {
+        WorkerLb {
+            lb,
+            wake: self.wake.clone(),
+            pending: RefCell::new(Vec::new()),
+            next_id: Cell::new(1),
+        }
+    }
+
+    /// Destroy hook: the thread is stopped and joined before Envoy's scheduler goes.
+    pub fn shutdown(self) {
+        LIVE.fetch_sub(1, Ordering::Relaxed);
+        let watcher = self
+            .watcher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = watcher {
+            w.stop.store(true, Ordering::Relaxed);
+            w.thread.thread().unpark();
+            if w.thread.join().is_err() {
+                log::warn!("cluster {CLUSTER_NAME}: its thread panicked");
+            }
+        }
+    }
+}
+
+/// What the load balancer answers Envoy for one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Choice {
+    Host(WorkerHost),
+    NoHost,
+    /// Ended later by [`WorkerLb::hosts_changed`]; the id is Envoy's handle to cancel it.
+    Pending(u64),
+}
+
+/// One worker's load balancer: waits for picks this worker does not hold yet.
+pub struct WorkerLb {
+    lb: LbHandle,
+    wake: Arc<Wake>,
+    pending: RefCell<Vec<Pending>>,
+    next_id: Cell<u64>,
+}
+
+struct Pending {
+    id: u64,
+    context: LbContext,
+    address: String,
+    since: Instant,
+}
+
+impl WorkerLb {
+    /// A request whose override host Envoy did not find on this worker.
+    pub fn choose(&self, context: LbContext) -> Choice {
+        // Without the filter's pick there is nothing to choose: the pick is never ours.
+        let Some(address) = context.override_host() else {
+            return Choice::NoHost;
+        };
+        if let Some(host) = self.lb.find_host(&address) {
+            return Choice::Host(host);
+        }
+        if address.parse::<SocketAddr>().is_err() {
+            return Choice::NoHost;
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1).max(1));
+        self.pending.borrow_mut().push(Pending {
+            id,
+            context,
+            address,
+            since: Instant::now(),
+        });
+        self.wake.sync_soon();
+        Choice::Pending(id)
+    }
+
+    /// Envoy gave up on a pending selection (the request went away): never complete it.
+    pub fn cancel(&self, id: u64) {
+        self.pending.borrow_mut().retain(|p| p.id != id);
+    }
+
+    /// This worker's hosts changed: pending picks that arrived get their host, those waiting
+    /// longer than [`PENDING_TTL`] get none. Envoy is called after our state is settled (it
+    /// may choose again from inside a completion).
+    pub fn hosts_changed(&self) {
+        let now = Instant::now();
+        let mut done = Vec::new();
+        self.pending.borrow_mut().retain(|p| {
+            match self.lb.find_host(&p.address) {
+                Some(h) => done.push((p.context, Some(h))),
+                None if now.duration_since(p.since) >= PENDING_TTL => done.push((p.context, None)),
+                None => return true,
+            }
+            false
+        });
+        for (context, host) in done {
+            let details = if host.is_some() {
+                ""
+            } else {
+                "polaris: instance not in the cluster"
+            };
+            self.lb.complete(context, host, details);
+        }
+    }
+}
+
+/// The watching thread: wakes the main thread when the store's generation or watch list moved.
+fn watch(wake: &Wake, stop: &AtomicBool) {
+    let mut seen = fingerprint();
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::park_timeout(POLL);
+        let now = fingerprint();
+        if now != seen {
+            seen = now;
+            wake.sync_soon();
+        }
+    }
+}
+
+fn fingerprint() -> (u64, Option<Vec<u8>>) {
+    let generation = shared::decode_counter(store::get(shared::GEN_KEY).0.as_deref());
+    (generation, store::get(shared::WATCH_KEY).0)
+}
+
+/// Every instance (`ip:port`) of every watched service the store has an answer for.
+fn instances_in_store() -> HashSet<String> {
+    let watched = WatchList::decode(store::get(shared::WATCH_KEY).0.as_deref());
+    watched.services().iter().flat_map(instances_of).collect()
+}
+
+fn instances_of(key: &ServiceKey) -> Vec<String> {
+    let Some(bytes) = store::get(&shared::resource_key(Kind::Instances, key)).0 else {
+        return Vec::new();
+    };
+    match decode_instances(key, &bytes) {
+        // Envoy's hosts are IP addresses: an instance named otherwise goes by the header
+        // (where ORIGINAL_DST refuses it alike).
+        Ok(Discovered::Changed(snapshot)) => snapshot
+            .instances
+            .into_iter()
+            .map(|i| i.upstream)
+            .filter(|u| u.parse::<SocketAddr>().is_ok())
+            .collect(),
+        Ok(_) => Vec::new(),
+        Err(e) => {
+            log::debug!("cluster {CLUSTER_NAME}: stored instances of {key} unreadable: {e:?}");
+            Vec::new()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cluster_name_other_than_polaris_is_rejected() {
+        assert!(ClusterConfig::new(b"polaris", b"").is_some());
+        assert!(ClusterConfig::new(b"polaris", b"{}").is_some());
+        assert!(ClusterConfig::new(b"other", b"").is_none());
+        assert!(ClusterConfig::new(b"polaris", b"{\"x\":1}").is_none());
+    }
+}
