@@ -13,7 +13,9 @@
 //!   or to an instance registered a moment ago, can name a host that worker does not hold yet.
 //!   Envoy then asks the cluster's load balancer ([`WorkerLb`]), which asks for a sync at once
 //!   and answers "pending" (Envoy's asynchronous host selection); the worker's next host update
-//!   ends the selection with the host, or after [`PENDING_TTL`] without it, with none (503).
+//!   ends the selection with the host. One still waiting after [`PENDING_TTL`] (its instance
+//!   left Polaris meanwhile) gets no host (503) at the worker's next host update or next wait,
+//!   or Envoy's route timeout ends it first.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -201,6 +203,9 @@ impl Cluster {
     }
 }
 
+/// Envoy's details for a request whose pick never reached its worker's hosts.
+const NOT_IN_CLUSTER: &str = "polaris: instance not in the cluster";
+
 /// What the load balancer answers Envoy for one request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Choice {
@@ -238,6 +243,7 @@ impl WorkerLb {
         if address.parse::<SocketAddr>().is_err() {
             return Choice::NoHost;
         }
+        self.expire();
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
         self.pending.borrow_mut().push(Pending {
@@ -253,6 +259,22 @@ impl WorkerLb {
     /// Envoy gave up on a pending selection (the request went away): never complete it.
     pub fn cancel(&self, id: u64) {
         self.pending.borrow_mut().retain(|p| p.id != id);
+    }
+
+    /// Ends the selections waiting longer than [`PENDING_TTL`] with no host.
+    fn expire(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        self.pending.borrow_mut().retain(|p| {
+            let keep = now.duration_since(p.since) < PENDING_TTL;
+            if !keep {
+                expired.push(p.context);
+            }
+            keep
+        });
+        for context in expired {
+            self.lb.complete(context, None, NOT_IN_CLUSTER);
+        }
     }
 
     /// This worker's hosts changed: pending picks that arrived get their host, those waiting

@@ -7,6 +7,8 @@
 //! - [`filter`]: one stream, on a worker thread's follower worker.
 //! - [`host`]: the core's host traits; [`store`]: shared data in process memory; [`grpc`]:
 //!   Polaris's gRPC calls as Envoy callouts; [`logger`]: `log` to Envoy's log.
+//! - [`cluster`]: the module as an upstream cluster too (`envoy/envoy-native-cluster.yaml`):
+//!   Polaris's instances as hosts, each pick handed over as Envoy's override host.
 
 #![deny(unsafe_code)]
 

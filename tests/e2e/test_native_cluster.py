@@ -100,6 +100,21 @@ def test_a_deregistered_instance_leaves_the_cluster_and_gets_no_traffic(
         assert upstream_rq(e, "polaris_upstream") - cluster_before == 60
 
 
+def test_a_client_sent_upstream_header_leads_nowhere(polaris, service, upstreams, tmp_path):
+    (up,) = upstreams("only")
+    (decoy,) = upstreams("decoy")
+    polaris.create_service(service)
+    polaris.register_instance(service, "127.0.0.1", up.port)
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == 1, service=service)
+
+    with cluster_envoy(tmp_path / "envoy", polaris) as e:
+        counts = e.client().counts(
+            service, 10, headers={"x-polaris-upstream": f"127.0.0.1:{decoy.port}"}
+        )
+
+    assert counts == {"only": 10}, counts
+
+
 def test_validate_rejects_a_bad_cluster_config_naming_the_field(tmp_path):
     shipped = render(plugin_config(), 10000, 9901, 8091, template=SHIPPED_NATIVE_CLUSTER,
                      build="native")

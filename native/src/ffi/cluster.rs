@@ -1,7 +1,7 @@
 //! The upstream cluster side of Envoy 1.40's dynamic-module ABI (`envoy.clusters.dynamic_modules`):
-//! our own declarations of the callbacks we call (checked against the 1.40 binary: argument
-//! counts of `add_hosts`, `remove_hosts`, `lb_get_host_address`), safe handles over them, and
-//! the cluster hooks Envoy resolves, each catching panics.
+//! our own declarations of the callbacks we call (each one's argument registers checked in the
+//! 1.40 binary), safe handles over them, and the cluster hooks Envoy resolves, each catching
+//! panics.
 //!
 //! The cluster holds Polaris's instances as hosts ([`crate::cluster`]); the filter hands each
 //! request's pick over as Envoy's upstream override host, so no header is written and Envoy's
