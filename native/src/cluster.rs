@@ -40,6 +40,11 @@ pub const CLUSTER_NAME: &str = "polaris";
 /// How often the thread looks at the store for changes to sync.
 const POLL: Duration = Duration::from_millis(50);
 
+/// How long a host stays after its instance left Polaris: workers pick from their own snapshot
+/// copy, resynced at their next tick (at most `core::worker::MAX_TICK`, 500 ms, before a pick),
+/// so a pick may name it a little longer, and reaches it, as the header build's would.
+const GRACE: Duration = Duration::from_secs(5);
+
 /// How long a request waits for its pick to reach its worker's hosts before it gets no host.
 pub const PENDING_TTL: Duration = Duration::from_secs(3);
 
@@ -79,7 +84,7 @@ impl ClusterConfig {
 
 /// One cluster: the hosts it holds, and the thread that tells the main thread to sync them.
 pub struct Cluster {
-    hosts: Mutex<HashMap<String, HostPtr>>,
+    hosts: Mutex<HostSet<HostPtr>>,
     wake: Arc<Wake>,
     watcher: Mutex<Option<Watcher>>,
 }
@@ -105,13 +110,13 @@ impl Cluster {
     pub fn new(_config: &ClusterConfig, _handle: ClusterHandle) -> Cluster {
         LIVE.fetch_add(1, Ordering::Relaxed);
         Cluster {
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Mutex::new(HostSet::default()),
             wake: Arc::new(Wake::default()),
             watcher: Mutex::new(None),
         }
     }
 
-    fn hosts(&self) -> MutexGuard<'_, HashMap<String, HostPtr>> {
+    fn hosts(&self) -> MutexGuard<'_, HostSet<HostPtr>> {
         // Main thread only; a panic mid-sync leaves a map that the next sync corrects.
         self.hosts.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -140,35 +145,26 @@ impl Cluster {
         }
     }
 
-    /// Main thread: makes the cluster's hosts the instances the store holds.
+    /// Main thread: makes the cluster's hosts the instances the store holds (those that left
+    /// it stay for [`GRACE`]).
     pub fn sync(&self, handle: ClusterHandle) {
-        let wanted = instances_in_store();
         let mut hosts = self.hosts();
-        let gone: Vec<String> = hosts
-            .keys()
-            .filter(|a| !wanted.contains(*a))
-            .cloned()
-            .collect();
-        let new: Vec<String> = wanted
-            .into_iter()
-            .filter(|a| !hosts.contains_key(a))
-            .collect();
+        let (new, gone) = hosts.diff(&instances_in_store(), Instant::now());
         if !gone.is_empty() {
-            let ptrs: Vec<HostPtr> = gone.iter().filter_map(|a| hosts.remove(a)).collect();
-            let removed = handle.remove_hosts(&ptrs);
+            let removed = handle.remove_hosts(&gone);
             log::debug!(
                 "cluster {CLUSTER_NAME}: removed {removed} of {} hosts",
-                ptrs.len()
+                gone.len()
             );
         }
         if !new.is_empty() {
             match handle.add_hosts(&new) {
                 Some(ptrs) => {
                     log::debug!("cluster {CLUSTER_NAME}: added {}", new.join(", "));
-                    hosts.extend(new.into_iter().zip(ptrs));
+                    hosts.added(new, ptrs);
                 }
                 None => log::warn!(
-                    "cluster {CLUSTER_NAME}: Envoy refused hosts {}; their requests go through the header cluster",
+                    "cluster {CLUSTER_NAME}: Envoy refused hosts {}; requests picking them get no host",
                     new.join(", ")
                 ),
             }
@@ -302,14 +298,65 @@ impl WorkerLb {
     }
 }
 
-/// The watching thread: wakes the main thread when the store's generation or watch list moved.
+/// The hosts a cluster holds by address, with when each left the wanted set.
+#[derive(Debug)]
+struct HostSet<H> {
+    held: HashMap<String, (H, Option<Instant>)>,
+}
+
+impl<H> Default for HostSet<H> {
+    fn default() -> Self {
+        HostSet {
+            held: HashMap::new(),
+        }
+    }
+}
+
+impl<H: Copy> HostSet<H> {
+    /// What to add (wanted, not held) and what to remove (left the wanted set [`GRACE`] ago or
+    /// more; those are forgotten here). A held host wanted again is kept.
+    fn diff(&mut self, wanted: &HashSet<String>, now: Instant) -> (Vec<String>, Vec<H>) {
+        let new = wanted
+            .iter()
+            .filter(|a| !self.held.contains_key(*a))
+            .cloned()
+            .collect();
+        let mut gone = Vec::new();
+        self.held.retain(|address, (host, left)| {
+            if wanted.contains(address) {
+                *left = None;
+                return true;
+            }
+            let since = *left.get_or_insert(now);
+            let keep = now.duration_since(since) < GRACE;
+            if !keep {
+                gone.push(*host);
+            }
+            keep
+        });
+        (new, gone)
+    }
+
+    fn added(&mut self, addresses: Vec<String>, hosts: Vec<H>) {
+        self.held.extend(
+            addresses
+                .into_iter()
+                .zip(hosts.into_iter().map(|h| (h, None))),
+        );
+    }
+}
+
+/// The watching thread: wakes the main thread when the store's generation or watch list moved,
+/// and every [`GRACE`] / 2 (hosts past their grace leave then).
 fn watch(wake: &Wake, stop: &AtomicBool) {
     let mut seen = fingerprint();
+    let mut synced = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         std::thread::park_timeout(POLL);
         let now = fingerprint();
-        if now != seen {
+        if now != seen || synced.elapsed() >= GRACE / 2 {
             seen = now;
+            synced = Instant::now();
             wake.sync_soon();
         }
     }
@@ -350,6 +397,48 @@ fn instances_of(key: &ServiceKey) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn set(addresses: &[&str]) -> HashSet<String> {
+        addresses.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn an_instance_that_left_polaris_stays_a_host_for_the_grace_then_goes() {
+        let t0 = Instant::now();
+        let mut hosts = HostSet::default();
+        let (mut new, gone) = hosts.diff(&set(&["a:1", "b:2"]), t0);
+        assert!(gone.is_empty());
+        new.sort();
+        assert_eq!(new, vec!["a:1".to_string(), "b:2".to_string()]);
+        hosts.added(new, vec![1, 2]);
+
+        let (new, gone) = hosts.diff(&set(&["a:1"]), t0 + Duration::from_secs(1));
+        assert!(
+            new.is_empty() && gone.is_empty(),
+            "b stays within its grace"
+        );
+        let (_, gone) = hosts.diff(&set(&["a:1"]), t0 + Duration::from_secs(1) + GRACE);
+        assert_eq!(gone, vec![2]);
+        let (new, gone) = hosts.diff(&set(&["a:1", "b:2"]), t0 + GRACE * 3);
+        assert_eq!(
+            (new, gone),
+            (vec!["b:2".to_string()], vec![]),
+            "b comes back as new"
+        );
+    }
+
+    #[test]
+    fn an_instance_back_within_the_grace_is_kept_not_re_added() {
+        let t0 = Instant::now();
+        let mut hosts = HostSet::default();
+        let (new, _) = hosts.diff(&set(&["a:1"]), t0);
+        hosts.added(new, vec![7]);
+        hosts.diff(&set(&[]), t0 + Duration::from_secs(1));
+        let (new, gone) = hosts.diff(&set(&["a:1"]), t0 + Duration::from_secs(2));
+        assert!(new.is_empty() && gone.is_empty());
+        let (_, gone) = hosts.diff(&set(&["a:1"]), t0 + GRACE * 2);
+        assert!(gone.is_empty(), "wanted again: its grace was reset");
+    }
 
     #[test]
     fn a_cluster_name_other_than_polaris_is_rejected() {

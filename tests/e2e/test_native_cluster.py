@@ -74,7 +74,7 @@ def test_requests_reach_the_instances_polaris_lists_through_the_module_cluster(
         assert e.counter("native_panics") == 0
 
 
-def test_a_deregistered_instance_leaves_the_cluster_and_gets_no_traffic(
+def test_a_deregistered_instance_gets_no_traffic_and_leaves_the_cluster(
     polaris, service, upstreams, tmp_path
 ):
     stays, goes, later = upstreams("stays", "goes", "later")
@@ -89,15 +89,24 @@ def test_a_deregistered_instance_leaves_the_cluster_and_gets_no_traffic(
 
         polaris.deregister_instance({"service": service, "host": "127.0.0.1", "port": goes.port})
         polaris.register_instance(service, "127.0.0.1", later.port)
-        want = {f"127.0.0.1:{stays.port}", f"127.0.0.1:{later.port}"}
-        assert wait_hosts(e, want, timeout=REFRESH * 10) == want
-        time.sleep(max(REFRESH, 0.5))  # workers resync their snapshots and hosts
+        polaris.wait_for(
+            lambda r: {i["port"] for i in r.get("instances") or []} == {stays.port, later.port},
+            service=service,
+        )
+        deadline = time.monotonic() + REFRESH * 10
+        while f"127.0.0.1:{later.port}" not in cluster_hosts(e):
+            assert time.monotonic() < deadline, cluster_hosts(e)
+            time.sleep(0.1)
+        time.sleep(REFRESH + 0.5)  # the leader refreshed, the workers resynced
         cluster_before = upstream_rq(e, "polaris_upstream")
 
         counts = client.counts(service, 60)
 
         assert set(counts) == {"stays", "later"}, counts
         assert upstream_rq(e, "polaris_upstream") - cluster_before == 60
+        # The host itself leaves once no worker's snapshot can name it any more (a grace of 5 s).
+        want = {f"127.0.0.1:{stays.port}", f"127.0.0.1:{later.port}"}
+        assert wait_hosts(e, want, timeout=12.0) == want
 
 
 def test_a_client_sent_upstream_header_leads_nowhere(polaris, service, upstreams, tmp_path):

@@ -24,7 +24,9 @@ NATIVE = Path(os.environ.get("POLARIS_NATIVE", ROOT / "build" / "libpolaris_nati
 # The lean build of the same compile (`make wasm`): no response or stream-end callbacks.
 WASM_LEAN = WASM.with_name(WASM.stem + "_lean.wasm")
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
-SHIPPED_NATIVE = ROOT / "envoy" / "envoy-native.yaml"
+# POLARIS_NATIVE_CONFIG=envoy/envoy-native-cluster.yaml runs the native build's suites in the
+# own-cluster mode instead.
+SHIPPED_NATIVE = ROOT / os.environ.get("POLARIS_NATIVE_CONFIG", "envoy/envoy-native.yaml")
 # The native build with its own upstream cluster (override host instead of the header).
 SHIPPED_NATIVE_CLUSTER = ROOT / "envoy" / "envoy-native-cluster.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
