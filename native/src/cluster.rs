@@ -21,7 +21,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -89,13 +89,19 @@ pub struct Cluster {
     watcher: Mutex<Option<Watcher>>,
 }
 
-/// The way to the main thread's [`Cluster::sync`] from any thread (once the cluster is up).
+/// The way to the main thread's [`Cluster::sync`] from any thread, while the cluster lives
+/// (workers' load balancers may outlive it: then it does nothing).
 #[derive(Default)]
-struct Wake(OnceLock<ClusterScheduler>);
+struct Wake(Mutex<Option<ClusterScheduler>>);
 
 impl Wake {
+    fn scheduler(&self) -> MutexGuard<'_, Option<ClusterScheduler>> {
+        // Only ever replaced whole.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn sync_soon(&self) {
-        if let Some(s) = self.0.get() {
+        if let Some(s) = self.scheduler().as_ref() {
             s.commit(0);
         }
     }
@@ -107,7 +113,7 @@ struct Watcher {
 }
 
 impl Cluster {
-    pub fn new(_config: &ClusterConfig, _handle: ClusterHandle) -> Cluster {
+    pub fn new() -> Cluster {
         LIVE.fetch_add(1, Ordering::Relaxed);
         Cluster {
             hosts: Mutex::new(HostSet::default()),
@@ -127,9 +133,7 @@ impl Cluster {
             log::error!("cluster {CLUSTER_NAME}: Envoy gave no scheduler; hosts stay as at start");
             return;
         };
-        if self.wake.0.set(scheduler).is_err() {
-            return;
-        }
+        *self.wake.scheduler() = Some(scheduler);
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let wake = self.wake.clone();
@@ -181,7 +185,7 @@ impl Cluster {
         }
     }
 
-    /// Destroy hook: the thread is stopped and joined before Envoy's scheduler goes.
+    /// Destroy hook: the thread is stopped and joined, then Envoy's scheduler is let go.
     pub fn shutdown(self) {
         LIVE.fetch_sub(1, Ordering::Relaxed);
         let watcher = self
@@ -196,6 +200,8 @@ impl Cluster {
                 log::warn!("cluster {CLUSTER_NAME}: its thread panicked");
             }
         }
+        // Envoy's scheduler goes with the cluster, whoever still holds the wake.
+        *self.wake.scheduler() = None;
     }
 }
 

@@ -129,8 +129,16 @@ def test_validate_rejects_a_bad_cluster_config_naming_the_field(tmp_path):
                      build="native")
     assert validate(shipped, tmp_path).returncode == 0
 
-    bad = shipped.replace("cluster_name: polaris", "cluster_name: polaris-typo")
-    result = validate(bad, tmp_path)
+    name_line = "        cluster_name: polaris\n"
+    bad_name = shipped.replace(name_line, "        cluster_name: polaris-typo\n")
+    bad_config = shipped.replace(
+        name_line,
+        name_line + "        cluster_config: "
+        '{"@type": type.googleapis.com/google.protobuf.StringValue, value: "refresh: 1s"}\n',
+    )
 
-    assert result.returncode != 0
-    assert "cluster_name: unknown cluster" in result.stdout + result.stderr
+    for bad, field in ((bad_name, "cluster_name: unknown cluster"),
+                       (bad_config, "cluster_config: the polaris cluster takes no config")):
+        result = validate(bad, tmp_path)
+        assert result.returncode != 0
+        assert field in result.stdout + result.stderr

@@ -260,14 +260,14 @@ pub extern "C" fn envoy_dynamic_module_on_cluster_config_destroy(config_module: 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_cluster_new(
     config_module: *const c_void,
-    cluster_envoy: *mut c_void,
+    _cluster_envoy: *mut c_void,
 ) -> *const c_void {
     guard(std::ptr::null(), || {
         // SAFETY: Envoy hands back the config pointer we returned.
-        let Some(config) = (unsafe { config(config_module) }) else {
+        if unsafe { config(config_module) }.is_none() {
             return std::ptr::null();
-        };
-        let c = Cluster::new(config, ClusterHandle(cluster_envoy));
+        }
+        let c = Cluster::new();
         Box::into_raw(Box::new(c)).cast_const().cast()
     })
 }
