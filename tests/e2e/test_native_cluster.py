@@ -46,13 +46,14 @@ def wait_hosts(e: Envoy, want: set[str], timeout: float = 10.0) -> set[str]:
 def test_requests_reach_the_instances_polaris_lists_through_the_module_cluster(
     polaris, service, upstreams, tmp_path
 ):
-    heavy, light, isolated = upstreams("heavy", "light", "isolated")
+    heavy, light, isolated, sick = upstreams("heavy", "light", "isolated", "sick")
     polaris.create_service(service)
     polaris.register_instance(service, "127.0.0.1", heavy.port, weight=300)
     polaris.register_instance(service, "127.0.0.1", light.port, weight=100)
     polaris.register_instance(service, "127.0.0.1", isolated.port, isolate=True)
-    polaris.wait_for(lambda r: len(r.get("instances") or []) == 3, service=service)
-    listed = {f"127.0.0.1:{u.port}" for u in (heavy, light, isolated)}
+    polaris.register_instance(service, "127.0.0.1", sick.port, healthy=False)
+    polaris.wait_for(lambda r: len(r.get("instances") or []) == 4, service=service)
+    listed = {f"127.0.0.1:{u.port}" for u in (heavy, light, isolated, sick)}
 
     with cluster_envoy(tmp_path / "envoy", polaris) as e:
         client = e.client()
@@ -60,7 +61,8 @@ def test_requests_reach_the_instances_polaris_lists_through_the_module_cluster(
         # cluster's load balancer until its worker holds the host.
         status, headers, body = client.request(service)
         assert status == 200, (status, headers, body)
-        # The cluster holds every listed instance (isolated too: the filter never picks it).
+        # The cluster holds every listed instance (isolated and unhealthy too: the filter does
+        # not pick them).
         assert wait_hosts(e, listed) == listed
         time.sleep(0.5)  # the host update reaches the workers after the main thread
         cluster_before = upstream_rq(e, "polaris_upstream")
