@@ -9,7 +9,10 @@ within the round, and the median of those is reported:
 A *dynmod* Envoy runs the shipped envoy/envoy-native.yaml: the same governance (same plugin JSON)
 by the native dynamic module (build/libpolaris_native.so, issue 13 target >= 0.90), its ratios
 to baseline printed beside the wasm filter's (`--no-native` leaves it out); *dynmod_cb* is the
-same with `circuit_breaker: {}` beside *breakers*.
+same with `circuit_breaker: {}` beside *breakers*. A *dyncluster* Envoy runs the shipped
+envoy/envoy-native-cluster.yaml: the same module, also as the upstream cluster (Polaris's
+instances as hosts, the pick handed over as Envoy's override host instead of the header); the
+dyncluster / dynmod ratio is what dropping the header and ORIGINAL_DST saves.
 A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
 polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
 breaker state and every response is classified); the breakers / filter ratio is the cost of the
@@ -48,7 +51,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-from harness.envoy import WASM, Envoy, render  # noqa: E402
+from harness.envoy import SHIPPED_NATIVE_CLUSTER, WASM, Envoy, render  # noqa: E402
 from harness.polaris import Polaris, free_port  # noqa: E402
 
 BASELINE = """
@@ -207,6 +210,10 @@ def main() -> None:
             listen, admin = free_port(), free_port()
             dynmod = render(plugin, listen, admin, polaris.grpc_port, build="native")
             runs.append(("dynmod", dynmod, (listen, admin)))
+            listen, admin = free_port(), free_port()
+            dyncluster = render(plugin, listen, admin, polaris.grpc_port,
+                                template=SHIPPED_NATIVE_CLUSTER, build="native")
+            runs.append(("dyncluster", dyncluster, (listen, admin)))
         if not args.no_breakers:
             listen, admin = free_port(), free_port()
             breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
@@ -313,6 +320,11 @@ def main() -> None:
             print("median dynmod_cb / dynmod capacity ratio: "
                   f"{statistics.median(d['cpu_us'] / b['cpu_us'] for d, b in nb_pairs):.3f}"
                   "  (circuit breaking in the native build; issue 10 target >= 0.98)")
+        if "dyncluster" in results:
+            dc_pairs = list(zip(results["dynmod"], results["dyncluster"]))
+            print("median dyncluster / dynmod capacity ratio: "
+                  f"{statistics.median(d['cpu_us'] / c['cpu_us'] for d, c in dc_pairs):.3f}"
+                  "  (override host + the module's cluster vs header + ORIGINAL_DST)")
         if "limited" in results:
             lim_pairs = list(zip(results["filter"], results["limited"]))
             print("median limited / filter req/s ratio:     "
@@ -344,7 +356,7 @@ def main() -> None:
             print(f"median filter / {name} capacity ratio: "
                   f"{statistics.median(m['cpu_us'] / f['cpu_us'] for m, f in m_pairs):.3f}  ({name} = {path})")
         errors = sum(r["errors"] for r in results["filter"] + results.get("breakers", [])
-                     + results.get("dynmod", []))
+                     + results.get("dynmod", []) + results.get("dyncluster", []))
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
     finally:

@@ -14,6 +14,7 @@ use polaris_wasm::core::host::{
     Stream,
 };
 
+use crate::cluster;
 use crate::ffi::abi::{Attribute, Callout, ConfigHandle, FilterHandle, HeaderMap, StreamScheduler};
 use crate::grpc;
 use crate::grpc_stream::GrpcStreams;
@@ -505,5 +506,18 @@ impl Stream for NativeStream {
 
     fn destination_address(&mut self) -> Option<String> {
         self.0.attribute(Attribute::DestinationAddress)
+    }
+
+    /// With our own cluster configured (`envoy/envoy-native-cluster.yaml`) the pick is Envoy's
+    /// override host for it, and nothing is written (a client-sent header reaches no cluster
+    /// that reads it); the cluster holds every instance and waits for one it lacks.
+    fn set_upstream(&mut self, header: &str, upstream: &str) -> Result<(), HostError> {
+        if !cluster::live() {
+            return self.set_request_header(header, upstream);
+        }
+        self.0
+            .set_override_host(upstream, false)
+            .then_some(())
+            .ok_or_else(|| refused("hand over", upstream))
     }
 }

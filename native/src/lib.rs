@@ -9,9 +9,12 @@
 //!   Polaris's gRPC calls as Envoy callouts; [`grpc_stream`]: the limiter's gRPC streams as
 //!   Envoy streams; [`rule_stats`]: per-rule counters as labelled vectors; [`logger`]: `log` to
 //!   Envoy's log.
+//! - [`cluster`]: the module as an upstream cluster too (`envoy/envoy-native-cluster.yaml`):
+//!   Polaris's instances as hosts, each pick handed over as Envoy's override host.
 
 #![deny(unsafe_code)]
 
+mod cluster;
 #[allow(unsafe_code)]
 mod ffi;
 mod filter;

@@ -432,8 +432,8 @@ impl Exchange {
         let upstream = &decision.instance.upstream;
         let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
         drop(facts);
-        // Replaces whatever the client sent: the header is always ours.
-        if let Err(e) = stream.set_request_header(&config.upstream_header, upstream) {
+        // The header by default, replacing whatever the client sent: it is always ours.
+        if let Err(e) = stream.set_upstream(&config.upstream_header, upstream) {
             return Route::Reject(Rejection::HostRefused {
                 what: format!("cannot set {}: {e}", config.upstream_header),
             });

@@ -471,6 +471,11 @@ impl FilterHandle {
         FilterHandle(ptr)
     }
 
+    /// The raw stream pointer, for the other declaration files of `ffi`.
+    pub(super) fn ptr(self) -> *mut c_void {
+        self.0
+    }
+
     /// Identifies the stream while it lives (its address).
     pub fn key(&self) -> usize {
         self.0 as usize

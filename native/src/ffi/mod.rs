@@ -3,4 +3,6 @@
 //! ([`hooks`], each catching panics).
 
 pub mod abi;
+pub mod cluster;
 mod hooks;
+mod pick;

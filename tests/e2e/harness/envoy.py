@@ -24,7 +24,11 @@ NATIVE = Path(os.environ.get("POLARIS_NATIVE", ROOT / "build" / "libpolaris_nati
 # The lean build of the same compile (`make wasm`): no response or stream-end callbacks.
 WASM_LEAN = WASM.with_name(WASM.stem + "_lean.wasm")
 SHIPPED = ROOT / "envoy" / "envoy.yaml"
-SHIPPED_NATIVE = ROOT / "envoy" / "envoy-native.yaml"
+# POLARIS_NATIVE_CONFIG=envoy/envoy-native-cluster.yaml runs the native build's suites in the
+# own-cluster mode instead.
+SHIPPED_NATIVE = ROOT / os.environ.get("POLARIS_NATIVE_CONFIG", "envoy/envoy-native.yaml")
+# The native build with its own upstream cluster (override host instead of the header).
+SHIPPED_NATIVE_CLUSTER = ROOT / "envoy" / "envoy-native-cluster.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
 BUILDS = ("wasm", "native")
 # Where each build's counters show in Envoy's stats (wasm: `define_metric`; native: the
@@ -58,9 +62,10 @@ def render(
 def _with_plugin(text: str, plugin: dict) -> str:
     """Our module path and this plugin JSON in place of the shipped ones."""
     if "envoy.filters.http.dynamic_modules" in text:
-        text = _replace_once(
-            text, "filename: build/libpolaris_native.so", f"filename: {NATIVE}"
-        )
+        # The filter, and in envoy-native-cluster.yaml the cluster too: one module file.
+        if "filename: build/libpolaris_native.so" not in text:
+            raise ValueError("expected the module path in the Envoy config")
+        text = text.replace("filename: build/libpolaris_native.so", f"filename: {NATIVE}")
     else:
         text = _replace_once(
             text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"

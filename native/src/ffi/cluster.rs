@@ -1,0 +1,473 @@
+//! The upstream cluster side of Envoy 1.40's dynamic-module ABI (`envoy.clusters.dynamic_modules`):
+//! our own declarations of the callbacks we call (each one's argument registers checked in the
+//! 1.40 binary), safe handles over them, and the cluster hooks Envoy resolves, each catching
+//! panics.
+//!
+//! The cluster holds Polaris's instances as hosts ([`crate::cluster`]); the filter hands each
+//! request's pick over as Envoy's upstream override host, so no header is written and Envoy's
+//! cluster manager finds the host in the cluster's own host map. The module's load balancer
+//! is only asked when this worker does not hold that host yet: it waits for it (Envoy's
+//! asynchronous host selection).
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::abi::Buf;
+use crate::cluster::{Choice, Cluster, ClusterConfig, WorkerLb};
+
+extern "C" {
+    #[allow(clippy::too_many_arguments)]
+    fn envoy_dynamic_module_callback_cluster_add_hosts(
+        cluster: *mut c_void,
+        priority: u32,
+        addresses: *const Buf,
+        weights: *const u32,
+        regions: *const Buf,
+        zones: *const Buf,
+        sub_zones: *const Buf,
+        metadata: *const Buf,
+        metadata_pairs_per_host: usize,
+        count: usize,
+        hosts_out: *mut *mut c_void,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_remove_hosts(
+        cluster: *mut c_void,
+        hosts: *const *mut c_void,
+        count: usize,
+    ) -> usize;
+    fn envoy_dynamic_module_callback_cluster_pre_init_complete(cluster: *mut c_void);
+    fn envoy_dynamic_module_callback_cluster_scheduler_new(cluster: *mut c_void) -> *mut c_void;
+    fn envoy_dynamic_module_callback_cluster_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    fn envoy_dynamic_module_callback_cluster_scheduler_delete(scheduler: *mut c_void);
+    fn envoy_dynamic_module_callback_cluster_lb_find_host_by_address(
+        lb: *mut c_void,
+        address: Buf,
+    ) -> *mut c_void;
+    fn envoy_dynamic_module_callback_cluster_lb_context_get_override_host(
+        context: *mut c_void,
+        address_out: *mut Buf,
+        strict_out: *mut bool,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_lb_async_host_selection_complete(
+        lb: *mut c_void,
+        context: *mut c_void,
+        host: *mut c_void,
+        details: Buf,
+    );
+}
+
+/// A host Envoy made for us (`add_hosts`): valid until we remove it or the cluster goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostPtr(*mut c_void);
+
+// SAFETY: only an identity handed back to Envoy on the main thread (`remove_hosts`).
+unsafe impl Send for HostPtr {}
+
+/// Envoy's `DynamicModuleCluster`: lives until the cluster's destroy hook. Its host callbacks
+/// run on the main thread only (Envoy checks and refuses elsewhere).
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterHandle(*mut c_void);
+
+impl ClusterHandle {
+    /// Adds hosts (`ip:port`, weight 1, no locality) in one priority-set update; their handles
+    /// in the same order, or `None` when Envoy refused the batch (then none was added).
+    pub fn add_hosts(&self, addresses: &[String]) -> Option<Vec<HostPtr>> {
+        let n = addresses.len();
+        let bufs: Vec<Buf> = addresses.iter().map(|a| Buf::of(a.as_bytes())).collect();
+        let weights = vec![1u32; n];
+        let empty = vec![Buf::of(b""); n];
+        let mut out = vec![std::ptr::null_mut(); n];
+        // SAFETY: every array holds `n` elements living through the call; Envoy copies the
+        // strings and writes `n` host pointers into `out`.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_cluster_add_hosts(
+                self.0,
+                0,
+                bufs.as_ptr(),
+                weights.as_ptr(),
+                empty.as_ptr(),
+                empty.as_ptr(),
+                empty.as_ptr(),
+                std::ptr::null(),
+                0,
+                n,
+                out.as_mut_ptr(),
+            )
+        };
+        ok.then(|| out.into_iter().map(HostPtr).collect())
+    }
+
+    /// Removes hosts we added; how many Envoy found.
+    pub fn remove_hosts(&self, hosts: &[HostPtr]) -> usize {
+        let raw: Vec<*mut c_void> = hosts.iter().map(|h| h.0).collect();
+        // SAFETY: pointers Envoy gave us for this cluster; the array lives through the call.
+        unsafe {
+            envoy_dynamic_module_callback_cluster_remove_hosts(self.0, raw.as_ptr(), raw.len())
+        }
+    }
+
+    /// Lets Envoy finish the cluster's initialization (traffic may flow).
+    pub fn pre_init_complete(&self) {
+        // SAFETY: valid cluster pointer, main thread.
+        unsafe { envoy_dynamic_module_callback_cluster_pre_init_complete(self.0) }
+    }
+
+    /// A way to run the cluster's scheduled hook on the main thread from another thread.
+    pub fn scheduler(&self) -> Option<ClusterScheduler> {
+        // SAFETY: valid cluster pointer.
+        let ptr = unsafe { envoy_dynamic_module_callback_cluster_scheduler_new(self.0) };
+        (!ptr.is_null()).then_some(ClusterScheduler(ptr))
+    }
+}
+
+/// Envoy's cluster scheduler: `commit` from any thread runs `on_cluster_scheduled` on the main
+/// thread. Deleted on drop.
+pub struct ClusterScheduler(*mut c_void);
+
+// SAFETY: Envoy documents the scheduler for use from threads the module manages.
+unsafe impl Send for ClusterScheduler {}
+// SAFETY: as above.
+unsafe impl Sync for ClusterScheduler {}
+
+impl ClusterScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: the scheduler lives until drop.
+        unsafe { envoy_dynamic_module_callback_cluster_scheduler_commit(self.0, event_id) }
+    }
+}
+
+impl Drop for ClusterScheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new, deleted once.
+        unsafe { envoy_dynamic_module_callback_cluster_scheduler_delete(self.0) }
+    }
+}
+
+/// A worker's view of the cluster (`DynamicModuleLoadBalancer`): lives as long as our
+/// [`WorkerLb`], used on its worker thread only.
+#[derive(Clone, Copy, Debug)]
+pub struct LbHandle(*mut c_void);
+
+/// A host of this worker's view of the cluster, for one host selection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerHost(*mut c_void);
+
+/// One request's load-balancing context: valid from `choose_host` until its selection is
+/// completed or cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbContext(*mut c_void);
+
+impl LbContext {
+    /// The override host the filter set (`ip:port`), if any.
+    pub fn override_host(&self) -> Option<String> {
+        if self.0.is_null() {
+            return None;
+        }
+        let mut out = Buf::NULL;
+        let mut strict = false;
+        // SAFETY: valid context during its selection; `out` is written by Envoy.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_lb_context_get_override_host(
+                self.0,
+                &mut out,
+                &mut strict,
+            )
+        };
+        // SAFETY: Envoy's buffer, copied now.
+        let bytes = if found { unsafe { out.bytes() } } else { &[] };
+        std::str::from_utf8(bytes)
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    }
+}
+
+impl LbHandle {
+    /// The host at `address` this worker holds now.
+    pub fn find_host(&self, address: &str) -> Option<WorkerHost> {
+        // SAFETY: valid LB pointer on its worker; Envoy reads the buffer during the call.
+        let ptr = unsafe {
+            envoy_dynamic_module_callback_cluster_lb_find_host_by_address(
+                self.0,
+                Buf::of(address.as_bytes()),
+            )
+        };
+        (!ptr.is_null()).then_some(WorkerHost(ptr))
+    }
+
+    /// Ends a selection we answered as pending: `None` means no host (Envoy answers 503).
+    pub fn complete(&self, context: LbContext, host: Option<WorkerHost>, details: &str) {
+        let host = host.map_or(std::ptr::null_mut(), |h| h.0);
+        // SAFETY: a context whose selection is pending (neither completed nor cancelled).
+        unsafe {
+            envoy_dynamic_module_callback_cluster_lb_async_host_selection_complete(
+                self.0,
+                context.0,
+                host,
+                Buf::of(details.as_bytes()),
+            )
+        }
+    }
+}
+
+fn guard<T>(fallback: T, f: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or(fallback)
+}
+
+/// # Safety
+/// `ptr` is null or our pointer from `cluster_config_new`, not yet destroyed.
+unsafe fn config<'a>(ptr: *const c_void) -> Option<&'a ClusterConfig> {
+    // SAFETY: the caller's contract.
+    unsafe { ptr.cast::<ClusterConfig>().as_ref() }
+}
+
+/// # Safety
+/// `ptr` is null or our pointer from `cluster_new`, not yet destroyed.
+unsafe fn cluster<'a>(ptr: *const c_void) -> Option<&'a Cluster> {
+    // SAFETY: the caller's contract.
+    unsafe { ptr.cast::<Cluster>().as_ref() }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_config_new(
+    _config_envoy: *mut c_void,
+    name: Buf,
+    config: Buf,
+) -> *const c_void {
+    guard(std::ptr::null(), || {
+        // SAFETY: Envoy's buffers live through this hook; we copy what we keep.
+        let (name, config) = unsafe { (name.bytes(), config.bytes()) };
+        match ClusterConfig::new(name, config) {
+            Some(c) => Box::into_raw(Box::new(c)).cast_const().cast(),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_config_destroy(config_module: *const c_void) {
+    guard((), || {
+        if !config_module.is_null() {
+            // SAFETY: our own pointer from config_new, destroyed once.
+            drop(unsafe { Box::from_raw(config_module.cast::<ClusterConfig>().cast_mut()) });
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_new(
+    config_module: *const c_void,
+    _cluster_envoy: *mut c_void,
+) -> *const c_void {
+    guard(std::ptr::null(), || {
+        // SAFETY: Envoy hands back the config pointer we returned.
+        if unsafe { config(config_module) }.is_none() {
+            return std::ptr::null();
+        }
+        let c = Cluster::new();
+        Box::into_raw(Box::new(c)).cast_const().cast()
+    })
+}
+
+/// The first sync, then Envoy may go on (whatever happened: it would wait forever), then the
+/// thread that keeps the hosts in sync starts.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_init(
+    cluster_envoy: *mut c_void,
+    cluster_module: *const c_void,
+) {
+    let handle = ClusterHandle(cluster_envoy);
+    // SAFETY: our own pointer from cluster_new.
+    let c = guard(None, || unsafe { cluster(cluster_module) });
+    if let Some(c) = c {
+        guard((), || c.sync(handle));
+    }
+    handle.pre_init_complete();
+    if let Some(c) = c {
+        guard((), || c.watch(handle));
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_destroy(cluster_module: *const c_void) {
+    guard((), || {
+        if !cluster_module.is_null() {
+            // SAFETY: our own pointer from cluster_new, destroyed once.
+            let c = unsafe { Box::from_raw(cluster_module.cast::<Cluster>().cast_mut()) };
+            c.shutdown();
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_scheduled(
+    cluster_envoy: *mut c_void,
+    cluster_module: *const c_void,
+    _event_id: u64,
+) {
+    guard((), || {
+        // SAFETY: our own pointer from cluster_new.
+        if let Some(c) = unsafe { cluster(cluster_module) } {
+            c.sync(ClusterHandle(cluster_envoy));
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_server_initialized(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_drain_started(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+) {
+}
+
+/// Nothing to flush: we tell Envoy at once that we are done.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_shutdown(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+    completion: Option<extern "C" fn(*mut c_void)>,
+    context: *mut c_void,
+) {
+    if let Some(done) = completion {
+        done(context);
+    }
+}
+
+/// The cluster makes no callouts.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_http_callout_done(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+    _callout_id: u64,
+    _result: u32,
+    _headers: *const c_void,
+    _headers_size: usize,
+    _chunks: *const c_void,
+    _chunks_size: usize,
+) {
+}
+
+/// The cluster never fans out to workers, keeps no worker slots and sets no worker timers.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_worker_event(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+    _event_id: u64,
+) {
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_worker_slot_data_destroy(_data: *mut c_void) {}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_worker_timer_fired(
+    _cluster_envoy: *mut c_void,
+    _cluster_module: *const c_void,
+    _timer: *mut c_void,
+) {
+}
+
+/// # Safety
+/// `ptr` is null or our pointer from `cluster_lb_new`, not yet destroyed; Envoy calls a worker's
+/// load balancer on that worker only, one hook at a time.
+unsafe fn worker_lb<'a>(ptr: *const c_void) -> Option<&'a WorkerLb> {
+    // SAFETY: the caller's contract.
+    unsafe { ptr.cast::<WorkerLb>().as_ref() }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_lb_new(
+    cluster_module: *const c_void,
+    lb_envoy: *mut c_void,
+) -> *const c_void {
+    guard(std::ptr::null(), || {
+        // SAFETY: our own pointer from cluster_new.
+        let Some(c) = (unsafe { cluster(cluster_module) }) else {
+            return std::ptr::null();
+        };
+        let lb = c.worker_lb(LbHandle(lb_envoy));
+        Box::into_raw(Box::new(lb)).cast_const().cast()
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_lb_destroy(lb_module: *const c_void) {
+    guard((), || {
+        if !lb_module.is_null() {
+            // SAFETY: our own pointer from lb_new, destroyed once.
+            drop(unsafe { Box::from_raw(lb_module.cast::<WorkerLb>().cast_mut()) });
+        }
+    })
+}
+
+/// Reached when the filter's pick is not among this worker's hosts (Envoy found no override
+/// host): the host if it has arrived meanwhile, else a pending selection ended by
+/// [`envoy_dynamic_module_on_cluster_lb_on_host_membership_update`] once it arrives.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_lb_choose_host(
+    lb_module: *const c_void,
+    context: *mut c_void,
+    host_out: *mut *mut c_void,
+    async_out: *mut *mut c_void,
+) {
+    let choice = guard(Choice::NoHost, || {
+        // SAFETY: our own pointer from lb_new, on its worker.
+        match unsafe { worker_lb(lb_module) } {
+            Some(lb) => lb.choose(LbContext(context)),
+            None => Choice::NoHost,
+        }
+    });
+    let (host, pending) = match choice {
+        Choice::Host(h) => (h.0, std::ptr::null_mut()),
+        Choice::NoHost => (std::ptr::null_mut(), std::ptr::null_mut()),
+        // A non-null handle Envoy gives back to `cancel_host_selection`: the selection's id.
+        Choice::Pending(id) => (std::ptr::null_mut(), id as usize as *mut c_void),
+    };
+    // SAFETY: Envoy's out-pointers for this call (checked for null).
+    unsafe {
+        if let Some(h) = host_out.as_mut() {
+            *h = host;
+        }
+        if let Some(a) = async_out.as_mut() {
+            *a = pending;
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_lb_cancel_host_selection(
+    lb_module: *const c_void,
+    async_handle: *mut c_void,
+) {
+    guard((), || {
+        // SAFETY: our own pointer from lb_new, on its worker.
+        if let Some(lb) = unsafe { worker_lb(lb_module) } {
+            lb.cancel(async_handle as usize as u64);
+        }
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_cluster_lb_on_host_membership_update(
+    _lb_envoy: *mut c_void,
+    lb_module: *const c_void,
+    _added: usize,
+    _removed: usize,
+) {
+    guard((), || {
+        // SAFETY: our own pointer from lb_new, on its worker.
+        if let Some(lb) = unsafe { worker_lb(lb_module) } {
+            lb.hosts_changed();
+        }
+    })
+}
