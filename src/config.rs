@@ -39,6 +39,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Request header the ORIGINAL_DST cluster reads the chosen `ip:port` from.
     pub upstream_header: String,
+    /// How the pick reaches Envoy.
+    pub upstream_handover: Handover,
     /// Where a request names its destination service.
     pub destination: DestinationSource,
     /// Upper bound on watched services, so hostile `Host` headers cannot grow state forever.
@@ -258,6 +260,17 @@ fn err(field: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// How the picked instance reaches Envoy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Handover {
+    /// The upstream header, which an ORIGINAL_DST cluster reads (both builds).
+    #[default]
+    Header,
+    /// Envoy's upstream override host, for the native module's own cluster, which holds every
+    /// instance as a host: no header and no address parsed per request (native build only).
+    OverrideHost,
+}
+
 /// The top-level fields of the plugin JSON; any other is rejected.
 pub const KNOWN_FIELDS: &[&str] = &[
     "polaris_cluster",
@@ -267,6 +280,7 @@ pub const KNOWN_FIELDS: &[&str] = &[
     "lazy_load_timeout",
     "token",
     "upstream_header",
+    "upstream_handover",
     "destination",
     "max_services",
     "caller",
@@ -352,6 +366,16 @@ impl Config {
         let upstream_header =
             string(&map, "upstream_header")?.unwrap_or_else(|| "x-polaris-upstream".to_string());
         validate_header_name("upstream_header", &upstream_header)?;
+        let upstream_handover = match string(&map, "upstream_handover")?.as_deref() {
+            None | Some("header") => Handover::Header,
+            Some("override_host") => Handover::OverrideHost,
+            Some(other) => {
+                return Err(err(
+                    "upstream_handover",
+                    format!("`{other}` is neither \"header\" nor \"override_host\""),
+                ))
+            }
+        };
         let destination = destination(&map)?;
         let max_services = match map.get("max_services") {
             None => 256,
@@ -401,6 +425,7 @@ impl Config {
             lazy_load_timeout,
             token,
             upstream_header,
+            upstream_handover,
             destination,
             max_services,
             caller,
@@ -1560,6 +1585,16 @@ mod tests {
         assert_eq!(vnodes("other"), 500);
         assert_eq!(vnodes("cart"), 500);
         assert_eq!(vnodes("pay"), 160);
+    }
+
+    #[test]
+    fn the_pick_is_handed_over_as_the_header_unless_override_host_is_asked_for() {
+        let c = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
+        assert_eq!(c.upstream_handover, Handover::Header);
+        let c = parse(r#"{"polaris_cluster":"p","upstream_handover":"override_host"}"#).unwrap();
+        assert_eq!(c.upstream_handover, Handover::OverrideHost);
+        let e = parse(r#"{"polaris_cluster":"p","upstream_handover":"cluster"}"#).unwrap_err();
+        assert_eq!(e.field, "upstream_handover");
     }
 
     #[test]

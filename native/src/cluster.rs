@@ -20,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -47,15 +47,6 @@ const GRACE: Duration = Duration::from_secs(5);
 
 /// How long a request waits for its pick to reach its worker's hosts before it gets no host.
 pub const PENDING_TTL: Duration = Duration::from_secs(3);
-
-/// Live clusters of ours in this process: while there is one, picks use the override host.
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-/// Whether a cluster of ours is configured in this Envoy: then the filter hands picks over as
-/// override hosts (the config routes to the cluster).
-pub fn live() -> bool {
-    LIVE.load(Ordering::Relaxed) > 0
-}
 
 /// The cluster's config: nothing to configure but the name.
 #[derive(Debug)]
@@ -114,7 +105,6 @@ struct Watcher {
 
 impl Cluster {
     pub fn new() -> Cluster {
-        LIVE.fetch_add(1, Ordering::Relaxed);
         Cluster {
             hosts: Mutex::new(HostSet::default()),
             wake: Arc::new(Wake::default()),
@@ -187,7 +177,6 @@ impl Cluster {
 
     /// Destroy hook: the thread is stopped and joined, then Envoy's scheduler is let go.
     pub fn shutdown(self) {
-        LIVE.fetch_sub(1, Ordering::Relaxed);
         let watcher = self
             .watcher
             .lock()

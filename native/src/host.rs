@@ -14,7 +14,6 @@ use polaris_wasm::core::host::{
     Stream,
 };
 
-use crate::cluster;
 use crate::ffi::abi::{Attribute, Callout, ConfigHandle, FilterHandle, HeaderMap, StreamScheduler};
 use crate::grpc;
 use crate::grpc_stream::GrpcStreams;
@@ -508,13 +507,11 @@ impl Stream for NativeStream {
         self.0.attribute(Attribute::DestinationAddress)
     }
 
-    /// With our own cluster configured (`envoy/envoy-native-cluster.yaml`) the pick is Envoy's
-    /// override host for it, and nothing is written (a client-sent header reaches no cluster
-    /// that reads it); the cluster holds every instance and waits for one it lacks.
-    fn set_upstream(&mut self, header: &str, upstream: &str) -> Result<(), HostError> {
-        if !cluster::live() {
-            return self.set_request_header(header, upstream);
-        }
+    /// `upstream_handover: override_host`: the pick is Envoy's override host, which the module's
+    /// own cluster (`envoy/envoy-native-cluster.yaml`) finds among its hosts, waiting for one it
+    /// does not hold yet; nothing is written, so a client-sent header reaches no cluster that
+    /// reads it.
+    fn set_override_host(&mut self, upstream: &str) -> Result<(), HostError> {
         self.0
             .set_override_host(upstream, false)
             .then_some(())

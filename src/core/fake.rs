@@ -59,6 +59,8 @@ pub enum Call {
     StreamProperty(Vec<String>),
     ReadHeader(String),
     WriteHeader(String, String),
+    /// The pick handed over as Envoy's override host.
+    OverrideHost(String),
     WriteResponseHeader(String, String),
     RemoveHeader(String),
     SourceAddress,
@@ -336,6 +338,11 @@ impl Stream for FakeStream {
     fn request_header(&mut self, name: &str) -> Option<String> {
         self.calls.push(Call::ReadHeader(name.to_string()));
         self.header(name).map(str::to_string)
+    }
+
+    fn set_override_host(&mut self, upstream: &str) -> Result<(), HostError> {
+        self.calls.push(Call::OverrideHost(upstream.to_string()));
+        Ok(())
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {

@@ -116,11 +116,12 @@ pub trait Stream {
     /// The local address the downstream connection arrived at, `ip:port` (the listener's, or the
     /// original destination): never taken from request headers.
     fn destination_address(&mut self) -> Option<String>;
-    /// Hands the picked instance (`ip:port`) to the upstream cluster. By default the upstream
-    /// header, replacing whatever the client sent; a host may hand it over another way (the
-    /// native build's override host for its own cluster).
-    fn set_upstream(&mut self, header: &str, upstream: &str) -> Result<(), HostError> {
-        self.set_request_header(header, upstream)
+    /// Hands the picked instance (`ip:port`) over as Envoy's upstream override host
+    /// (`upstream_handover: override_host`); hosts without one refuse it.
+    fn set_override_host(&mut self, upstream: &str) -> Result<(), HostError> {
+        Err(HostError(format!(
+            "no override host in this build for {upstream}"
+        )))
     }
 }
 

@@ -15,7 +15,7 @@ use super::metrics::Counter;
 use super::store;
 use super::worker::Worker;
 use crate::breaker::Outcome;
-use crate::config::RateLimitSide;
+use crate::config::{Handover, RateLimitSide};
 use crate::decision::{self, Rejection};
 use crate::limit::{CallerFacts, Limits};
 use crate::matching::RequestFacts;
@@ -433,9 +433,13 @@ impl Exchange {
         let trace = config.debug_trace && facts.header(DEBUG_HEADER) == Some("1");
         drop(facts);
         // The header by default, replacing whatever the client sent: it is always ours.
-        if let Err(e) = stream.set_upstream(&config.upstream_header, upstream) {
+        let handed = match config.upstream_handover {
+            Handover::Header => stream.set_request_header(&config.upstream_header, upstream),
+            Handover::OverrideHost => stream.set_override_host(upstream),
+        };
+        if let Err(e) = handed {
             return Route::Reject(Rejection::HostRefused {
-                what: format!("cannot set {}: {e}", config.upstream_header),
+                what: format!("cannot hand {upstream} over: {e}"),
             });
         }
         counters.inc(Counter::Picks);

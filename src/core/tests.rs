@@ -144,6 +144,24 @@ fn a_request_for_a_known_service_without_rules_reads_one_header_and_writes_one()
 }
 
 #[test]
+fn with_override_host_the_pick_is_handed_over_and_no_header_is_written() {
+    let host = FakeHost::new(START);
+    seed(&host, &[8080]);
+    let mut w = worker(&host, r#","upstream_handover":"override_host""#);
+    request(&mut w, &[(":authority", "echo")]);
+
+    let (verdict, stream) = request(&mut w, &[(":authority", "echo")]);
+    assert_eq!(verdict, Verdict::Forward);
+    assert_eq!(
+        stream.calls,
+        vec![
+            Call::ReadHeader(":authority".into()),
+            Call::OverrideHost("127.0.0.1:8080".into()),
+        ]
+    );
+}
+
+#[test]
 fn a_client_sent_upstream_header_is_replaced_by_the_pick() {
     let host = FakeHost::new(START);
     seed(&host, &[8080]);

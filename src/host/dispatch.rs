@@ -19,7 +19,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
 
 use super::abi::{grpc_result, Wasm, WasmStream};
-use crate::config::Config;
+use crate::config::{Config, Handover};
 use crate::core::host::Clock;
 use crate::core::{Exchange, LocalReply, Verdict, Worker};
 
@@ -161,6 +161,13 @@ fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> bool {
         log::error!(
             "invalid plugin configuration: field `{field}`: needs the response path, which \
              polaris_wasm_lean.wasm leaves out: use polaris_wasm.wasm"
+        );
+        return false;
+    }
+    if config.upstream_handover == Handover::OverrideHost {
+        log::error!(
+            "invalid plugin configuration: field `upstream_handover`: `override_host` needs the \
+             native module's own cluster; the wasm filter hands picks over as a header"
         );
         return false;
     }

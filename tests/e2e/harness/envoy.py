@@ -70,6 +70,9 @@ def _with_plugin(text: str, plugin: dict) -> str:
         text = _replace_once(
             text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
         )
+    if "envoy.clusters.dynamic_modules" in text:
+        # The module's own cluster takes the pick as the override host (the shipped JSON says so).
+        plugin = {"upstream_handover": "override_host", **plugin}
     start = text.index("value: '{")
     end = text.index("'\n", start)
     plugin_json = json.dumps(plugin).replace("'", "''")
