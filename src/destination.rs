@@ -6,6 +6,7 @@
 //! names are short words.
 
 use std::collections::HashMap;
+use std::rc::Rc;
 
 use crate::matching::strip_port;
 use crate::model::ServiceKey;
@@ -34,21 +35,23 @@ pub fn parse_destination(value: &str, default_namespace: &str) -> Option<Service
 /// choose the values.
 #[derive(Debug, Default)]
 pub struct DestinationMemo {
-    parsed: HashMap<String, Option<ServiceKey>>,
+    parsed: HashMap<String, Option<Rc<ServiceKey>>>,
 }
 
 impl DestinationMemo {
     const CAPACITY: usize = 4096;
 
-    pub fn resolve(&mut self, raw: &str, default_namespace: &str) -> Option<&ServiceKey> {
-        if !self.parsed.contains_key(raw) {
-            if self.parsed.len() >= Self::CAPACITY {
-                self.parsed.clear();
-            }
-            self.parsed
-                .insert(raw.to_string(), parse_destination(raw, default_namespace));
+    /// The service `raw` names, shared: the request path holds it without copying its names.
+    pub fn resolve(&mut self, raw: &str, default_namespace: &str) -> Option<Rc<ServiceKey>> {
+        if let Some(known) = self.parsed.get(raw) {
+            return known.clone();
         }
-        self.parsed.get(raw).and_then(Option::as_ref)
+        if self.parsed.len() >= Self::CAPACITY {
+            self.parsed.clear();
+        }
+        let key = parse_destination(raw, default_namespace).map(Rc::new);
+        self.parsed.insert(raw.to_string(), key.clone());
+        key
     }
 }
 
@@ -100,7 +103,7 @@ mod tests {
         let mut memo = DestinationMemo::default();
         assert_eq!(
             memo.resolve("echo.prod:80", "default"),
-            Some(&ServiceKey::new("prod", "echo"))
+            Some(Rc::new(ServiceKey::new("prod", "echo")))
         );
         assert_eq!(memo.resolve("bad.", "default"), None);
         for i in 0..(DestinationMemo::CAPACITY + 10) {
@@ -109,7 +112,7 @@ mod tests {
         assert!(memo.parsed.len() <= DestinationMemo::CAPACITY);
         assert_eq!(
             memo.resolve("echo", "default"),
-            Some(&ServiceKey::new("default", "echo"))
+            Some(Rc::new(ServiceKey::new("default", "echo")))
         );
     }
 

@@ -8,13 +8,14 @@
 //! traffic stops.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use polaris_wasm::core::host::Clock;
+use rustc_hash::FxHashMap;
 use polaris_wasm::core::{Exchange, LocalReply, Verdict, Worker};
 
 use crate::ffi::abi::{Answer, FilterHandle};
@@ -68,10 +69,10 @@ impl Local {
 }
 
 /// A thread's followers, by plugin id (with the plugin, to drop those of plugins gone).
-type Locals = HashMap<u64, (Weak<Plugin>, Rc<Local>)>;
+type Locals = FxHashMap<u64, (Weak<Plugin>, Rc<Local>)>;
 
 thread_local! {
-    static LOCALS: RefCell<Locals> = RefCell::new(HashMap::new());
+    static LOCALS: RefCell<Locals> = RefCell::new(FxHashMap::default());
 }
 
 /// This thread's worker of `plugin`, made on first use (dropping those of plugins gone).

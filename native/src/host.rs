@@ -4,6 +4,8 @@
 
 use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -75,7 +77,7 @@ pub enum CallKind {
 
 /// A thread's live streams by their exchange id: what `resume_request` resumes (and the flag that
 /// tells the stream it no longer holds its data).
-pub type Streams = Rc<RefCell<HashMap<u32, (FilterHandle, Rc<Cell<bool>>)>>>;
+pub type Streams = Rc<RefCell<FxHashMap<u32, (FilterHandle, Rc<Cell<bool>>)>>>;
 
 /// One worker's host. The main thread's (`main`) defines the stats and calls from the filter
 /// config; a request thread's calls from the stream whose hook is running.
@@ -117,7 +119,7 @@ impl Native {
             main,
             id,
             tick_ms,
-            streams: Rc::new(RefCell::new(HashMap::new())),
+            streams: Rc::new(RefCell::new(FxHashMap::default())),
             stream: Cell::new(None),
             pending: RefCell::new(HashMap::new()),
             grpc_streams: GrpcStreams::default(),

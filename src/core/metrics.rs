@@ -252,17 +252,25 @@ const ALL: [(Counter, &str); 48] = [
 pub struct Counters {
     ids: [Option<u32>; ALL.len()],
     pending: [Cell<u64>; ALL.len()],
+    /// Which counters have pending increments (bit = index), so a flush after every request
+    /// (the native build's) visits only those.
+    touched: Cell<u128>,
     gauge_ids: [Option<u32>; GAUGES.len()],
     gauges: [Cell<Option<u64>>; GAUGES.len()],
+    gauges_set: Cell<bool>,
 }
+
+const _: () = assert!(ALL.len() <= 128, "Counters::touched has a bit per counter");
 
 impl Default for Counters {
     fn default() -> Counters {
         Counters {
             ids: [None; ALL.len()],
             pending: std::array::from_fn(|_| Cell::new(0)),
+            touched: Cell::new(0),
             gauge_ids: [None; GAUGES.len()],
             gauges: std::array::from_fn(|_| Cell::new(None)),
+            gauges_set: Cell::new(false),
         }
     }
 }
@@ -289,13 +297,12 @@ impl Counters {
     pub fn set(&self, gauge: Gauge, value: u64) {
         if let Some(slot) = self.gauges.get(gauge as usize) {
             slot.set(Some(value));
+            self.gauges_set.set(true);
         }
     }
 
     pub fn inc(&self, counter: Counter) {
-        if let Some(pending) = self.pending.get(counter as usize) {
-            pending.set(pending.get().wrapping_add(1));
-        }
+        self.add(counter, 1);
     }
 
     /// Increments counted since the last flush (for tests and the trace).
@@ -304,8 +311,10 @@ impl Counters {
     }
 
     pub fn add(&self, counter: Counter, n: u64) {
-        if let Some(pending) = self.pending.get(counter as usize) {
+        let i = counter as usize;
+        if let (Some(pending), true) = (self.pending.get(i), n > 0) {
             pending.set(pending.get().wrapping_add(n));
+            self.touched.set(self.touched.get() | 1u128.wrapping_shl(i as u32));
         }
     }
 
@@ -316,11 +325,17 @@ impl Counters {
             Counter::RegexBacktrackLimit,
             crate::matching::take_backtrack_limit_hits(),
         );
-        for (id, pending) in self.ids.iter().zip(self.pending.iter()) {
-            let n = pending.take();
-            if let (Some(id), true) = (id, n > 0) {
+        let mut touched = self.touched.take();
+        while touched != 0 {
+            let i = touched.trailing_zeros() as usize;
+            touched &= touched - 1;
+            let n = self.pending.get(i).map_or(0, Cell::take);
+            if let (Some(Some(id)), true) = (self.ids.get(i), n > 0) {
                 host.add(*id, n);
             }
+        }
+        if !self.gauges_set.take() {
+            return;
         }
         for (id, value) in self.gauge_ids.iter().zip(self.gauges.iter()) {
             if let (Some(id), Some(v)) = (id, value.take()) {

@@ -358,7 +358,7 @@ impl Exchange {
         w.settle_location(true);
         let raw = stream.request_header(w.config.destination.header());
         let resolved = match raw.as_deref() {
-            Some(raw) => w.destinations.resolve(raw, &w.config.namespace).cloned(),
+            Some(raw) => w.destinations.resolve(raw, &w.config.namespace),
             None => None,
         };
         let Some(key) = resolved else {
@@ -369,7 +369,7 @@ impl Exchange {
         if let Some(allowed) = &w.config.admission.allowed {
             if !allowed.allows(&key) {
                 w.counters.inc(Counter::NotAllowed);
-                return Route::Reject(Rejection::NotAllowed(key));
+                return Route::Reject(Rejection::NotAllowed(ServiceKey::clone(&key)));
             }
         }
         let host = &w.host;
@@ -381,16 +381,16 @@ impl Exchange {
                 if let Err(r) = admitting::take_budget(w, &key) {
                     return Route::Reject(r);
                 }
-                return Route::Load(key);
+                return Route::Load(ServiceKey::clone(&key));
             }
-            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(key)),
+            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(ServiceKey::clone(&key))),
             Some(Known::Ready(_)) => w.admission.touch(&key),
         }
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {
-            return Route::Load(key);
+            return Route::Load(ServiceKey::clone(&key));
         }
         match limits_of(w, &key) {
-            Err(()) => return Route::Load(key),
+            Err(()) => return Route::Load(ServiceKey::clone(&key)),
             Ok(Some(side)) => match check_limits(w, &key, side, stream, &mut self.held) {
                 Limit::Pass => {}
                 Limit::Wait { rule, wait_ms } => self.turn = Some((rule, wait_ms)),
@@ -415,7 +415,7 @@ impl Exchange {
             ..
         } = w;
         let (Some(plan), Some(Known::Ready(snapshot))) = (plans.get(&key), cache.peek(&key)) else {
-            return Route::Load(key);
+            return Route::Load(ServiceKey::clone(&key));
         };
         let mut facts = StreamFacts::new(stream, &config.caller);
         let decided = match guard.as_ref().filter(|g| g.filters_instances()) {
@@ -478,7 +478,7 @@ impl Exchange {
                 ),
             ];
             self.ticket = Some(Ticket {
-                service: key,
+                service: ServiceKey::clone(&key),
                 upstream: upstream.clone(),
             });
         }
