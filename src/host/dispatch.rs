@@ -13,7 +13,7 @@
 //! which in [`FLAVOR`].
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
@@ -37,9 +37,10 @@ thread_local! {
 struct Vm {
     /// Root contexts in the order they were configured.
     roots: Vec<(u32, Worker<Wasm>)>,
-    held: HashMap<u32, Held>,
+    /// Keyed by Envoy's context ids (not chosen by clients), looked up on every response.
+    held: FxHashMap<u32, Held>,
     /// gRPC calls a held stream is waiting on, by token.
-    callouts: HashMap<u32, u32>,
+    callouts: FxHashMap<u32, u32>,
 }
 
 /// A stream the core still needs, and the root that decided it.
