@@ -142,7 +142,8 @@ bench: venv wasm native polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
 	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)
-	cargo bench --bench decision
+	# The pure decision only: without the proxy-wasm shell, whose exports need the host's imports.
+	cargo bench --bench decision --no-default-features
 
 clean: clean-polaris-server clean-parity-oracle clean-fuzz clean-istio
 	cargo clean
