@@ -103,7 +103,11 @@ def test_an_upstream_killed_under_load_fails_only_until_its_breaker_opens(
     )
     # The rule opens after 5 consecutive errors; each client may have had one request in flight.
     assert len(failed) <= 5 + clients - 1, [(r.status, r.body[:60]) for r in failed]
-    assert all(r.status == 503 for r in failed)
+    detail = [(r.status, round(r.at - killed, 3), r.body[:80]) for r in failed]
+    # A response already under way when its upstream died is cut (the client sees the connection
+    # end), not answered 503: at most one per client.
+    assert len([r for r in failed if r.status == 0]) <= clients, detail
+    assert all(r.status == 503 for r in failed if r.status != 0), detail
     last = failed[-1].at if failed else killed
     assert [r for r in after if r.at > last and r.status != 200] == []
     assert len([r for r in after if r.at > last]) >= 100, "then 0 failures under load"
