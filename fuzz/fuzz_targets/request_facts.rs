@@ -97,7 +97,7 @@ fn check_destination(raw: &str, default_namespace: &str, memo: &mut DestinationM
         assert!(raw.contains(key.namespace.as_str()) || key.namespace == default_namespace);
     }
     for _ in 0..2 {
-        assert_eq!(memo.resolve(raw, default_namespace), parsed.as_ref());
+        assert_eq!(memo.resolve(raw, default_namespace).as_deref(), parsed.as_ref());
     }
 }
 
