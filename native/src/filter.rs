@@ -15,8 +15,8 @@ use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use polaris_wasm::core::host::Clock;
-use rustc_hash::FxHashMap;
 use polaris_wasm::core::{Exchange, LocalReply, Verdict, Worker};
+use rustc_hash::FxHashMap;
 
 use crate::ffi::abi::{Answer, FilterHandle};
 use crate::grpc;

@@ -314,7 +314,8 @@ impl Counters {
         let i = counter as usize;
         if let (Some(pending), true) = (self.pending.get(i), n > 0) {
             pending.set(pending.get().wrapping_add(n));
-            self.touched.set(self.touched.get() | 1u128.wrapping_shl(i as u32));
+            self.touched
+                .set(self.touched.get() | 1u128.wrapping_shl(i as u32));
         }
     }
 

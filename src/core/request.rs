@@ -383,7 +383,9 @@ impl Exchange {
                 }
                 return Route::Load(ServiceKey::clone(&key));
             }
-            Some(Known::NotFound) => return Route::Reject(Rejection::ServiceNotFound(ServiceKey::clone(&key))),
+            Some(Known::NotFound) => {
+                return Route::Reject(Rejection::ServiceNotFound(ServiceKey::clone(&key)))
+            }
             Some(Known::Ready(_)) => w.admission.touch(&key),
         }
         if !w.plans.contains_key(&key) && !build_plan(w, &key) {

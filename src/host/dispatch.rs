@@ -13,10 +13,10 @@
 //! which in [`FLAVOR`].
 
 use std::cell::RefCell;
-use rustc_hash::FxHashMap;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{Action, BufferType, LogLevel, MapType};
+use rustc_hash::FxHashMap;
 
 use super::abi::{grpc_result, Wasm, WasmStream};
 use crate::config::{Config, Handover};
