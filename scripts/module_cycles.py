@@ -1,4 +1,4 @@
-"""`make lint`: fails when modules of src/ import each other in a circle.
+"""`make lint`: fails when modules of a crate (src/, native/src/) import each other in a circle.
 
 A module is a file under src/ (a `mod.rs` stands for its folder). It depends on every module it
 names with `crate::a::b` or `super::x` paths (outside its `#[cfg(test)]` part); a dependency on a
@@ -11,7 +11,10 @@ import re
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parent.parent / "src"
+ROOT = Path(__file__).resolve().parent.parent
+# The crates checked, one after the other (each its own `crate::`).
+CRATES = [ROOT / "src", ROOT / "native" / "src"]
+SRC = CRATES[0]
 
 
 def module_of(path: Path) -> tuple[str, ...]:
@@ -155,5 +158,15 @@ def circles(edges: dict) -> list[list]:
     return out
 
 
+def check_all() -> int:
+    global SRC
+    failed = 0
+    for crate in CRATES:
+        SRC = crate
+        REEXPORTS.clear()
+        failed |= main()
+    return failed
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(check_all())

@@ -1,7 +1,8 @@
 //! polaris-native: the filter's core (`polaris-wasm` without its proxy-wasm shell) as a native
 //! Envoy dynamic module for Envoy 1.40 (`envoy.filters.http.dynamic_modules`).
 //!
-//! - [`ffi`]: the only `unsafe`: our ABI declarations and the exported event hooks.
+//! - [`ffi`] and [`exports`]: the only `unsafe`: our ABI declarations, and the event hooks we
+//!   export.
 //! - [`plugin`]: one filter config; its leading worker on the main thread, ticked by a timer
 //!   thread through Envoy's config scheduler.
 //! - [`filter`]: one stream, on a worker thread's follower worker.
@@ -15,6 +16,8 @@
 #![deny(unsafe_code)]
 
 mod cluster;
+#[allow(unsafe_code)]
+mod exports;
 #[allow(unsafe_code)]
 mod ffi;
 mod filter;

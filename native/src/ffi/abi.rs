@@ -267,7 +267,9 @@ unsafe impl Send for ConfigHandle {}
 unsafe impl Sync for ConfigHandle {}
 
 impl ConfigHandle {
-    pub(super) fn new(ptr: *mut c_void) -> ConfigHandle {
+    /// # Safety
+    /// `ptr` is the one Envoy handed to the hook that makes this handle.
+    pub(crate) unsafe fn new(ptr: *mut c_void) -> ConfigHandle {
         ConfigHandle(ptr)
     }
 
@@ -467,7 +469,9 @@ impl Drop for Scheduler {
 pub struct FilterHandle(*mut c_void);
 
 impl FilterHandle {
-    pub(super) fn new(ptr: *mut c_void) -> FilterHandle {
+    /// # Safety
+    /// `ptr` is the one Envoy handed to the hook that makes this handle.
+    pub(crate) unsafe fn new(ptr: *mut c_void) -> FilterHandle {
         FilterHandle(ptr)
     }
 

@@ -1,8 +1,7 @@
-//! The only module with `unsafe`: our declarations of Envoy 1.40's dynamic-module ABI
-//! ([`abi`]: the callbacks we call, behind safe handles) and the event hooks we export
-//! ([`hooks`], each catching panics).
+//! Our declarations of Envoy 1.40's dynamic-module ABI: the callbacks we call, behind safe
+//! handles ([`abi`], [`cluster`], `pick`). With [`crate::exports`], the only modules with
+//! `unsafe`.
 
 pub mod abi;
 pub mod cluster;
-mod hooks;
 mod pick;

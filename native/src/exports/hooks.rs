@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use super::abi::{Answer, Buf, ConfigHandle, FilterHandle, Header, ABI_VERSION};
+use crate::ffi::abi::{Answer, Buf, ConfigHandle, FilterHandle, Header, ABI_VERSION};
 use crate::filter::Filter;
 use crate::grpc_stream::StreamEvent;
 use crate::plugin::Plugin;
@@ -144,7 +144,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     guard(std::ptr::null(), || {
         // SAFETY: Envoy's buffer lives through this hook; the plugin copies what it keeps.
         let config = unsafe { config.bytes() };
-        match Plugin::new(ConfigHandle::new(config_envoy), config) {
+        // SAFETY: Envoy's filter config, handed to this hook.
+        match Plugin::new(unsafe { ConfigHandle::new(config_envoy) }, config) {
             Some(p) => Box::into_raw(Box::new(p)).cast_const().cast(),
             None => std::ptr::null(),
         }
@@ -225,7 +226,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         return std::ptr::null();
     };
     let made = catch_unwind(AssertUnwindSafe(|| {
-        Filter::new(p, FilterHandle::new(filter_envoy))
+        // SAFETY: Envoy's filter, handed to this hook.
+        Filter::new(p, unsafe { FilterHandle::new(filter_envoy) })
     }));
     match made {
         Ok(f) => Box::into_raw(Box::new(f)).cast_const().cast(),
@@ -247,7 +249,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     let Some(f) = (unsafe { filter(filter_module) }) else {
         return HEADERS_CONTINUE;
     };
-    let h = FilterHandle::new(filter_envoy);
+    // SAFETY: Envoy's filter, handed to this hook.
+    let h = unsafe { FilterHandle::new(filter_envoy) };
     match catch_unwind(AssertUnwindSafe(|| f.on_request_headers(h))) {
         Ok(true) => HEADERS_CONTINUE,
         Ok(false) => HEADERS_STOP_ALL,
@@ -293,7 +296,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     let Some(f) = (unsafe { filter(filter_module) }) else {
         return HEADERS_CONTINUE;
     };
-    let h = FilterHandle::new(filter_envoy);
+    // SAFETY: Envoy's filter, handed to this hook.
+    let h = unsafe { FilterHandle::new(filter_envoy) };
     if catch_unwind(AssertUnwindSafe(|| f.on_response_headers(h))).is_err() {
         guard((), || f.count_panic());
     }
@@ -357,7 +361,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     let Some(f) = (unsafe { filter(filter_module) }) else {
         return;
     };
-    let h = FilterHandle::new(filter_envoy);
+    // SAFETY: Envoy's filter, handed to this hook.
+    let h = unsafe { FilterHandle::new(filter_envoy) };
     let done = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: Envoy's arrays live through this hook.
         let a = unsafe { answer(result, headers, headers_size, chunks, chunks_size) };
@@ -378,7 +383,8 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
     let Some(f) = (unsafe { filter(filter_module) }) else {
         return;
     };
-    let h = FilterHandle::new(filter_envoy);
+    // SAFETY: Envoy's filter, handed to this hook.
+    let h = unsafe { FilterHandle::new(filter_envoy) };
     if catch_unwind(AssertUnwindSafe(|| f.on_wake(h))).is_err() {
         guard((), || f.on_panic(h));
     }
