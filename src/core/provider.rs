@@ -71,6 +71,7 @@ impl Provider {
     pub fn new(config: ProviderConfig, tick: Duration) -> Provider {
         let timing = Timing {
             ttl_ms: millis(config.ttl),
+            early_ms: (millis(tick) / 2).min(millis(config.ttl) / 2),
             call_ms: millis(CALL_TIMEOUT) + 500,
             lease_ms: millis(tick * 4).max(2_000),
             report_ms: millis(REPORT_INTERVAL),

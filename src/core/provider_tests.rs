@@ -167,8 +167,9 @@ fn heartbeats_go_out_every_ttl_naming_the_instance_id() {
     let (h, w) = &mut vms[0];
     w.on_call_result(last_token(h), Ok(answer(200_000, "")));
     h.take_calls();
+    // The ticks in between (a tick period apart) send nothing; the one a TTL later does.
     assert_eq!(
-        tick_all(&mut vms, START + 3_999),
+        tick_all(&mut vms, START + 3_000),
         vec![Vec::<String>::new(); 2]
     );
     at(&vms, START + 4_000);
@@ -182,6 +183,25 @@ fn heartbeats_go_out_every_ttl_naming_the_instance_id() {
     assert_eq!(method, "Heartbeat");
     assert_eq!(m.id.as_deref(), Some("i-echo"));
     assert_eq!(m.health_check, None);
+}
+
+#[test]
+fn a_heartbeat_answered_after_its_tick_still_goes_out_a_ttl_after_the_last() {
+    let mut vms = envoy(1, HOST);
+    registered(&mut vms);
+    tick_all(&mut vms, START + 2_000);
+    at(&vms, START + 2_005);
+    let (h, w) = &mut vms[0];
+    w.on_call_result(last_token(h), Ok(answer(200_000, "")));
+    h.take_calls();
+    assert_eq!(
+        tick_all(&mut vms, START + 3_000),
+        vec![Vec::<String>::new()]
+    );
+    assert_eq!(
+        tick_all(&mut vms, START + 4_000),
+        vec![vec!["Heartbeat".to_string()]]
+    );
 }
 
 #[test]

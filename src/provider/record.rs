@@ -116,6 +116,11 @@ impl Action {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timing {
     pub ttl_ms: u64,
+    /// How early the next heartbeat is due, half the leader's tick: the answer comes a little
+    /// after the tick that sent it, so a heartbeat due a full TTL after the answer would wait
+    /// for one tick more; this way the tick a TTL after the last one sends it (polaris-go beats
+    /// every TTL).
+    pub early_ms: u64,
     /// How long a call may be out before its action is due again.
     pub call_ms: u64,
     pub lease_ms: u64,
@@ -358,7 +363,7 @@ pub fn answer(
             if ok {
                 r.failures = 0;
                 r.beat_ms = now;
-                r.due_ms = now.saturating_add(t.ttl_ms);
+                r.due_ms = now.saturating_add(t.ttl_ms.saturating_sub(t.early_ms));
                 r.last_error.clear();
                 (Event::Beat, None)
             } else if forgotten {
@@ -481,6 +486,7 @@ mod tests {
 
     const T: Timing = Timing {
         ttl_ms: 2_000,
+        early_ms: 0,
         call_ms: 3_000,
         lease_ms: 2_000,
         report_ms: 120_000,

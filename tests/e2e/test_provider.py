@@ -127,7 +127,7 @@ def test_heartbeats_keep_it_healthy_and_sigkill_makes_it_unhealthy_after_3_ttl(
         looks += 1
         time.sleep(0.5)
     beats = e.counter("provider_heartbeats")
-    assert beats >= 4, beats
+    assert beats >= 4, (beats, e.stats(e.stat_prefix + "polaris_wasm.provider"))
 
     e.kill()
     took, (instance,) = wait_listed(
