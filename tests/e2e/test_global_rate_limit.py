@@ -154,9 +154,12 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
             next_window()
             return load(loaded.listen_port, service, 1.85, connections=4)
 
-        # Global: 20 a window for both, the loaded Envoy taking what the light one leaves.
+        # Global: 20 a window for both, the loaded Envoy taking what the light one leaves. With
+        # FAILOVER_PASS a request the limiter has not answered for yet passes: under load a
+        # window's first requests may go before its answer, one or two a window.
+        ceiling = 40 if failover == "FAILOVER_LOCAL" else 44
         up = two_windows()
-        assert 26 <= up.get(200, 0) <= 40, up
+        assert 26 <= up.get(200, 0) <= ceiling, up
 
         standin.stop()
         time.sleep(1.5)  # records go stale after a second without answers
@@ -179,7 +182,7 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
         time.sleep(1.2)
         back = two_windows()
         print(failover, "up", up, "down", down, "back", back)
-        assert 26 <= back.get(200, 0) <= 40, back
+        assert 26 <= back.get(200, 0) <= ceiling, back
         assert back.get(429, 0) > 50, back
     finally:
         stop.set()
