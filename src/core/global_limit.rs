@@ -240,6 +240,13 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
         });
         sync_link(host, counters, link, adjusts, &client_id, now, offset);
     }
+    // A quiet stream is still an answering one: with no key in use nothing is reported, and a key
+    // coming back must find the limiter answering rather than fail over (a PASS burst).
+    if links.iter().any(|l| l.answering(now)) {
+        if let Err(e) = host.set(ANSWERED_KEY, &now.to_le_bytes(), None) {
+            log::warn!("limiter answer time not stored: {e:?}");
+        }
+    }
 }
 
 /// Whether no request took from `b`'s record for two of its windows; such a record is reset

@@ -408,6 +408,32 @@ fn a_key_idle_for_two_windows_is_no_longer_reported_and_a_new_request_inits_it_a
 }
 
 #[test]
+fn a_failover_pass_key_back_after_idling_on_a_quiet_open_stream_counts_its_share_not_passes() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, 10, proto::rule::FailoverType::FailoverPass);
+    let mut w = worker(&host, LIMITER);
+    let token = initialized(&host, &mut w);
+    host.set_now(START + 400);
+    w.on_stream_message(token, &init_answer(7, 10, 2, START + 400));
+    assert_eq!(admitted(&mut w, 1), 1);
+    host.set_now(START + 3_100);
+    w.on_stream_message(token, &acquire_answer(200_000, 7, 10, START + 3_100));
+    w.on_tick();
+    assert!(global_take::read_list(&host).is_empty(), "idle");
+    // Nothing to report for a second and a half: the open stream says nothing, and is not down.
+    for t in [3_500, 4_000, 4_600] {
+        host.set_now(START + t);
+        w.on_tick();
+    }
+    host.take_calls();
+    assert_eq!(
+        admitted(&mut w, 20),
+        5,
+        "the share of 10 among 2 until the limiter's answer"
+    );
+}
+
+#[test]
 fn a_stream_that_leaves_messages_unanswered_for_three_seconds_is_reopened() {
     let host = FakeHost::new(START + 100);
     seed(&host, 10, proto::rule::FailoverType::FailoverLocal);

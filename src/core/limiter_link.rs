@@ -90,10 +90,18 @@ impl Link {
         self.counters.clear();
     }
 
-    pub(super) fn up(&self, now: u64) -> bool {
+    /// Whether the limiter answers on this stream: it has answered, and nothing sent since has
+    /// waited longer than [`global::STALE_MS`] (a stream with nothing to report stays answering).
+    pub(super) fn answering(&self, now: u64) -> bool {
         self.token.is_some()
-            && self.client_key != 0
-            && now.saturating_sub(self.last_recv_ms) <= global::STALE_MS
+            && self.last_recv_ms != 0
+            && self
+                .unanswered_since
+                .is_none_or(|since| now.saturating_sub(since) <= global::STALE_MS)
+    }
+
+    pub(super) fn up(&self, now: u64) -> bool {
+        self.client_key != 0 && self.answering(now)
     }
 }
 

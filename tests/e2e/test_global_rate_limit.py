@@ -154,10 +154,12 @@ def test_with_the_limiter_stopped_the_rule_fails_over_and_is_global_again_when_i
             next_window()
             return load(loaded.listen_port, service, 1.85, connections=4)
 
-        # Global: 20 a window for both, the loaded Envoy taking what the light one leaves. With
-        # FAILOVER_PASS a request the limiter has not answered for yet passes: under load a
-        # window's first requests may go before its answer, one or two a window.
-        ceiling = 40 if failover == "FAILOVER_LOCAL" else 44
+        # Global: 20 a window for both, the loaded Envoy taking what the light one leaves. The
+        # loaded Envoy's key went idle in the pause and comes back on a quiet, open stream: it
+        # counts at its share until the limiter answers, whatever the failover (it passed
+        # everything when the stream's quiet read as the limiter down: 50 and 75 under CI load).
+        # A window may overshoot by a token a client (see `limit::global`).
+        ceiling = 42
         up = two_windows()
         assert 26 <= up.get(200, 0) <= ceiling, up
 

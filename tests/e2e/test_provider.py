@@ -137,8 +137,8 @@ def test_heartbeats_keep_it_healthy_and_sigkill_makes_it_unhealthy_after_3_ttl(
     # Polaris counts 3 x TTL from the last heartbeat, in whole seconds: that beat was up to one
     # TTL before the kill, and the check runs on a time wheel, then the cache (1 s) shows it.
     # Polaris's checker marks an instance 3 x TTL after its last heartbeat, on its own timer and
-    # through its 1 s cache: ~4-8 s here, up to ~10 s on a loaded machine.
-    assert 2 * TTL - 1 <= took <= 3 * TTL + 6, took
+    # through its 1 s cache: ~4-8 s here, 12.1 s once on a loaded 2-core CI machine.
+    assert 2 * TTL - 1 <= took <= 3 * TTL + 9, took
 
 
 def test_polaris_restarted_with_an_empty_store_gets_the_instance_again(
