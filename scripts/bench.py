@@ -19,7 +19,8 @@ breaker state and every response is classified); the breakers / filter ratio is 
 success path with a breaker active (issue 10: at most 2 % lower).
 With `--rate-limit` a third Envoy runs our filter with rate limiting on and a local rule on the
 service that never triggers (every request is counted against it), and the limited / filter
-ratios are printed: the cost of the rate limiter on the request path. Its peer runs too, *local_rl*:
+ratios are printed: the cost of the rate limiter on the request path (*dynmod_rl* is the same
+in the native build, against *dynmod*). Its peer runs too, *local_rl*:
 the baseline with Envoy's own `envoy.filters.http.local_ratelimit` (a bucket that never runs out),
 and local_rl / baseline is Envoy's own limiter's cost, to compare with limited / filter.
 With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
@@ -233,6 +234,10 @@ def main() -> None:
             listen, admin = free_port(), free_port()
             limited = {**plugin, "rate_limit": {"rules_of": "destination"}}
             runs.append(("limited", render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
+            if not args.no_native:
+                listen, admin = free_port(), free_port()
+                text = render(limited, listen, admin, polaris.grpc_port, build="native")
+                runs.append(("dynmod_rl", text, (listen, admin)))
             listen, admin = free_port(), free_port()
             native_text = (BASELINE.replace("ADMIN", str(admin)).replace("LISTEN", str(listen))
                            .replace("ENDPOINTS", endpoints)
@@ -342,6 +347,12 @@ def main() -> None:
             print("limiter cost, us/req (median of rounds): ours "
                   f"{statistics.median(l['cpu_us'] - f['cpu_us'] for f, l in lim_pairs):.2f}, native "
                   f"{statistics.median(n['cpu_us'] - b['cpu_us'] for b, n in nat_pairs):.2f}")
+        if "dynmod_rl" in results:
+            nr_pairs = list(zip(results["dynmod"], results["dynmod_rl"]))
+            print("median dynmod_rl / dynmod capacity ratio: "
+                  f"{statistics.median(d['cpu_us'] / r['cpu_us'] for d, r in nr_pairs):.3f}"
+                  "  (rate limiting in the native build; target >= 0.97), cost "
+                  f"{statistics.median(r['cpu_us'] - d['cpu_us'] for d, r in nr_pairs):.2f} us/req")
         if "compare" in results:
             against = "breakers" if args.compare_breakers else "filter"
             print(f"(compare ratios against {against})")

@@ -7,7 +7,7 @@
 //! ([`crate::limit::unirate`]); CONCURRENCY rules count in-flight requests in one shared record
 //! ([`crate::limit::concurrency`]), the slot given back when the stream ends.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use super::global_take::{self, At};
 use super::host::{Metrics, Store};
@@ -54,22 +54,23 @@ struct Grant {
 /// One counter: a (service, rule, amount, window key).
 struct Counter<'a> {
     service: &'a ServiceKey,
+    service_hash: u64,
     rule: &'a str,
+    rule_hash: u64,
     window_ms: u64,
     label_hash: u64,
 }
 
 impl Counter<'_> {
-    /// This worker's name for the counter (built without allocating).
+    /// This worker's name for the counter (from hashes computed with the rules).
     fn id(&self) -> u64 {
         let parts = [
-            murmur3_64(self.service.namespace.as_bytes(), 0),
-            murmur3_64(self.service.name.as_bytes(), 0),
-            murmur3_64(self.rule.as_bytes(), 0),
+            self.service_hash,
+            self.rule_hash,
             self.window_ms,
             self.label_hash,
         ];
-        let mut bytes = [0u8; 40];
+        let mut bytes = [0u8; 32];
         for (chunk, part) in bytes.chunks_exact_mut(8).zip(parts) {
             chunk.copy_from_slice(&part.to_le_bytes());
         }
@@ -112,7 +113,7 @@ impl<T: Copy> Taken<T> {
 /// One worker's grants, by counter id.
 #[derive(Debug, Default)]
 pub struct Limiter {
-    grants: HashMap<u64, Grant>,
+    grants: FxHashMap<u64, Grant>,
     /// GLOBAL rules go through polaris-limiter (`rate_limit.limiter` is configured).
     pub global_on: bool,
     /// Server clock minus ours (ms), for global windows; refreshed on ticks.
@@ -169,11 +170,11 @@ impl Limiter {
                 now_ms = read();
             }
             let label_hash = murmur3_64(label.as_bytes(), 0);
-            let rule_hash = murmur3_64(rule.id.as_bytes(), 0);
+            let rule_hash = rule.id_hash;
             let limited = match rule.behavior {
                 Behavior::Reject => self.take_windows(
                     store,
-                    service,
+                    (service, limits.service_hash),
                     rule,
                     (&label, label_hash),
                     now_ms,
@@ -268,7 +269,7 @@ impl Limiter {
     fn take_windows<S: Store + ?Sized>(
         &mut self,
         store: &S,
-        service: &ServiceKey,
+        (service, service_hash): (&ServiceKey, u64),
         rule: &LimitRule,
         (label, label_hash): (&str, u64),
         now_ms: u64,
@@ -283,7 +284,9 @@ impl Limiter {
         for amount in &rule.amounts {
             let counter = Counter {
                 service,
+                service_hash,
                 rule: &rule.id,
+                rule_hash: rule.id_hash,
                 window_ms: amount.window_ms,
                 label_hash,
             };

@@ -3,8 +3,9 @@
 //! [`MAX_RULES`] rules per worker (later rules only show in the aggregate counters). Counted in
 //! the VM, handed to the host on the tick like the other counters.
 
+use rustc_hash::FxHashMap;
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use super::host::Metrics;
 use crate::model::ServiceKey;
@@ -32,7 +33,7 @@ struct Slot {
 #[derive(Debug, Default)]
 pub struct RuleStats {
     /// By the rule's id hash (rule ids are unique in Polaris).
-    slots: HashMap<u64, Slot>,
+    slots: FxHashMap<u64, Slot>,
 }
 
 impl RuleStats {
@@ -46,17 +47,13 @@ impl RuleStats {
         name: &str,
         outcome: Outcome,
     ) {
-        if !self.slots.contains_key(&rule_id) {
-            if self.slots.len() >= MAX_RULES {
-                return;
-            }
-            self.slots.insert(rule_id, define(host, service, name));
-        }
-        if let Some(c) = self
-            .slots
-            .get(&rule_id)
-            .and_then(|s| s.pending.get(outcome as usize))
-        {
+        let full = self.slots.len() >= MAX_RULES;
+        let slot = match self.slots.entry(rule_id) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(_) if full => return,
+            Entry::Vacant(v) => v.insert(define(host, service, name)),
+        };
+        if let Some(c) = slot.pending.get(outcome as usize) {
             c.set(c.get().wrapping_add(1));
         }
     }

@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use super::global::Global;
+use crate::lb::murmur3::murmur3_64;
 use crate::matching::{MatchKind, Matcher, RequestFacts};
 use crate::model::ServiceKey;
 use crate::polaris::proto;
@@ -87,6 +88,8 @@ pub struct RuleSettings {
 #[derive(Clone, Debug)]
 pub struct LimitRule {
     pub id: String,
+    /// `murmur3_64(id)`, computed once: the request path names counters and metrics by it.
+    pub id_hash: u64,
     pub name: String,
     pub priority: u32,
     method: Option<Matcher>,
@@ -109,6 +112,8 @@ pub struct LimitRule {
 #[derive(Clone, Debug, Default)]
 pub struct Limits {
     pub rules: Vec<LimitRule>,
+    /// `murmur3_64` of the service's namespace and name, computed once (0 from [`Limits::compile`]).
+    pub service_hash: u64,
 }
 
 /// What a caller is, for CALLER_SERVICE and caller-metadata arguments.
@@ -131,7 +136,13 @@ impl Limits {
             }
         }
         out.sort_by(|a, b| a.priority.cmp(&b.priority).then_with(|| a.id.cmp(&b.id)));
-        (Limits { rules: out }, skipped)
+        (
+            Limits {
+                rules: out,
+                service_hash: 0,
+            },
+            skipped,
+        )
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,6 +173,8 @@ impl Limits {
     ) -> Result<Limits, DecodeError> {
         let (mut limits, mut skipped) = Limits::compile(&decode_rate_limits(key, bytes)?);
         limits.apply(settings);
+        let (ns, name) = (key.namespace.as_bytes(), key.name.as_bytes());
+        limits.service_hash = murmur3_64(ns, 0) ^ murmur3_64(name, 0).rotate_left(1);
         limits.rules.retain(|r| match r.behavior {
             Behavior::Concurrency { max: 0 } => {
                 skipped.push(format!(
@@ -263,8 +276,10 @@ impl LimitRule {
             arguments.push(Argument::compile(a)?);
         }
         arguments.sort_by(|a, b| a.label.cmp(&b.label));
+        let id = r.id.clone().unwrap_or_default();
         Ok(Some(LimitRule {
-            id: r.id.clone().unwrap_or_default(),
+            id_hash: murmur3_64(id.as_bytes(), 0),
+            id,
             name: r.name.clone().or_else(|| r.id.clone()).unwrap_or_default(),
             priority: r.priority.unwrap_or(0),
             method,
