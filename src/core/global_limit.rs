@@ -191,7 +191,7 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
             }
             continue;
         };
-        if bounds.iter().all(|b| idle(&w.host, b, server_now)) {
+        if bounds.iter().all(|b| idle(&w.host, b, server_now, now)) {
             // No request for two of its longest windows: no longer reported (the server expires
             // the counter); the next request registers the key again.
             gone.push(entry.clone());
@@ -251,12 +251,17 @@ fn lead<H: Host>(w: &mut Worker<H>, now: u64) {
 
 /// Whether no request took from `b`'s record for two of its windows; such a record is reset
 /// (by CAS, so a take in between keeps it) to one that remembers only the client count, and the
-/// next take registers it again.
-fn idle<S: Store + ?Sized>(store: &S, b: &Bound, server_now: u64) -> bool {
+/// next take registers it again. A record only ever passed by FAILOVER_PASS has no window: it is
+/// idle two windows after it was made (`now_local`), or the key would be reported for ever.
+fn idle<S: Store + ?Sized>(store: &S, b: &Bound, server_now: u64, now_local: u64) -> bool {
     let horizon = b.window_ms.saturating_mul(2);
     store::cas_update(store, &b.record, |bytes| {
         let w = GlobalWindow::decode(bytes);
-        if w.start == 0 || w.start.saturating_add(horizon) >= server_now {
+        let recent = match w.start {
+            0 => w.created_ms == 0 || w.created_ms.saturating_add(horizon) >= now_local,
+            start => start.saturating_add(horizon) >= server_now,
+        };
+        if recent {
             return Update::Keep(false);
         }
         let reset = GlobalWindow {

@@ -434,6 +434,24 @@ fn a_failover_pass_key_back_after_idling_on_a_quiet_open_stream_counts_its_share
 }
 
 #[test]
+fn a_key_failover_pass_only_ever_passed_goes_idle_two_windows_after_it_was_made() {
+    let host = FakeHost::new(START + 100);
+    seed(&host, 10, proto::rule::FailoverType::FailoverPass);
+    let mut w = worker(&host, LIMITER);
+    initialized(&host, &mut w);
+    assert_eq!(record(&host).start, 0, "passed, never counted in a window");
+    host.set_now(START + 1_500);
+    w.on_tick();
+    assert_eq!(global_take::read_list(&host).len(), 1, "still in use");
+    host.set_now(START + 2_500);
+    w.on_tick();
+    assert!(
+        global_take::read_list(&host).is_empty(),
+        "no longer reported"
+    );
+}
+
+#[test]
 fn a_stream_that_leaves_messages_unanswered_for_three_seconds_is_reopened() {
     let host = FakeHost::new(START + 100);
     seed(&host, 10, proto::rule::FailoverType::FailoverLocal);
