@@ -12,7 +12,10 @@ to baseline printed beside the wasm filter's (`--no-native` leaves it out); *dyn
 same with `circuit_breaker: {}` beside *breakers*. A *dyncluster* Envoy runs the shipped
 envoy/envoy-native-cluster.yaml: the same module, also as the upstream cluster (Polaris's
 instances as hosts, the pick handed over as Envoy's override host instead of the header); the
-dyncluster / dynmod ratio is what dropping the header and ORIGINAL_DST saves.
+dyncluster / dynmod ratio is what dropping the header and ORIGINAL_DST saves. A *dynlb* Envoy
+runs the shipped envoy/envoy-native-balancer.yaml: the same cluster deciding in its load
+balancer (`upstream_handover: load_balancer`), the HTTP filter disabled, so no filter runs per
+stream; dynlb / dyncluster is what that saves.
 A third Envoy, *breakers*, runs the shipped config with circuit breaking on (`circuit_breaker: {}`:
 polaris-go's default INSTANCE rule applies to the healthy upstreams, so every request reads the
 breaker state and every response is classified); the breakers / filter ratio is the cost of the
@@ -52,7 +55,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
-from harness.envoy import SHIPPED_NATIVE_CLUSTER, WASM, Envoy, render  # noqa: E402
+from harness.envoy import (  # noqa: E402
+    SHIPPED_NATIVE_BALANCER, SHIPPED_NATIVE_CLUSTER, WASM, Envoy, render)
 from harness.polaris import Polaris, free_port  # noqa: E402
 
 BASELINE = """
@@ -226,6 +230,10 @@ def main() -> None:
             dyncluster = render(plugin, listen, admin, polaris.grpc_port,
                                 template=SHIPPED_NATIVE_CLUSTER, build="native")
             runs.append(("dyncluster", dyncluster, (listen, admin)))
+            listen, admin = free_port(), free_port()
+            dynlb = render(plugin, listen, admin, polaris.grpc_port,
+                           template=SHIPPED_NATIVE_BALANCER, build="native")
+            runs.append(("dynlb", dynlb, (listen, admin)))
         if not args.no_breakers:
             listen, admin = free_port(), free_port()
             breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
@@ -341,6 +349,11 @@ def main() -> None:
             print("median dyncluster / dynmod capacity ratio: "
                   f"{statistics.median(d['cpu_us'] / c['cpu_us'] for d, c in dc_pairs):.3f}"
                   "  (override host + the module's cluster vs header + ORIGINAL_DST)")
+        if "dynlb" in results:
+            lb_pairs = list(zip(results["dyncluster"], results["dynlb"]))
+            print("median dynlb / dyncluster capacity ratio: "
+                  f"{ratio((c['cpu_us'], d['cpu_us']) for c, d in lb_pairs)}"
+                  "  (the decision in the cluster's load balancer, no filter per stream)")
         if "limited" in results:
             lim_pairs = list(zip(results["filter"], results["limited"]))
             print("median limited / filter req/s ratio:     "
@@ -378,7 +391,8 @@ def main() -> None:
             print(f"median filter / {name} capacity ratio: "
                   f"{statistics.median(m['cpu_us'] / f['cpu_us'] for m, f in m_pairs):.3f}  ({name} = {path})")
         errors = sum(r["errors"] for r in results["filter"] + results.get("breakers", [])
-                     + results.get("dynmod", []) + results.get("dyncluster", []))
+                     + results.get("dynmod", []) + results.get("dyncluster", [])
+                     + results.get("dynlb", []))
         if errors:
             sys.exit(f"the filter answered {errors} non-2xx responses during the benchmark")
     finally:

@@ -269,6 +269,19 @@ pub enum Handover {
     /// Envoy's upstream override host, for the native module's own cluster, which holds every
     /// instance as a host: no header and no address parsed per request (native build only).
     OverrideHost,
+    /// The native module's own cluster decides in its load balancer, with no HTTP filter on the
+    /// request path (the filter stays in the chain, `disabled: true`, for its leader): Envoy
+    /// runs no per-stream filter. Nothing that needs the stream is available: no local replies
+    /// (a request that cannot be routed gets Envoy's 503 `no healthy upstream`), so rate
+    /// limits, breakers, the trace and the provider side are refused (native build only).
+    LoadBalancer,
+}
+
+impl Handover {
+    /// Whether the pick reaches Envoy as its override host (the native module's cluster).
+    pub fn overrides_host(self) -> bool {
+        matches!(self, Handover::OverrideHost | Handover::LoadBalancer)
+    }
 }
 
 /// The top-level fields of the plugin JSON; any other is rejected.
@@ -369,10 +382,11 @@ impl Config {
         let upstream_handover = match string(&map, "upstream_handover")?.as_deref() {
             None | Some("header") => Handover::Header,
             Some("override_host") => Handover::OverrideHost,
+            Some("load_balancer") => Handover::LoadBalancer,
             Some(other) => {
                 return Err(err(
                     "upstream_handover",
-                    format!("`{other}` is neither \"header\" nor \"override_host\""),
+                    format!("`{other}` is not \"header\", \"override_host\" or \"load_balancer\""),
                 ))
             }
         };
@@ -416,6 +430,21 @@ impl Config {
         let breaker = circuit_breaker(&map)?;
         let provider = provider(&map, &namespace)?;
         let admission = admission(&map, &namespace, refresh_interval)?;
+        if upstream_handover == Handover::LoadBalancer {
+            let needs_stream = [
+                ("rate_limit", rate_limit.is_some()),
+                ("circuit_breaker", breaker.is_some()),
+                ("debug_trace", debug_trace),
+                ("provider", provider.is_some()),
+            ];
+            if let Some(field) = needs_stream.iter().find(|(_, on)| *on).map(|(f, _)| *f) {
+                return Err(err(
+                    field,
+                    "needs the HTTP filter on the request path, which `upstream_handover: \
+                     load_balancer` leaves out: use `override_host`",
+                ));
+            }
+        }
 
         Ok(Config {
             polaris_cluster,
@@ -1588,11 +1617,26 @@ mod tests {
     }
 
     #[test]
+    fn load_balancer_handover_refuses_what_needs_the_filter_on_the_request_path_naming_it() {
+        for (extra, field) in [
+            (r#""rate_limit":{"rules_of":"destination"}"#, "rate_limit"),
+            (r#""circuit_breaker":{}"#, "circuit_breaker"),
+            (r#""debug_trace":true"#, "debug_trace"),
+        ] {
+            let text =
+                format!(r#"{{"polaris_cluster":"p","upstream_handover":"load_balancer",{extra}}}"#);
+            assert_eq!(parse(&text).unwrap_err().field, field, "{extra}");
+        }
+    }
+
+    #[test]
     fn the_pick_is_handed_over_as_the_header_unless_override_host_is_asked_for() {
         let c = parse(r#"{"polaris_cluster":"p"}"#).unwrap();
         assert_eq!(c.upstream_handover, Handover::Header);
         let c = parse(r#"{"polaris_cluster":"p","upstream_handover":"override_host"}"#).unwrap();
         assert_eq!(c.upstream_handover, Handover::OverrideHost);
+        let c = parse(r#"{"polaris_cluster":"p","upstream_handover":"load_balancer"}"#).unwrap();
+        assert_eq!(c.upstream_handover, Handover::LoadBalancer);
         let e = parse(r#"{"polaris_cluster":"p","upstream_handover":"cluster"}"#).unwrap_err();
         assert_eq!(e.field, "upstream_handover");
     }

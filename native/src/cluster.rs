@@ -29,6 +29,7 @@ use polaris_wasm::model::{Kind, ServiceKey};
 use polaris_wasm::shared::{self, WatchList};
 use polaris_wasm::snapshot::{decode_instances, Discovered};
 
+use crate::balancer::{self, Decided};
 use crate::ffi::cluster::{
     ClusterHandle, ClusterScheduler, HostPtr, LbContext, LbHandle, WorkerHost,
 };
@@ -217,16 +218,32 @@ pub struct WorkerLb {
 struct Pending {
     id: u64,
     context: LbContext,
-    address: String,
+    want: Want,
     since: Instant,
 }
 
+/// What a pending selection waits for.
+enum Want {
+    /// The pick (`ip:port`) to reach this worker's hosts.
+    Host(String),
+    /// Its service to be discovered (`upstream_handover: load_balancer`): decided again then.
+    Decision,
+}
+
 impl WorkerLb {
-    /// A request whose override host Envoy did not find on this worker.
+    /// A request for which Envoy found no override host on this worker: the filter's pick this
+    /// worker does not hold yet, or (no filter ran) the decision here.
     pub fn choose(&self, context: LbContext) -> Choice {
-        // Without the filter's pick there is nothing to choose: the pick is never ours.
-        let Some(address) = context.override_host() else {
-            return Choice::NoHost;
+        let address = match context.override_host() {
+            Some(address) => address,
+            None => {
+                self.retry_decisions();
+                match balancer::decide(context) {
+                    Decided::Host(address) => address,
+                    Decided::NoHost => return Choice::NoHost,
+                    Decided::Wait => return self.wait(context, Want::Decision),
+                }
+            }
         };
         if let Some(host) = self.lb.find_host(&address) {
             return Choice::Host(host);
@@ -234,16 +251,23 @@ impl WorkerLb {
         if address.parse::<SocketAddr>().is_err() {
             return Choice::NoHost;
         }
+        self.wait(context, Want::Host(address))
+    }
+
+    fn wait(&self, context: LbContext, want: Want) -> Choice {
         self.expire();
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
+        let host = matches!(want, Want::Host(_));
         self.pending.borrow_mut().push(Pending {
             id,
             context,
-            address,
+            want,
             since: Instant::now(),
         });
-        self.wake.sync_soon();
+        if host {
+            self.wake.sync_soon();
+        }
         Choice::Pending(id)
     }
 
@@ -269,25 +293,65 @@ impl WorkerLb {
     }
 
     /// This worker's hosts changed: pending picks that arrived get their host, those waiting
-    /// longer than [`PENDING_TTL`] get none. Envoy is called after our state is settled (it
-    /// may choose again from inside a completion).
+    /// longer than [`PENDING_TTL`] get none, and requests waiting for their service are decided
+    /// again. Envoy is called after our state is settled (it may choose again from inside a
+    /// completion).
     pub fn hosts_changed(&self) {
+        self.settle(true);
+    }
+
+    /// Requests waiting for their service are decided again (each new request of this worker
+    /// asks: the store may have it by now, with no host change to say so).
+    fn retry_decisions(&self) {
+        let waiting = self
+            .pending
+            .borrow()
+            .iter()
+            .any(|p| matches!(p.want, Want::Decision));
+        if waiting {
+            self.settle(false);
+        }
+    }
+
+    fn settle(&self, hosts_moved: bool) {
         let now = Instant::now();
+        let mut waiting = std::mem::take(&mut *self.pending.borrow_mut());
         let mut done = Vec::new();
-        self.pending.borrow_mut().retain(|p| {
-            match self.lb.find_host(&p.address) {
+        waiting.retain_mut(|p| {
+            let expired = now.duration_since(p.since) >= PENDING_TTL;
+            if let Want::Decision = p.want {
+                match balancer::decide(p.context) {
+                    Decided::Host(address) => p.want = Want::Host(address),
+                    Decided::NoHost => {
+                        done.push((p.context, None));
+                        return false;
+                    }
+                    Decided::Wait if expired => {
+                        done.push((p.context, None));
+                        return false;
+                    }
+                    Decided::Wait => return true,
+                }
+            } else if !hosts_moved && !expired {
+                return true;
+            }
+            let Want::Host(address) = &p.want else {
+                return true;
+            };
+            match self.lb.find_host(address) {
                 Some(h) => done.push((p.context, Some(h))),
-                None if now.duration_since(p.since) >= PENDING_TTL => done.push((p.context, None)),
+                None if expired => done.push((p.context, None)),
                 None => return true,
             }
             false
         });
+        // Deciding calls no Envoy selection; put back what waits, before Envoy hears of the rest.
+        let mut pending = self.pending.borrow_mut();
+        waiting.append(&mut pending);
+        *pending = waiting;
+        drop(pending);
         for (context, host) in done {
-            let details = if host.is_some() {
-                ""
-            } else {
-                "polaris: instance not in the cluster"
-            };
+            let details = if host.is_some() { "" } else { NOT_IN_CLUSTER };
             self.lb.complete(context, host, details);
         }
     }

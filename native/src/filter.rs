@@ -24,8 +24,8 @@ use crate::host::{lock, CallKind, Native, NativeStream, Streams};
 use crate::plugin::Plugin;
 
 /// A worker thread's follower worker of one plugin.
-struct Local {
-    worker: RefCell<Worker<Native>>,
+pub struct Local {
+    pub worker: RefCell<Worker<Native>>,
     /// When the last follower tick ran (the next is due a tick period later, whatever the
     /// period is by then).
     last_tick: Cell<Option<Instant>>,
@@ -51,7 +51,7 @@ impl Local {
     }
 
     /// The follower tick, when due; then the stream ends that waited for the worker.
-    fn tick_if_due(&self, w: &mut Worker<Native>) {
+    pub fn tick_if_due(&self, w: &mut Worker<Native>) {
         let now = Instant::now();
         let due = self
             .last_tick
@@ -76,7 +76,7 @@ thread_local! {
 }
 
 /// This thread's worker of `plugin`, made on first use (dropping those of plugins gone).
-fn local(plugin: &Arc<Plugin>) -> Option<Rc<Local>> {
+pub fn local(plugin: &Arc<Plugin>) -> Option<Rc<Local>> {
     LOCALS.with(|locals| {
         let mut locals = locals.borrow_mut();
         if let Some((_, l)) = locals.get(&plugin.id()) {

@@ -41,6 +41,8 @@ pub struct Shared {
     pub periods: Mutex<HashMap<u64, u64>>,
     /// The timer thread, woken when a follower wants a shorter period than it sleeps for.
     pub timer: Mutex<Option<std::thread::Thread>>,
+    /// A load balancer put a service on the watch list: the leader ticks now, not at its period.
+    pub tick_now: AtomicBool,
 }
 
 impl Shared {
@@ -55,6 +57,7 @@ impl Shared {
             wakers: Mutex::new(HashMap::new()),
             periods: Mutex::new(HashMap::new()),
             timer: Mutex::new(None),
+            tick_now: AtomicBool::new(false),
         }
     }
 
@@ -444,6 +447,13 @@ impl Pacing for Native {
             }
         }
         Ok(())
+    }
+
+    fn wake_leader(&self) {
+        self.shared.tick_now.store(true, Ordering::Release);
+        if let Some(t) = lock(&self.shared.timer).as_ref() {
+            t.unpark();
+        }
     }
 }
 

@@ -11,10 +11,13 @@
 //!   Envoy streams; [`rule_stats`]: per-rule counters as labelled vectors; [`logger`]: `log` to
 //!   Envoy's log.
 //! - [`cluster`]: the module as an upstream cluster too (`envoy/envoy-native-cluster.yaml`):
-//!   Polaris's instances as hosts, each pick handed over as Envoy's override host.
+//!   Polaris's instances as hosts, each pick handed over as Envoy's override host; with
+//!   `upstream_handover: load_balancer`, [`balancer`] decides in the cluster's load balancer
+//!   and no filter runs per stream.
 
 #![deny(unsafe_code)]
 
+mod balancer;
 mod cluster;
 #[allow(unsafe_code)]
 mod exports;

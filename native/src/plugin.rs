@@ -9,11 +9,11 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use polaris_wasm::config::Config;
+use polaris_wasm::config::{Config, Handover};
 use polaris_wasm::core::host::Clock;
 use polaris_wasm::core::Worker;
 
@@ -28,6 +28,23 @@ const TICK: u64 = 1;
 const WAKE: u64 = 2;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The newest live plugin with `upstream_handover: load_balancer`: the one the cluster's load
+/// balancer decides with ([`crate::balancer`]).
+static BALANCING: Mutex<Option<Weak<Plugin>>> = Mutex::new(None);
+/// Moves whenever [`BALANCING`] changes, so a worker thread notices with one atomic read.
+static BALANCING_GEN: AtomicU64 = AtomicU64::new(0);
+
+/// The plugin the load balancer decides with, and the generation it was read at.
+pub fn balancing() -> (u64, Option<Arc<Plugin>>) {
+    let plugin = lock(&BALANCING);
+    let generation = BALANCING_GEN.load(Ordering::Acquire);
+    (generation, plugin.as_ref().and_then(Weak::upgrade))
+}
+
+pub fn balancing_generation() -> u64 {
+    BALANCING_GEN.load(Ordering::Acquire)
+}
 
 thread_local! {
     /// The leading worker of each live plugin (Envoy's main thread only).
@@ -98,7 +115,7 @@ impl Timer {
                         break;
                     }
                     let now = Instant::now();
-                    if now >= next_tick {
+                    if shared.tick_now.swap(false, Ordering::AcqRel) || now >= next_tick {
                         scheduler.commit(TICK);
                         next_tick = now + leader;
                     }
@@ -165,7 +182,8 @@ impl Plugin {
             return None;
         };
         LEADERS.with(|l| l.borrow_mut().insert(id, leader));
-        Some(Arc::new(Plugin {
+        let balancing = config.upstream_handover == Handover::LoadBalancer;
+        let plugin = Arc::new(Plugin {
             id,
             config,
             shared,
@@ -174,7 +192,12 @@ impl Plugin {
                 .ok()
                 .filter(|h| !h.is_empty()),
             timer: Mutex::new(Some(timer)),
-        }))
+        });
+        if balancing {
+            *lock(&BALANCING) = Some(Arc::downgrade(&plugin));
+            BALANCING_GEN.fetch_add(1, Ordering::Release);
+        }
+        Some(plugin)
     }
 
     pub fn id(&self) -> u64 {
@@ -202,6 +225,16 @@ impl Plugin {
             .take();
         if let Some(t) = timer {
             t.stop();
+        }
+        {
+            let mut balancing = lock(&BALANCING);
+            if balancing
+                .as_ref()
+                .is_some_and(|p| std::ptr::eq(p.as_ptr(), self))
+            {
+                *balancing = None;
+                BALANCING_GEN.fetch_add(1, Ordering::Release);
+            }
         }
         self.shared.close();
         ORPHANS.with(|o| {

@@ -68,6 +68,8 @@ pub enum Call {
     /// A paused stream resumed.
     Resume(u32),
     TickPeriod(Duration),
+    /// The leader asked to tick now.
+    WakeLeader,
 }
 
 /// Shared data: key -> (value, cas), one map for every VM of the Envoy.
@@ -298,6 +300,10 @@ impl Pacing for FakeHost {
     fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
         self.record(Call::TickPeriod(period));
         Ok(())
+    }
+
+    fn wake_leader(&self) {
+        self.record(Call::WakeLeader);
     }
 }
 

@@ -91,6 +91,9 @@ pub trait Pacing {
     fn resume_request(&self, id: u32) -> Result<(), HostError>;
     /// How often the host calls the core's `on_tick` from now on (at least 1 ms).
     fn set_tick_period(&self, period: Duration) -> Result<(), HostError>;
+    /// Asks for the leader's tick now (a load balancer's service just went on the watch list).
+    /// Hosts whose requests call Polaris themselves need not.
+    fn wake_leader(&self) {}
 }
 
 /// Everything per-VM the core needs from its host.

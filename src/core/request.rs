@@ -437,7 +437,7 @@ impl Exchange {
         // The header by default, replacing whatever the client sent: it is always ours.
         let handed = match config.upstream_handover {
             Handover::Header => stream.set_request_header(&config.upstream_header, upstream),
-            Handover::OverrideHost => stream.set_override_host(upstream),
+            Handover::OverrideHost | Handover::LoadBalancer => stream.set_override_host(upstream),
         };
         if let Err(e) = handed {
             return Route::Reject(Rejection::HostRefused {
@@ -489,6 +489,9 @@ impl Exchange {
 
     /// Starts the first discovery of a service: every kind it needs at once; the request waits.
     fn load<H: Host>(&mut self, w: &mut Worker<H>, key: ServiceKey) -> Verdict {
+        if w.config.upstream_handover == Handover::LoadBalancer {
+            return through_leader(w, key);
+        }
         let kinds = w.config.first_load_kinds();
         let mut tokens = Vec::with_capacity(kinds.len());
         for kind in kinds {
@@ -520,6 +523,24 @@ impl Exchange {
         });
         Verdict::Wait
     }
+}
+
+/// A load balancer has no stream to call from: the service goes on the watch list, and the
+/// leader, woken now, discovers it with its next refresh; the host decides the request again
+/// when the store has it.
+fn through_leader<H: Host>(w: &mut Worker<H>, key: ServiceKey) -> Verdict {
+    let limit = w.config.max_services;
+    if store::watch(&w.host, &key, limit) == Added::Full {
+        return Verdict::Reply(reply(
+            w,
+            &Rejection::TooManyServices {
+                service: key,
+                limit,
+            },
+        ));
+    }
+    w.host.wake_leader();
+    Verdict::Wait
 }
 
 /// Builds the plan of `key` from its snapshot and rules; false when its rules are not loaded.

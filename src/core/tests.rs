@@ -162,6 +162,35 @@ fn with_override_host_the_pick_is_handed_over_and_no_header_is_written() {
 }
 
 #[test]
+fn in_load_balancer_mode_an_unknown_service_is_watched_and_left_to_the_leader_not_called() {
+    let host = FakeHost::new(START);
+    let mut w = worker(&host, r#","upstream_handover":"load_balancer""#);
+    let mut exchange = Exchange::default();
+    let verdict = exchange.on_request(&mut w, &mut FakeStream::with(&[(":authority", "echo")]));
+    assert_eq!(verdict, Verdict::Wait);
+    assert!(exchange.pending_calls().is_empty(), "no call of its own");
+    let calls = host.take_calls();
+    assert!(discovers(&calls).is_empty());
+    assert!(calls.contains(&Call::WakeLeader));
+    assert_eq!(
+        store::watch_list(&host).services(),
+        &[echo()],
+        "the leader refreshes it"
+    );
+
+    seed(&host, &[8080]);
+    let (verdict, stream) = request(&mut w, &[(":authority", "echo")]);
+    assert_eq!(verdict, Verdict::Forward, "decided again once stored");
+    assert_eq!(
+        stream.calls,
+        vec![
+            Call::ReadHeader(":authority".into()),
+            Call::OverrideHost("127.0.0.1:8080".into()),
+        ]
+    );
+}
+
+#[test]
 fn a_client_sent_upstream_header_is_replaced_by_the_pick() {
     let host = FakeHost::new(START);
     seed(&host, &[8080]);

@@ -165,10 +165,11 @@ fn configure(vm: &mut Vm, root: u32, bytes: &[u8]) -> bool {
         );
         return false;
     }
-    if config.upstream_handover == Handover::OverrideHost {
+    if config.upstream_handover != Handover::Header {
         log::error!(
-            "invalid plugin configuration: field `upstream_handover`: `override_host` needs the \
-             native module's own cluster; the wasm filter hands picks over as a header"
+            "invalid plugin configuration: field `upstream_handover`: `override_host` and \
+             `load_balancer` need the native module's own cluster; the wasm filter hands picks \
+             over as a header"
         );
         return false;
     }

@@ -49,6 +49,13 @@ extern "C" {
         address_out: *mut Buf,
         strict_out: *mut bool,
     ) -> bool;
+    fn envoy_dynamic_module_callback_cluster_lb_context_get_downstream_header(
+        context: *mut c_void,
+        key: Buf,
+        result: *mut Buf,
+        index: usize,
+        optional_size: *mut usize,
+    ) -> bool;
     fn envoy_dynamic_module_callback_cluster_lb_async_host_selection_complete(
         lb: *mut c_void,
         context: *mut c_void,
@@ -180,6 +187,28 @@ impl LbContext {
             .ok()
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
+    }
+}
+
+impl LbContext {
+    /// The first value of the downstream request header `name`, borrowed from Envoy.
+    pub fn header_with<R>(&self, name: &str, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+        if self.0.is_null() {
+            return None;
+        }
+        let mut out = Buf::NULL;
+        // SAFETY: valid context during its selection; Envoy reads the key during the call.
+        let found = unsafe {
+            envoy_dynamic_module_callback_cluster_lb_context_get_downstream_header(
+                self.0,
+                Buf::of(name.as_bytes()),
+                &mut out,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        // SAFETY: Envoy's buffer, valid during this selection.
+        found.then(|| f(unsafe { out.bytes() }))
     }
 }
 

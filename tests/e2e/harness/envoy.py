@@ -29,6 +29,7 @@ SHIPPED = ROOT / "envoy" / "envoy.yaml"
 SHIPPED_NATIVE = ROOT / os.environ.get("POLARIS_NATIVE_CONFIG", "envoy/envoy-native.yaml")
 # The native build with its own upstream cluster (override host instead of the header).
 SHIPPED_NATIVE_CLUSTER = ROOT / "envoy" / "envoy-native-cluster.yaml"
+SHIPPED_NATIVE_BALANCER = ROOT / "envoy" / "envoy-native-balancer.yaml"
 PROVIDER = ROOT / "envoy" / "provider.yaml"
 BUILDS = ("wasm", "native")
 # Where each build's counters show in Envoy's stats (wasm: `define_metric`; native: the
@@ -71,8 +72,10 @@ def _with_plugin(text: str, plugin: dict) -> str:
             text, "filename: target/wasm32-wasip1/release/polaris_wasm.wasm", f"filename: {WASM}"
         )
     if "envoy.clusters.dynamic_modules" in text:
-        # The module's own cluster takes the pick as the override host (the shipped JSON says so).
-        plugin = {"upstream_handover": "override_host", **plugin}
+        # The module's own cluster takes the pick as the override host, or decides in its load
+        # balancer where the filter is disabled (the shipped JSON says so).
+        handover = "load_balancer" if "disabled: true" in text else "override_host"
+        plugin = {"upstream_handover": handover, **plugin}
     start = text.index("value: '{")
     end = text.index("'\n", start)
     plugin_json = json.dumps(plugin).replace("'", "''")
