@@ -189,6 +189,9 @@ def main() -> None:
     parser.add_argument("--no-breakers", action="store_true", help="leave out the breakers setup")
     parser.add_argument("--no-native", action="store_true",
                         help="leave out the native dynamic module (setup `dynmod`, build/libpolaris_native.so)")
+    parser.add_argument("--no-wasm", action="store_true",
+                        help="leave out the wasm setups (filter, breakers, limited): the native ones "
+                             "and the baseline only")
     parser.add_argument("--rate-limit", action="store_true",
                         help="also run the filter with a local rate-limit rule that never triggers")
     args = parser.parse_args()
@@ -221,7 +224,9 @@ def main() -> None:
                          .replace("ENDPOINTS", endpoints))
         plugin = {"polaris_cluster": "polaris_grpc"}
         runs: list[tuple[str, str | None, tuple[int, int] | None]] = [
-            ("baseline", baseline_text, (base_listen, base_admin)), ("filter", None, None)]
+            ("baseline", baseline_text, (base_listen, base_admin))]
+        if not args.no_wasm:
+            runs.append(("filter", None, None))
         if not args.no_native:
             listen, admin = free_port(), free_port()
             dynmod = render(plugin, listen, admin, polaris.grpc_port, build="native")
@@ -235,9 +240,11 @@ def main() -> None:
                            template=SHIPPED_NATIVE_BALANCER, build="native")
             runs.append(("dynlb", dynlb, (listen, admin)))
         if not args.no_breakers:
-            listen, admin = free_port(), free_port()
-            breakers = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port)
-            runs.append(("breakers", breakers, (listen, admin)))
+            if not args.no_wasm:
+                listen, admin = free_port(), free_port()
+                breakers = render({**plugin, "circuit_breaker": {}}, listen, admin,
+                                  polaris.grpc_port)
+                runs.append(("breakers", breakers, (listen, admin)))
             if not args.no_native:
                 listen, admin = free_port(), free_port()
                 dyn_cb = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port,
@@ -250,9 +257,11 @@ def main() -> None:
                 "action": "REJECT"}])
             polaris.wait_for(lambda r: (r.get("rateLimit") or {}).get("rules"), service="echo",
                              type="RATE_LIMIT")
-            listen, admin = free_port(), free_port()
             limited = {**plugin, "rate_limit": {"rules_of": "destination"}}
-            runs.append(("limited", render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
+            if not args.no_wasm:
+                listen, admin = free_port(), free_port()
+                runs.append(("limited", render(limited, listen, admin, polaris.grpc_port),
+                             (listen, admin)))
             if not args.no_native:
                 listen, admin = free_port(), free_port()
                 text = render(limited, listen, admin, polaris.grpc_port, build="native")
@@ -312,20 +321,22 @@ def main() -> None:
             med[name] = {k: statistics.median(r[k] for r in runs) for k in ("rps", "p50", "p99", "cpu_us")}
             print(f"  {name:<8} {med[name]['rps']:>9.0f} req/s  p50 {med[name]['p50']:.3f} ms  "
                   f"p99 {med[name]['p99']:.3f} ms  Envoy CPU {med[name]['cpu_us']:.1f} us/req")
-        pairs = list(zip(results["baseline"], results["filter"]))
-        rps_ratio = statistics.median(f["rps"] / b["rps"] for b, f in pairs)
-        round_ratios = " ".join(f"{f['rps'] / b['rps']:.2f}" for b, f in pairs)
-        print(f"\nper-round req/s ratios: {round_ratios}")
-        print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
-        print(f"median filter / baseline capacity ratio: "
-              f"{ratio((b['cpu_us'], f['cpu_us']) for b, f in pairs)}  (wasm target >= 0.80)")
+        print()
+        if "filter" in results:
+            pairs = list(zip(results["baseline"], results["filter"]))
+            rps_ratio = statistics.median(f["rps"] / b["rps"] for b, f in pairs)
+            round_ratios = " ".join(f"{f['rps'] / b['rps']:.2f}" for b, f in pairs)
+            print(f"per-round req/s ratios: {round_ratios}")
+            print(f"median filter / baseline req/s ratio:    {rps_ratio:.3f}")
+            print(f"median filter / baseline capacity ratio: "
+                  f"{ratio((b['cpu_us'], f['cpu_us']) for b, f in pairs)}  (wasm target >= 0.80)")
         for name in results:
             if name in ("baseline", "filter"):
                 continue
             others = list(zip(results["baseline"], results[name]))
             print(f"median {name:<9} / baseline req/s {statistics.median(o['rps'] / b['rps'] for b, o in others):.3f}"
                   f"  capacity {ratio((b['cpu_us'], o['cpu_us']) for b, o in others)}")
-        if "constant" in results:
+        if "constant" in results and "filter" in results:
             c_pairs = list(zip(results["constant"], results["filter"]))
             print("median filter / constant capacity ratio: "
                   f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in c_pairs):.3f}"
@@ -354,6 +365,11 @@ def main() -> None:
             print("median dynlb / dyncluster capacity ratio: "
                   f"{ratio((c['cpu_us'], d['cpu_us']) for c, d in lb_pairs)}"
                   "  (the decision in the cluster's load balancer, no filter per stream)")
+        if "local_rl" in results:
+            nat_pairs = list(zip(results["baseline"], results["local_rl"]))
+            print("median local_rl / baseline capacity ratio: "
+                  f"{statistics.median(b['cpu_us'] / n['cpu_us'] for b, n in nat_pairs):.3f}"
+                  "  (Envoy's local_ratelimit on the baseline)")
         if "limited" in results:
             lim_pairs = list(zip(results["filter"], results["limited"]))
             print("median limited / filter req/s ratio:     "
@@ -361,10 +377,6 @@ def main() -> None:
             print("median limited / filter capacity ratio:  "
                   f"{ratio((f['cpu_us'], l['cpu_us']) for f, l in lim_pairs)}"
                   "  (target >= 0.97)")
-            nat_pairs = list(zip(results["baseline"], results["local_rl"]))
-            print("median local_rl / baseline capacity ratio: "
-                  f"{statistics.median(b['cpu_us'] / n['cpu_us'] for b, n in nat_pairs):.3f}"
-                  "  (Envoy's local_ratelimit on the baseline)")
             print("median limited / local_rl capacity ratio: "
                   f"{statistics.median(n['cpu_us'] / l['cpu_us'] for n, l in zip(results['local_rl'], results['limited'])):.3f}"
                   "  (whole filter with limits vs baseline with the native limiter)")
@@ -386,11 +398,11 @@ def main() -> None:
             print("median filter / compare capacity ratio:  "
                   f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in cmp_pairs):.3f}"
                   f"  (compare = {args.compare})")
-        for name, path in modules.items():
+        for name, path in modules.items() if "filter" in results else ():
             m_pairs = list(zip(results[name], results["filter"]))
             print(f"median filter / {name} capacity ratio: "
                   f"{statistics.median(m['cpu_us'] / f['cpu_us'] for m, f in m_pairs):.3f}  ({name} = {path})")
-        errors = sum(r["errors"] for r in results["filter"] + results.get("breakers", [])
+        errors = sum(r["errors"] for r in results.get("filter", []) + results.get("breakers", [])
                      + results.get("dynmod", []) + results.get("dyncluster", [])
                      + results.get("dynlb", []))
         if errors:

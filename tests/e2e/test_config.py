@@ -42,9 +42,10 @@ from harness.envoy import render, validate
             "load_balancer.ring_hash.vnodes",
             "from 1 to 1000",
         ),
-        (plugin_config(upstream_handover="cluster"), "upstream_handover", "neither"),
+        (plugin_config(upstream_handover="cluster"), "upstream_handover", "is not \"header\""),
         # The override host is the native module's, for its own cluster.
         (plugin_config(upstream_handover="override_host"), "upstream_handover", "native module"),
+        (plugin_config(upstream_handover="load_balancer"), "upstream_handover", "native module"),
     ],
 )
 def test_invalid_plugin_config_is_rejected_naming_the_field(tmp_path, plugin, field, why):
