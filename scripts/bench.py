@@ -56,7 +56,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "e2e"))
 
 from harness.envoy import (  # noqa: E402
-    SHIPPED_NATIVE_BALANCER, SHIPPED_NATIVE_CLUSTER, WASM, Envoy, render)
+    NATIVE, SHIPPED_NATIVE_BALANCER, SHIPPED_NATIVE_CLUSTER, WASM, Envoy, render)
 from harness.polaris import Polaris, free_port  # noqa: E402
 
 BASELINE = """
@@ -186,6 +186,9 @@ def main() -> None:
     parser.add_argument("--constant", action="append", default=[], metavar="[NAME=]WASM",
                         help="the constant-header reference filter (benches/constant-header), or a "
                              "variant of it under NAME (repeatable)")
+    parser.add_argument("--native-module", action="append", default=[], metavar="NAME=PATH",
+                        help="another build of the native module, run as *dynlb* under NAME "
+                             "(repeatable): e.g. the previous commit's build/libpolaris_native.so")
     parser.add_argument("--no-breakers", action="store_true", help="leave out the breakers setup")
     parser.add_argument("--no-native", action="store_true",
                         help="leave out the native dynamic module (setup `dynmod`, build/libpolaris_native.so)")
@@ -277,6 +280,15 @@ def main() -> None:
             text = render(compare_plugin, listen, admin, polaris.grpc_port).replace(
                 str(WASM), str(args.compare.resolve()))
             runs.append(("compare", text, (listen, admin)))
+        native_modules = {}
+        for spec in args.native_module:
+            name, _, path = spec.partition("=")
+            native_modules[name] = Path(path)
+            listen, admin = free_port(), free_port()
+            text = render(plugin, listen, admin, polaris.grpc_port,
+                          template=SHIPPED_NATIVE_BALANCER, build="native").replace(
+                str(NATIVE), str(Path(path).resolve()))
+            runs.append((name, text, (listen, admin)))
         modules = {}
         for spec in args.module:
             name, _, path = spec.partition("=")
@@ -398,6 +410,10 @@ def main() -> None:
             print("median filter / compare capacity ratio:  "
                   f"{statistics.median(c['cpu_us'] / f['cpu_us'] for c, f in cmp_pairs):.3f}"
                   f"  (compare = {args.compare})")
+        for name, path in native_modules.items():
+            n_pairs = list(zip(results[name], results["dynlb"]))
+            print(f"median dynlb / {name} capacity ratio: "
+                  f"{ratio((m['cpu_us'], d['cpu_us']) for m, d in n_pairs)}  ({name} = {path})")
         for name, path in modules.items() if "filter" in results else ():
             m_pairs = list(zip(results[name], results["filter"]))
             print(f"median filter / {name} capacity ratio: "
