@@ -197,6 +197,10 @@ impl Cluster {
 
 /// Envoy's details for a request whose pick never reached its worker's hosts.
 const NOT_IN_CLUSTER: &str = "polaris: instance not in the cluster";
+/// Envoy's details for a request the load balancer's decision found no host for.
+const NO_PICK: &str = "polaris: no instance for this request";
+/// Envoy's details for a request whose service was not discovered within [`PENDING_TTL`].
+const NOT_DISCOVERED: &str = "polaris: service not discovered in time";
 
 /// What the load balancer answers Envoy for one request.
 #[derive(Debug, PartialEq, Eq)]
@@ -228,6 +232,16 @@ enum Want {
     Host(String),
     /// Its service to be discovered (`upstream_handover: load_balancer`): decided again then.
     Decision,
+}
+
+impl Want {
+    /// Envoy's details when the selection ends with no host after waiting too long.
+    fn expired(&self) -> &'static str {
+        match self {
+            Want::Host(_) => NOT_IN_CLUSTER,
+            Want::Decision => NOT_DISCOVERED,
+        }
+    }
 }
 
 impl WorkerLb {
@@ -283,12 +297,12 @@ impl WorkerLb {
         self.pending.borrow_mut().retain(|p| {
             let keep = now.duration_since(p.since) < PENDING_TTL;
             if !keep {
-                expired.push(p.context);
+                expired.push((p.context, p.want.expired()));
             }
             keep
         });
-        for context in expired {
-            self.lb.complete(context, None, NOT_IN_CLUSTER);
+        for (context, details) in expired {
+            self.lb.complete(context, None, details);
         }
     }
 
@@ -323,11 +337,11 @@ impl WorkerLb {
                 match balancer::decide(p.context) {
                     Decided::Host(address) => p.want = Want::Host(address),
                     Decided::NoHost => {
-                        done.push((p.context, None));
+                        done.push((p.context, None, NO_PICK));
                         return false;
                     }
                     Decided::Wait if expired => {
-                        done.push((p.context, None));
+                        done.push((p.context, None, NOT_DISCOVERED));
                         return false;
                     }
                     Decided::Wait => return true,
@@ -339,8 +353,8 @@ impl WorkerLb {
                 return true;
             };
             match self.lb.find_host(address) {
-                Some(h) => done.push((p.context, Some(h))),
-                None if expired => done.push((p.context, None)),
+                Some(h) => done.push((p.context, Some(h), "")),
+                None if expired => done.push((p.context, None, NOT_IN_CLUSTER)),
                 None => return true,
             }
             false
@@ -350,8 +364,7 @@ impl WorkerLb {
         waiting.append(&mut pending);
         *pending = waiting;
         drop(pending);
-        for (context, host) in done {
-            let details = if host.is_some() { "" } else { NOT_IN_CLUSTER };
+        for (context, host, details) in done {
             self.lb.complete(context, host, details);
         }
     }
