@@ -277,13 +277,6 @@ pub enum Handover {
     LoadBalancer,
 }
 
-impl Handover {
-    /// Whether the pick reaches Envoy as its override host (the native module's cluster).
-    pub fn overrides_host(self) -> bool {
-        matches!(self, Handover::OverrideHost | Handover::LoadBalancer)
-    }
-}
-
 /// The top-level fields of the plugin JSON; any other is rejected.
 pub const KNOWN_FIELDS: &[&str] = &[
     "polaris_cluster",
