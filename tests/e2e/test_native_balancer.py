@@ -23,12 +23,6 @@ def balancer_envoy(workdir, polaris) -> Envoy:
     return e
 
 
-def upstream_rq(e: Envoy) -> int:
-    return e.stats("cluster.polaris_upstream.upstream_rq_total").get(
-        "cluster.polaris_upstream.upstream_rq_total", 0
-    )
-
-
 def test_the_load_balancer_picks_the_instances_polaris_lists_with_no_filter_per_stream(
     polaris, service, upstreams, tmp_path
 ):
@@ -48,13 +42,13 @@ def test_the_load_balancer_picks_the_instances_polaris_lists_with_no_filter_per_
         status, headers, body = client.request(service)
         assert status == 200, (status, headers, body)
         assert time.monotonic() - started < 3.0
-        before = upstream_rq(e)
+        before = e.upstream_requests("polaris_upstream")
 
         counts = client.counts(service, 400)
 
         assert set(counts) == {"heavy", "light"}, counts
         assert 2.0 < counts["heavy"] / counts["light"] < 4.5, counts
-        assert upstream_rq(e) - before == 400
+        assert e.upstream_requests("polaris_upstream") - before == 400
         assert e.counter("native_panics") == 0
 
 

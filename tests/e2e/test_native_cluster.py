@@ -24,12 +24,6 @@ def cluster_envoy(workdir, polaris) -> Envoy:
     return e
 
 
-def upstream_rq(e: Envoy, cluster: str) -> int:
-    return e.stats(f"cluster.{cluster}.upstream_rq_total").get(
-        f"cluster.{cluster}.upstream_rq_total", 0
-    )
-
-
 def cluster_hosts(e: Envoy) -> set[str]:
     """The hosts Envoy's admin lists for the module's cluster."""
     _, text = e.admin("GET", "/clusters")
@@ -65,14 +59,14 @@ def test_requests_reach_the_instances_polaris_lists_through_the_module_cluster(
         # not pick them).
         assert wait_hosts(e, listed) == listed
         time.sleep(0.5)  # the host update reaches the workers after the main thread
-        cluster_before = upstream_rq(e, "polaris_upstream")
+        cluster_before = e.upstream_requests("polaris_upstream")
 
         counts = client.counts(service, 400)
 
         assert set(counts) == {"heavy", "light"}, counts
         assert 2.0 < counts["heavy"] / counts["light"] < 4.5, counts
         # Every one of them went through the module's cluster.
-        assert upstream_rq(e, "polaris_upstream") - cluster_before == 400
+        assert e.upstream_requests("polaris_upstream") - cluster_before == 400
         assert e.counter("native_panics") == 0
 
 
@@ -100,12 +94,12 @@ def test_a_deregistered_instance_gets_no_traffic_and_leaves_the_cluster(
             assert time.monotonic() < deadline, cluster_hosts(e)
             time.sleep(0.1)
         time.sleep(REFRESH + 0.5)  # the leader refreshed, the workers resynced
-        cluster_before = upstream_rq(e, "polaris_upstream")
+        cluster_before = e.upstream_requests("polaris_upstream")
 
         counts = client.counts(service, 60)
 
         assert set(counts) == {"stays", "later"}, counts
-        assert upstream_rq(e, "polaris_upstream") - cluster_before == 60
+        assert e.upstream_requests("polaris_upstream") - cluster_before == 60
         # The host itself leaves once no worker's snapshot can name it any more (a grace of 5 s).
         want = {f"127.0.0.1:{stays.port}", f"127.0.0.1:{later.port}"}
         assert wait_hosts(e, want, timeout=12.0) == want

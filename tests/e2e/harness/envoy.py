@@ -240,6 +240,11 @@ class Envoy:
         """Where this build's counters show: `<prefix>polaris_wasm.<name>`."""
         return STAT_PREFIX[self.build]
 
+    def upstream_requests(self, cluster: str) -> int:
+        """Requests Envoy sent to `cluster` so far."""
+        name = f"cluster.{cluster}.upstream_rq_total"
+        return self.stats(name).get(name, 0)
+
     def stats(self, prefix: str | None = None) -> dict[str, int]:
         """Counter values whose name contains `prefix` (default: all of ours)."""
         prefix = prefix or f"{self.stat_prefix}polaris_wasm"
