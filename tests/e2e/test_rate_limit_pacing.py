@@ -78,12 +78,12 @@ def test_unirate_requests_leave_one_interval_apart_across_both_workers(
     answers = concurrent(e.listen_port, service, 8)
     assert [s for s, _ in answers] == [200] * 8, answers
     times = sorted(t for _, t in answers)
-    gaps = [b - a for a, b in zip(times, times[1:])]
-    gaps.sort()
-    # 8 turns 100 ms apart: the last leaves ~700 ms after the first. Each gap is the spacing
-    # plus scheduling noise on a shared machine; the median is the measured spacing.
-    assert 0.6 <= times[-1] - times[0] <= 1.2, times
-    assert 0.07 <= gaps[len(gaps) // 2] <= 0.14, gaps
+    # 8 turns 100 ms apart, the first at once: the k-th answer cannot come before k intervals
+    # after the requests left (a worker pacing alone would let 4 out in ~300 ms). A busy machine
+    # only makes answers later, so the upper bound is loose.
+    early = [(k, t) for k, t in enumerate(times) if t < k * 0.1 - 0.01]
+    assert not early, times
+    assert times[-1] <= 1.5, times
     assert e.wait_counter("rate_limit_queued", lambda n: n >= 6) >= 6
     assert e.wait_counter("rate_limit_resumed", lambda n: n >= 6) >= 6
 
