@@ -142,6 +142,9 @@ bench: venv wasm native polaris-server $(CONSTANT_WASM)
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 		(apt-get update -q && apt-get install -y -q wrk nginx-light)
 	$(PY) scripts/bench.py --constant $(CONSTANT_WASM) --module lean=$(WASM_LEAN)
+	# Rate limiting (issue 11): four Envoys each for filter and limited, pooled per round, as
+	# identical Envoys differ by more than the limiter costs.
+	$(PY) scripts/bench.py --only-rate-limit --instances 4
 	# The pure decision only: without the proxy-wasm shell, whose exports need the host's imports.
 	cargo bench --bench decision --no-default-features
 

@@ -28,7 +28,8 @@ the baseline with Envoy's own `envoy.filters.http.local_ratelimit` (a bucket tha
 and local_rl / baseline is Envoy's own limiter's cost, to compare with limited / filter.
 With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
 rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too;
-`--module NAME=PATH` (repeatable) does the same under another name.
+`--module NAME=PATH` (repeatable) does the same under another name, and `--limited-module NAME=PATH`
+(with `--rate-limit`) runs that build as *limited* does, its limited / filter ratio printed too.
 With `--constant` an Envoy runs the shipped listener with benches/constant-header (a filter of a
 few lines, no SDK, one VM entry, writing a constant upstream header): the least any wasm filter
 that picks an upstream costs (issue 13: ours within 0.03 of it). `make bench` passes it.
@@ -127,6 +128,22 @@ def ratio(pairs) -> str:
     return f"{med:.3f} (rounds' middle half {q1:.3f}-{q3:.3f})"
 
 
+def pool(results: dict[str, list[dict]]) -> None:
+    """Folds the extra instances of a setup (`NAME.2`, ...) into NAME: per round, the mean of
+    their CPU per request (and of req/s and latencies). Two identical Envoys, loaded in the same
+    rounds, differ by up to 3 %: one process's own luck (code layout, what V8 compiled when),
+    which only more processes average out."""
+    for base in {n.partition(".")[0] for n in results if "." in n} & set(results):
+        members = [base] + [n for n in results if n.partition(".")[0] == base and n != base]
+        print(f"{base}: {len(members)} instances, median CPU us/req each: " + ", ".join(
+            f"{statistics.median(r['cpu_us'] for r in results[m]):.1f}" for m in members))
+        for i, res in enumerate(results[base]):
+            for key in ("rps", "p50", "p99", "cpu_us"):
+                res[key] = statistics.mean(results[m][i][key] for m in members)
+        for m in members[1:]:
+            del results[m]
+
+
 def cpu_ns(pid: int) -> int:
     """CPU time of every thread of a process, in ns."""
     total = 0
@@ -183,12 +200,17 @@ def main() -> None:
                         help="run the --compare build with circuit breaking on (compare it with breakers)")
     parser.add_argument("--module", action="append", default=[], metavar="NAME=PATH",
                         help="another build of the module, run alongside under NAME (repeatable)")
+    parser.add_argument("--limited-module", action="append", default=[], metavar="NAME=PATH",
+                        help="with --rate-limit: another build run as *limited* under NAME (repeatable)")
     parser.add_argument("--constant", action="append", default=[], metavar="[NAME=]WASM",
                         help="the constant-header reference filter (benches/constant-header), or a "
                              "variant of it under NAME (repeatable)")
     parser.add_argument("--native-module", action="append", default=[], metavar="NAME=PATH",
                         help="another build of the native module, run as *dynlb* under NAME "
                              "(repeatable): e.g. the previous commit's build/libpolaris_native.so")
+    parser.add_argument("--instances", type=int, default=1,
+                        help="run filter and limited as this many Envoys each, pooled per round (the "
+                             "mean of their CPU per request): identical Envoys differ by up to 3 %%")
     parser.add_argument("--no-breakers", action="store_true", help="leave out the breakers setup")
     parser.add_argument("--no-native", action="store_true",
                         help="leave out the native dynamic module (setup `dynmod`, build/libpolaris_native.so)")
@@ -197,7 +219,12 @@ def main() -> None:
                              "and the baseline only")
     parser.add_argument("--rate-limit", action="store_true",
                         help="also run the filter with a local rate-limit rule that never triggers")
+    parser.add_argument("--only-rate-limit", action="store_true",
+                        help="--rate-limit with only the setups its ratios need (baseline, filter, "
+                             "limited, local_rl, dynmod, dynmod_rl)")
     args = parser.parse_args()
+    if args.only_rate_limit:
+        args.rate_limit = args.no_breakers = True
     for tool in ("wrk", "nginx", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} not found (make bench installs wrk and nginx-light)")
@@ -230,10 +257,12 @@ def main() -> None:
             ("baseline", baseline_text, (base_listen, base_admin))]
         if not args.no_wasm:
             runs.append(("filter", None, None))
+            runs.extend((f"filter.{k}", None, None) for k in range(2, args.instances + 1))
         if not args.no_native:
             listen, admin = free_port(), free_port()
             dynmod = render(plugin, listen, admin, polaris.grpc_port, build="native")
             runs.append(("dynmod", dynmod, (listen, admin)))
+        if not args.no_native and not args.only_rate_limit:
             listen, admin = free_port(), free_port()
             dyncluster = render(plugin, listen, admin, polaris.grpc_port,
                                 template=SHIPPED_NATIVE_CLUSTER, build="native")
@@ -253,6 +282,7 @@ def main() -> None:
                 dyn_cb = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port,
                                 build="native")
                 runs.append(("dynmod_cb", dyn_cb, (listen, admin)))
+        limited_modules = {}
         if args.rate_limit:
             polaris.create_ratelimit([{
                 "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
@@ -262,9 +292,17 @@ def main() -> None:
                              type="RATE_LIMIT")
             limited = {**plugin, "rate_limit": {"rules_of": "destination"}}
             if not args.no_wasm:
+                for k in range(1, args.instances + 1):
+                    listen, admin = free_port(), free_port()
+                    runs.append(("limited" if k == 1 else f"limited.{k}",
+                                 render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
+            for spec in args.limited_module:
+                name, _, path = spec.partition("=")
+                limited_modules[name] = Path(path)
                 listen, admin = free_port(), free_port()
-                runs.append(("limited", render(limited, listen, admin, polaris.grpc_port),
-                             (listen, admin)))
+                text = render(limited, listen, admin, polaris.grpc_port).replace(
+                    str(WASM), str(Path(path).resolve()))
+                runs.append((name, text, (listen, admin)))
             if not args.no_native:
                 listen, admin = free_port(), free_port()
                 text = render(limited, listen, admin, polaris.grpc_port, build="native")
@@ -327,6 +365,7 @@ def main() -> None:
                       f"p99 {res['p99']:.3f} ms  Envoy CPU {res['cpu_us']:.1f} us/req  "
                       f"non-2xx {res['errors']}", flush=True)
 
+        pool(results)
         print("\nmedians:")
         med = {}
         for name, runs in results.items():
@@ -395,6 +434,10 @@ def main() -> None:
             print("limiter cost, us/req (median of rounds): ours "
                   f"{statistics.median(l['cpu_us'] - f['cpu_us'] for f, l in lim_pairs):.2f}, native "
                   f"{statistics.median(n['cpu_us'] - b['cpu_us'] for b, n in nat_pairs):.2f}")
+        for name, path in limited_modules.items():
+            v_pairs = list(zip(results["filter"], results[name]))
+            print(f"median {name} / filter capacity ratio: "
+                  f"{ratio((f['cpu_us'], v['cpu_us']) for f, v in v_pairs)}  ({name} = {path})")
         if "dynmod_rl" in results:
             nr_pairs = list(zip(results["dynmod"], results["dynmod_rl"]))
             print("median dynmod_rl / dynmod capacity ratio: "

@@ -1,7 +1,11 @@
 //! Counting rate-limit windows for the whole Envoy: each (rule, amount, window key) is one record
 //! in shared data ([`Window`]), taken by CAS. A worker takes a small grant at a time
 //! ([`grant_size`]: one token for amounts under 200, so small limits are exact) and spends it
-//! locally, so a busy worker touches shared data once per grant, not per request.
+//! locally, so a busy worker touches shared data once per grant, not per request. With
+//! [`Limiter::clockless`] a token the worker holds is spent without reading the clock: the
+//! worker's timer is kept to fire by the window's end ([`Limiter::next_end`]), where
+//! [`Limiter::expire`] drops the grant, so only a request in the timer's lateness counts in the
+//! window that just ended (at most the grant's tokens per worker).
 //!
 //! Unirate rules take turns from one shared schedule per (rule, window key)
 //! ([`crate::limit::unirate`]); CONCURRENCY rules count in-flight requests in one shared record
@@ -49,6 +53,9 @@ pub enum Admission {
 struct Grant {
     start: u64,
     left: u32,
+    /// The window's end on this worker's clock, for a local window (a GLOBAL one follows the
+    /// limiter's clock and is never spent without reading ours).
+    end: Option<u64>,
 }
 
 /// One counter: a (service, rule, amount, window key).
@@ -126,6 +133,15 @@ pub struct Limiter {
     stats: RuleStats,
     /// CONCURRENCY slots whose release lost every CAS try: retried on the tick.
     unreleased: Vec<String>,
+    /// Spend held tokens of local windows without reading the clock: the worker keeps its timer
+    /// firing by [`Limiter::next_end`] and calls [`Limiter::expire`] on every tick.
+    pub clockless: bool,
+    /// The earliest end of a local window this worker holds a grant of (early, never late:
+    /// grants spent or dropped since may have ended later).
+    next_end: Option<u64>,
+    /// The clock reading of the last request that took a new local grant, until the worker
+    /// has pointed its timer at [`Limiter::next_end`] ([`Limiter::take_new_grant`]).
+    granted_at: Option<u64>,
 }
 
 /// A unirate turn this request took: its key, the record it stored, the rule's pace.
@@ -153,8 +169,10 @@ impl Limiter {
         now: impl FnOnce() -> u64,
         held: &mut Vec<String>,
     ) -> Admission {
-        let mut now = Some(now);
-        let mut now_ms = 0;
+        let mut read = Some(now);
+        let mut at = None;
+        // The clock, read at most once and only when a rule needs it.
+        let mut now_ms = || *at.get_or_insert_with(|| read.take().map_or(0, |r| r()));
         // Tokens taken so far, to give back if a later rule limits; most requests take a few.
         let mut taken = Taken::default();
         let mut turns: Vec<TakenTurn> = Vec::new();
@@ -166,9 +184,6 @@ impl Limiter {
             let Some(label) = rule.key(facts, caller) else {
                 continue;
             };
-            if let Some(read) = now.take() {
-                now_ms = read();
-            }
             let label_hash = murmur3_64(label.as_bytes(), 0);
             let rule_hash = rule.id_hash;
             let limited = match rule.behavior {
@@ -177,12 +192,12 @@ impl Limiter {
                     (service, limits.service_hash),
                     rule,
                     (&label, label_hash),
-                    now_ms,
+                    &mut now_ms,
                     &mut taken,
                 ),
                 Behavior::Unirate(pace) => {
                     let key = shared_key("ur", service, rule, label_hash);
-                    match take_turn(store, key, now_ms, pace, &mut turns) {
+                    match take_turn(store, key, now_ms(), pace, &mut turns) {
                         Ok(Turn::Go { wait_ms, .. }) => {
                             if wait_ms > 0 && !rule.dry_run && queued.is_none_or(|q| q.1 < wait_ms)
                             {
@@ -272,15 +287,10 @@ impl Limiter {
         (service, service_hash): (&ServiceKey, u64),
         rule: &LimitRule,
         (label, label_hash): (&str, u64),
-        now_ms: u64,
+        now: &mut dyn FnMut() -> u64,
         taken: &mut Taken,
     ) -> Option<u64> {
         let global = rule.global.as_ref().filter(|_| self.global_on);
-        // Global windows follow the limiter's clock.
-        let now_ms = match global {
-            Some(_) => now_ms.saturating_add_signed(self.offset_ms),
-            None => now_ms,
-        };
         for amount in &rule.amounts {
             let counter = Counter {
                 service,
@@ -291,6 +301,17 @@ impl Limiter {
                 label_hash,
             };
             let id = counter.id();
+            if global.is_none() {
+                if let Some(start) = self.spend_held(id) {
+                    taken.push((id, start));
+                    continue;
+                }
+            }
+            // Global windows follow the limiter's clock.
+            let now_ms = match global {
+                Some(_) => now().saturating_add_signed(self.offset_ms),
+                None => now(),
+            };
             let start = window_start(now_ms, amount.window_ms);
             let got = match global {
                 Some(g) => {
@@ -298,7 +319,7 @@ impl Limiter {
                     let at = At { start, local_now };
                     self.acquire_global(store, &counter, id, *amount, at, g, label)
                 }
-                None => self.acquire(store, &counter, id, *amount, start),
+                None => self.acquire(store, &counter, id, *amount, (start, now_ms)),
             };
             match got {
                 Ok(true) => taken.push((id, start)),
@@ -334,15 +355,52 @@ impl Limiter {
         self.stats.flush(host);
     }
 
-    /// Takes one token of `counter` in the window starting at `start`: from this worker's grant,
-    /// else a new grant from shared data. `Ok(false)`: the window is used up.
+    /// Spends a token of a local window this worker holds, without the clock (when
+    /// [`Limiter::clockless`]); the window's start.
+    fn spend_held(&mut self, id: u64) -> Option<u64> {
+        if !self.clockless {
+            return None;
+        }
+        let g = self.grants.get_mut(&id)?;
+        if g.end.is_none() || g.left == 0 {
+            return None;
+        }
+        g.left -= 1;
+        Some(g.start)
+    }
+
+    /// Drops the grants of local windows that ended by `now_ms` (their tokens are lost).
+    pub fn expire(&mut self, now_ms: u64) {
+        if self.next_end.is_none_or(|end| end > now_ms) {
+            return;
+        }
+        self.grants
+            .retain(|_, g| g.end.is_none_or(|end| end > now_ms));
+        self.next_end = self.grants.values().filter_map(|g| g.end).min();
+    }
+
+    /// The earliest end of a local window this worker holds tokens of, while spending them
+    /// without the clock: the worker's timer must fire by then.
+    pub fn next_end(&self) -> Option<u64> {
+        self.next_end.filter(|_| self.clockless)
+    }
+
+    /// The clock reading of a request that took a new local grant since the last call: the
+    /// worker then points its timer at [`Limiter::next_end`].
+    pub fn take_new_grant(&mut self) -> Option<u64> {
+        self.granted_at.take()
+    }
+
+    /// Takes one token of `counter` in the window starting at `start` (read at `now_ms`): from
+    /// this worker's grant, else a new grant from shared data. `Ok(false)`: the window is used
+    /// up.
     fn acquire<S: Store + ?Sized>(
         &mut self,
         store: &S,
         counter: &Counter<'_>,
         id: u64,
         amount: Amount,
-        start: u64,
+        (start, now_ms): (u64, u64),
     ) -> Result<bool, CasError> {
         if let Some(g) = self.grants.get_mut(&id) {
             if g.start == start && g.left > 0 {
@@ -365,13 +423,19 @@ impl Limiter {
         if self.grants.len() >= MAX_GRANTS && !self.grants.contains_key(&id) {
             self.grants.clear();
         }
+        let end = start.saturating_add(counter.window_ms);
         self.grants.insert(
             id,
             Grant {
                 start,
                 left: granted - 1,
+                end: Some(end),
             },
         );
+        self.next_end = Some(self.next_end.map_or(end, |e| e.min(end)));
+        if self.clockless {
+            self.granted_at = Some(now_ms);
+        }
         Ok(true)
     }
 
@@ -412,6 +476,7 @@ impl Limiter {
                     Grant {
                         start: at.start,
                         left: granted - 1,
+                        end: None,
                     },
                 );
                 Ok(true)
@@ -432,7 +497,11 @@ impl Limiter {
     /// Returns tokens taken for a request that another rule limited, to this worker's grants.
     fn give_back<'t>(&mut self, taken: impl Iterator<Item = &'t (u64, u64)>) {
         for &(id, start) in taken {
-            let g = self.grants.entry(id).or_insert(Grant { start, left: 0 });
+            let g = self.grants.entry(id).or_insert(Grant {
+                start,
+                left: 0,
+                end: None,
+            });
             if g.start == start {
                 g.left = g.left.saturating_add(1);
             }

@@ -1,8 +1,6 @@
 //! The worker's side of unirate queueing: queue a paused request, resume those due on the tick,
 //! and keep the timer pointed at the next turn ([`super::queue`] holds the entries).
 
-use std::time::Duration;
-
 use super::host::Host;
 use super::metrics::Counter;
 use super::worker::Worker;
@@ -10,10 +8,11 @@ use super::worker::Worker;
 impl<H: Host> Worker<H> {
     /// Resumes the queued requests that are due, counting those whose client left.
     pub(super) fn resume_due(&mut self, now_ms: u64) {
-        if self.queue.is_empty() && self.queue.fine.is_none() {
-            return;
-        }
-        for id in self.queue.take_due(now_ms) {
+        let due = match self.queue.is_empty() {
+            true => Vec::new(),
+            false => self.queue.take_due(now_ms),
+        };
+        for id in due {
             match self.host.resume_request(id) {
                 Ok(()) => self.counters.inc(Counter::RateLimitResumed),
                 Err(e) => {
@@ -37,23 +36,5 @@ impl<H: Host> Worker<H> {
         self.counters.add(Counter::RateLimitQueueWaitMs, wait_ms);
         self.retime(now_ms, first);
         true
-    }
-
-    /// Points the timer at the next due request, or back at the normal period when none is;
-    /// `force` re-arms it even when the period stays.
-    fn retime(&mut self, now_ms: u64, force: bool) {
-        let normal = self.tick_period();
-        let wanted = match self.queue.next_due() {
-            Some(due) => Duration::from_millis(due.saturating_sub(now_ms).max(1)).min(normal),
-            None => normal,
-        };
-        let current = self.queue.fine.unwrap_or(normal);
-        if wanted == current && !(force && wanted != normal) {
-            return;
-        }
-        match self.host.set_tick_period(wanted) {
-            Ok(()) => self.queue.fine = (wanted != normal).then_some(wanted),
-            Err(e) => log::warn!("cannot set the tick period to {wanted:?}: {e}"),
-        }
     }
 }

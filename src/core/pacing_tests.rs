@@ -332,3 +332,49 @@ fn a_dry_run_unirate_rule_never_queues_but_counts_what_it_would_have_refused() {
     );
     assert_eq!(w.counters.pending(Counter::RateLimitDryRun), 2);
 }
+
+#[test]
+fn held_tokens_are_spent_without_the_clock_until_the_timer_marks_their_window_end() {
+    // 1000 per second: a worker takes 10 tokens at a time.
+    let host = FakeHost::new(START + 700);
+    let big = rule("big", 1000, "REJECT", proto::rule::Resource::Qps);
+    let mut w = worker(&host, vec![big], r#"{"rules_of":"destination"}"#);
+    let reads = |host: &FakeHost| {
+        host.take_calls()
+            .iter()
+            .filter(|c| **c == Call::Now)
+            .count()
+    };
+    assert_eq!(ask(&mut w, 1).1, Verdict::Forward);
+    let calls = host.take_calls();
+    assert_eq!(
+        calls.iter().filter(|c| **c == Call::Now).count(),
+        1,
+        "the first request reads the clock to take a grant: {calls:?}"
+    );
+    assert!(
+        calls.contains(&Call::TickPeriod(Duration::from_millis(300))),
+        "the timer is pointed at the window's end: {calls:?}"
+    );
+    for id in 2..=5 {
+        assert_eq!(ask(&mut w, id).1, Verdict::Forward);
+    }
+    assert_eq!(reads(&host), 0, "held tokens are spent without the clock");
+    host.set_now(START + 1000);
+    w.on_tick();
+    host.take_calls();
+    assert_eq!(ask(&mut w, 6).1, Verdict::Forward);
+    assert_eq!(
+        reads(&host),
+        1,
+        "the window ended: its five tokens left are dropped and the next request reads the clock"
+    );
+    let label = crate::lb::murmur3::murmur3_64(b"", 0);
+    let key = format!("polaris-wasm/rl/default/echo/id-big/1000/{label:016x}");
+    let window = crate::limit::Window::decode(host.stored(&key).as_deref());
+    assert_eq!(
+        (window.start, window.used),
+        (START + 1000, 10),
+        "the grant came from the new window"
+    );
+}

@@ -1,10 +1,8 @@
 //! This thread's requests waiting for their unirate turn: paused, then resumed by the tick that
 //! reaches their time. Each entry is (time due, stream id); a stream that ends while queued is
 //! dropped from it. While anything is queued the timer fires at the next due time (at least
-//! 1 ms apart); idle, it goes back to the worker's normal period, so an Envoy with nothing
-//! queued pays nothing for the queue.
-
-use std::time::Duration;
+//! 1 ms apart, [`super::tick`]); idle, it goes back to the worker's normal period, so an Envoy
+//! with nothing queued pays nothing for the queue.
 
 /// Requests one worker holds at most; beyond, a request that would wait is answered 429.
 pub const MAX_QUEUED: usize = 4096;
@@ -13,8 +11,6 @@ pub const MAX_QUEUED: usize = 4096;
 pub struct Queue {
     /// (due ms, stream id), in no particular order: queues are short.
     entries: Vec<(u64, u32)>,
-    /// The timer period last asked of the host, when it differs from the worker's normal one.
-    pub(super) fine: Option<Duration>,
 }
 
 impl Queue {
@@ -33,11 +29,6 @@ impl Queue {
         }
         self.entries.push((due_ms, id));
         true
-    }
-
-    /// Whether the timer runs faster than the worker's period for queued requests.
-    pub fn ticks_fast(&self) -> bool {
-        self.fine.is_some()
     }
 
     /// Drops stream `id` (its stream ended); true when it was queued.

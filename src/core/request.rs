@@ -643,6 +643,10 @@ fn check_limits<H: Host, S: Stream + ?Sized>(
     drop(facts);
     counters.add(Counter::RateLimitContended, limiter.take_contended());
     counters.add(Counter::RateLimitDryRun, limiter.take_dry_run_hits());
+    if let Some(now) = limiter.take_new_grant() {
+        // Its tokens are spent without the clock until the timer marks the window's end.
+        w.retime(now, false);
+    }
     let (rule, retry_after_s, body) = match admission {
         Admission::Allowed => return Limit::Pass,
         Admission::Queued { rule, wait_ms } => return Limit::Wait { rule, wait_ms },
@@ -652,7 +656,7 @@ fn check_limits<H: Host, S: Stream + ?Sized>(
             body,
         } => (rule, retry_after_s, body),
     };
-    counters.inc(Counter::RateLimited);
+    w.counters.inc(Counter::RateLimited);
     let rejection = Rejection::RateLimited {
         service: rules_of.clone(),
         rule,

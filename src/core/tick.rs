@@ -1,6 +1,8 @@
 //! A thread's timer and its root context's call answers: the leader's refresh, breaker state and
 //! probes, then resync and metrics.
 
+use std::time::Duration;
+
 use super::admitting;
 use super::breaking;
 use super::global_limit;
@@ -15,10 +17,11 @@ impl<H: Host> Worker<H> {
     /// The timer: the leader's work when we hold the lease, then resync and metrics; queued
     /// requests that are due are resumed last (the host's later calls of this callback may
     /// act on the last stream resumed). Ticks that come early because requests are queued
-    /// only resume them.
+    /// only resume them and drop the grants of windows that ended.
     pub fn on_tick(&mut self) {
         let now = self.host.now_ms();
-        if !self.queue.ticks_fast() || now >= self.next_full_tick {
+        self.limiter.expire(now);
+        if self.fine_tick.is_none() || now >= self.next_full_tick {
             let period = u64::try_from(self.tick_period().as_millis()).unwrap_or(u64::MAX);
             // A quarter early, so timer jitter never skips a full tick.
             self.next_full_tick = now.saturating_add(period - period / 4);
@@ -83,6 +86,7 @@ impl<H: Host> Worker<H> {
     /// threads' workers tick this way (no timer of their own, no root context for calls).
     pub fn on_follower_tick(&mut self) {
         let now = self.host.now_ms();
+        self.limiter.expire(now);
         if let Some(p) = &mut self.provider {
             p.settle(&self.host, &self.config.nearby.location, now);
         }
@@ -93,6 +97,30 @@ impl<H: Host> Worker<H> {
         self.limiter.on_tick(&self.host);
         self.counters.flush(&self.host);
         self.resume_due(now);
+    }
+
+    /// Points the timer at the next due time (a queued request's turn, the end of a window whose
+    /// tokens this worker spends without the clock), or back at the normal period when none is
+    /// sooner; `force` re-arms it even when the period stays. A periodic timer fires within one
+    /// period of now, so a due time is met once the period is no longer than the wait for it.
+    pub(super) fn retime(&mut self, now_ms: u64, force: bool) {
+        let normal = self.tick_period();
+        let due = match (self.queue.next_due(), self.limiter.next_end()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let wanted = match due {
+            Some(due) => Duration::from_millis(due.saturating_sub(now_ms).max(1)).min(normal),
+            None => normal,
+        };
+        let current = self.fine_tick.unwrap_or(normal);
+        if wanted == current && !(force && wanted != normal) {
+            return;
+        }
+        match self.host.set_tick_period(wanted) {
+            Ok(()) => self.fine_tick = (wanted != normal).then_some(wanted),
+            Err(e) => log::warn!("cannot set the tick period to {wanted:?}: {e}"),
+        }
     }
 
     /// An answer to a call this VM's root context made.

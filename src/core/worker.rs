@@ -73,8 +73,12 @@ pub struct Worker<H> {
     /// Requests paused for their unirate turn.
     pub(super) queue: Queue,
     /// When the next full tick (lease, refresh, resync, metrics) is due: ticks come faster
-    /// while requests are queued, and those in between only resume them.
+    /// while requests are queued or a held window ends sooner, and those in between only
+    /// resume requests and drop ended grants.
     pub(super) next_full_tick: u64,
+    /// The timer period last asked of the host while shorter than `tick`, for a due time: a
+    /// queued request's turn or the end of a window whose tokens this worker holds.
+    pub(super) fine_tick: Option<Duration>,
     /// What requests for unknown services may cost; which services requests use.
     pub(super) admission: Admission,
     /// How often the host should call `on_tick`.
@@ -130,11 +134,14 @@ impl<H: Host> Worker<H> {
             probing: Probing::default(),
             queue: Queue::default(),
             next_full_tick: 0,
+            fine_tick: None,
             admission: Admission::default(),
             tick,
             seen_generation: 0,
         };
         worker.limiter.global_on = worker.config.limiter.is_some();
+        // The timer is kept pointed at held windows' ends (`Worker::retime`).
+        worker.limiter.clockless = true;
         Ok(worker)
     }
 

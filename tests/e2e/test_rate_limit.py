@@ -95,6 +95,23 @@ def test_ten_per_second_admits_about_thirty_in_three_seconds_across_both_workers
     assert set(counts) <= {200, 429}, counts
 
 
+def test_three_hundred_per_second_is_counted_for_the_whole_envoy_while_workers_spend_held_tokens(
+    polaris, envoy, upstreams, service
+):
+    # From 200 a second up, a worker takes several tokens at a time (3 here) and spends them
+    # without reading the clock until its timer marks the window's end.
+    served(polaris, service, upstreams, limit_rule(service, "three-hundred", [(300, "1s")]))
+    e = envoy(polaris.grpc_port, **LIMITED)
+    assert e.client().request(service)[0] == 200
+    next_window()
+    counts = load(e.listen_port, service, 2.85)
+    # Three whole windows. At a window's end a worker loses the tokens it still holds, or spends
+    # them on requests in its timer's lateness: at most 2 workers x 2 either way per window.
+    assert 3 * (300 - 4) <= counts.get(200, 0) <= 3 * (300 + 4), counts
+    assert counts.get(429, 0) > 100, counts
+    assert set(counts) <= {200, 429}, counts
+
+
 def test_a_limited_request_gets_429_with_retry_after_and_the_rule_name(
     polaris, envoy, upstreams, service
 ):
