@@ -29,7 +29,8 @@ and local_rl / baseline is Envoy's own limiter's cost, to compare with limited /
 With `--compare OTHER.wasm` another Envoy runs the shipped config with that module in the same
 rounds (e.g. the previous commit's build), and the filter / compare ratios are printed too;
 `--module NAME=PATH` (repeatable) does the same under another name, and `--limited-module NAME=PATH`
-(with `--rate-limit`) runs that build as *limited* does, its limited / filter ratio printed too.
+(with `--rate-limit`) runs that build as *limited* does, its limited / filter ratio printed too;
+`--limited-native NAME=PATH` runs another native module as *dynmod_rl* does.
 With `--constant` an Envoy runs the shipped listener with benches/constant-header (a filter of a
 few lines, no SDK, one VM entry, writing a constant upstream header): the least any wasm filter
 that picks an upstream costs (issue 13: ours within 0.03 of it). `make bench` passes it.
@@ -202,6 +203,9 @@ def main() -> None:
                         help="another build of the module, run alongside under NAME (repeatable)")
     parser.add_argument("--limited-module", action="append", default=[], metavar="NAME=PATH",
                         help="with --rate-limit: another build run as *limited* under NAME (repeatable)")
+    parser.add_argument("--limited-native", action="append", default=[], metavar="NAME=PATH",
+                        help="with --rate-limit: another native module run as *dynmod_rl* under NAME "
+                             "(repeatable)")
     parser.add_argument("--constant", action="append", default=[], metavar="[NAME=]WASM",
                         help="the constant-header reference filter (benches/constant-header), or a "
                              "variant of it under NAME (repeatable)")
@@ -283,6 +287,7 @@ def main() -> None:
                                 build="native")
                 runs.append(("dynmod_cb", dyn_cb, (listen, admin)))
         limited_modules = {}
+        limited_natives = {}
         if args.rate_limit:
             polaris.create_ratelimit([{
                 "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
@@ -302,6 +307,13 @@ def main() -> None:
                 listen, admin = free_port(), free_port()
                 text = render(limited, listen, admin, polaris.grpc_port).replace(
                     str(WASM), str(Path(path).resolve()))
+                runs.append((name, text, (listen, admin)))
+            for spec in args.limited_native:
+                name, _, path = spec.partition("=")
+                limited_natives[name] = Path(path)
+                listen, admin = free_port(), free_port()
+                text = render(limited, listen, admin, polaris.grpc_port, build="native").replace(
+                    str(NATIVE), str(Path(path).resolve()))
                 runs.append((name, text, (listen, admin)))
             if not args.no_native:
                 listen, admin = free_port(), free_port()
@@ -438,6 +450,10 @@ def main() -> None:
             v_pairs = list(zip(results["filter"], results[name]))
             print(f"median {name} / filter capacity ratio: "
                   f"{ratio((f['cpu_us'], v['cpu_us']) for f, v in v_pairs)}  ({name} = {path})")
+        for name, path in limited_natives.items():
+            v_pairs = list(zip(results["dynmod"], results[name]))
+            print(f"median {name} / dynmod capacity ratio: "
+                  f"{ratio((d['cpu_us'], v['cpu_us']) for d, v in v_pairs)}  ({name} = {path})")
         if "dynmod_rl" in results:
             nr_pairs = list(zip(results["dynmod"], results["dynmod_rl"]))
             print("median dynmod_rl / dynmod capacity ratio: "

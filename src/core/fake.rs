@@ -86,6 +86,8 @@ pub struct State {
     pub refuse_calls: Option<String>,
     /// Streams that are gone: resuming them fails.
     pub gone: Vec<u32>,
+    /// The clock is as cheap as a native read (the default is the wasm host's: costly).
+    pub cheap_clock: bool,
 }
 
 /// A shared handle: the worker owns one clone, the test keeps another.
@@ -181,6 +183,10 @@ impl Store for FakeHost {
 }
 
 impl Clock for FakeHost {
+    fn reads_are_costly(&self) -> bool {
+        !self.0.borrow().cheap_clock
+    }
+
     fn now_ms(&self) -> u64 {
         self.record(Call::Now);
         self.0.borrow().now_ms

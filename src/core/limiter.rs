@@ -2,7 +2,8 @@
 //! in shared data ([`Window`]), taken by CAS. A worker takes a small grant at a time
 //! ([`grant_size`]: one token for amounts under 200, so small limits are exact) and spends it
 //! locally, so a busy worker touches shared data once per grant, not per request. With
-//! [`Limiter::clockless`] a token the worker holds is spent without reading the clock: the
+//! [`Limiter::clockless`] (hosts whose clock reads are costly: wasm) a token the worker holds
+//! is spent without reading the clock: the
 //! worker's timer is kept to fire by the window's end ([`Limiter::next_end`]), where
 //! [`Limiter::expire`] drops the grant, so only a request in the timer's lateness counts in the
 //! window that just ended (at most the grant's tokens per worker).

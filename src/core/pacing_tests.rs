@@ -378,3 +378,24 @@ fn held_tokens_are_spent_without_the_clock_until_the_timer_marks_their_window_en
         "the grant came from the new window"
     );
 }
+
+#[test]
+fn a_host_with_a_cheap_clock_reads_it_for_every_counted_request_and_keeps_its_timer() {
+    let host = FakeHost::new(START + 700);
+    host.0.borrow_mut().cheap_clock = true;
+    let big = rule("big", 1000, "REJECT", proto::rule::Resource::Qps);
+    let mut w = worker(&host, vec![big], r#"{"rules_of":"destination"}"#);
+    for id in 1..=5 {
+        assert_eq!(ask(&mut w, id).1, Verdict::Forward);
+    }
+    let calls = host.take_calls();
+    assert_eq!(
+        calls.iter().filter(|c| **c == Call::Now).count(),
+        5,
+        "one clock read per request, as the native build's costs ~25 ns: {calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::TickPeriod(_))),
+        "no timer for window ends: {calls:?}"
+    );
+}

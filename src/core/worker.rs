@@ -140,8 +140,9 @@ impl<H: Host> Worker<H> {
             seen_generation: 0,
         };
         worker.limiter.global_on = worker.config.limiter.is_some();
-        // The timer is kept pointed at held windows' ends (`Worker::retime`).
-        worker.limiter.clockless = true;
+        // Held tokens are then spent without the clock, the timer kept pointed at their windows'
+        // ends (`Worker::retime`).
+        worker.limiter.clockless = worker.host.reads_are_costly();
         Ok(worker)
     }
 

@@ -34,6 +34,10 @@ impl Store for Wasm {
 }
 
 impl Clock for Wasm {
+    fn reads_are_costly(&self) -> bool {
+        true
+    }
+
     fn now_ms(&self) -> u64 {
         hostcalls::get_current_time()
             .ok()

@@ -98,8 +98,8 @@ def test_ten_per_second_admits_about_thirty_in_three_seconds_across_both_workers
 def test_three_hundred_per_second_is_counted_for_the_whole_envoy_while_workers_spend_held_tokens(
     polaris, envoy, upstreams, service
 ):
-    # From 200 a second up, a worker takes several tokens at a time (3 here) and spends them
-    # without reading the clock until its timer marks the window's end.
+    # From 200 a second up, a worker takes several tokens at a time (3 here); the wasm build
+    # spends them without reading the clock until its timer marks the window's end.
     served(polaris, service, upstreams, limit_rule(service, "three-hundred", [(300, "1s")]))
     e = envoy(polaris.grpc_port, **LIMITED)
     assert e.client().request(service)[0] == 200
