@@ -286,8 +286,20 @@ def main() -> None:
                 dyn_cb = render({**plugin, "circuit_breaker": {}}, listen, admin, polaris.grpc_port,
                                 build="native")
                 runs.append(("dynmod_cb", dyn_cb, (listen, admin)))
-        limited_modules = {}
-        limited_natives = {}
+        def variants(specs: list[str], config: dict, artifact: Path, **how) -> dict[str, Path]:
+            """A setup per `NAME=PATH`: `config` rendered as for `artifact`, with PATH in its place."""
+            out = {}
+            for spec in specs:
+                name, _, path = spec.partition("=")
+                out[name] = Path(path)
+                listen, admin = free_port(), free_port()
+                text = render(config, listen, admin, polaris.grpc_port, **how).replace(
+                    str(artifact), str(Path(path).resolve()))
+                runs.append((name, text, (listen, admin)))
+            return out
+
+        limited_modules: dict[str, Path] = {}
+        limited_natives: dict[str, Path] = {}
         if args.rate_limit:
             polaris.create_ratelimit([{
                 "name": "never", "namespace": "default", "service": "echo", "resource": "QPS",
@@ -301,20 +313,8 @@ def main() -> None:
                     listen, admin = free_port(), free_port()
                     runs.append(("limited" if k == 1 else f"limited.{k}",
                                  render(limited, listen, admin, polaris.grpc_port), (listen, admin)))
-            for spec in args.limited_module:
-                name, _, path = spec.partition("=")
-                limited_modules[name] = Path(path)
-                listen, admin = free_port(), free_port()
-                text = render(limited, listen, admin, polaris.grpc_port).replace(
-                    str(WASM), str(Path(path).resolve()))
-                runs.append((name, text, (listen, admin)))
-            for spec in args.limited_native:
-                name, _, path = spec.partition("=")
-                limited_natives[name] = Path(path)
-                listen, admin = free_port(), free_port()
-                text = render(limited, listen, admin, polaris.grpc_port, build="native").replace(
-                    str(NATIVE), str(Path(path).resolve()))
-                runs.append((name, text, (listen, admin)))
+            limited_modules = variants(args.limited_module, limited, WASM)
+            limited_natives = variants(args.limited_native, limited, NATIVE, build="native")
             if not args.no_native:
                 listen, admin = free_port(), free_port()
                 text = render(limited, listen, admin, polaris.grpc_port, build="native")
@@ -330,23 +330,9 @@ def main() -> None:
             text = render(compare_plugin, listen, admin, polaris.grpc_port).replace(
                 str(WASM), str(args.compare.resolve()))
             runs.append(("compare", text, (listen, admin)))
-        native_modules = {}
-        for spec in args.native_module:
-            name, _, path = spec.partition("=")
-            native_modules[name] = Path(path)
-            listen, admin = free_port(), free_port()
-            text = render(plugin, listen, admin, polaris.grpc_port,
-                          template=SHIPPED_NATIVE_BALANCER, build="native").replace(
-                str(NATIVE), str(Path(path).resolve()))
-            runs.append((name, text, (listen, admin)))
-        modules = {}
-        for spec in args.module:
-            name, _, path = spec.partition("=")
-            modules[name] = Path(path)
-            listen, admin = free_port(), free_port()
-            text = render(plugin, listen, admin, polaris.grpc_port).replace(
-                str(WASM), str(Path(path).resolve()))
-            runs.append((name, text, (listen, admin)))
+        native_modules = variants(args.native_module, plugin, NATIVE,
+                                  template=SHIPPED_NATIVE_BALANCER, build="native")
+        modules = variants(args.module, plugin, WASM)
         for spec in args.constant:
             name, _, path = spec.rpartition("=")
             listen, admin = free_port(), free_port()

@@ -1,5 +1,6 @@
 //! The worker's side of unirate queueing: queue a paused request, resume those due on the tick,
-//! and keep the timer pointed at the next turn ([`super::queue`] holds the entries).
+//! and keep the timer pointed at the next turn (`Worker::retime`; [`super::queue`] holds the
+//! entries).
 
 use super::host::Host;
 use super::metrics::Counter;
@@ -8,11 +9,7 @@ use super::worker::Worker;
 impl<H: Host> Worker<H> {
     /// Resumes the queued requests that are due, counting those whose client left.
     pub(super) fn resume_due(&mut self, now_ms: u64) {
-        let due = match self.queue.is_empty() {
-            true => Vec::new(),
-            false => self.queue.take_due(now_ms),
-        };
-        for id in due {
+        for id in self.queue.take_due(now_ms) {
             match self.host.resume_request(id) {
                 Ok(()) => self.counters.inc(Counter::RateLimitResumed),
                 Err(e) => {

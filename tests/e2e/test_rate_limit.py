@@ -80,19 +80,25 @@ def load(port: int, host: str, seconds: float, connections: int = 8, headers: di
     return counts
 
 
+def three_windows_of_load(polaris, envoy, upstreams, service, name: str, per_second: int) -> dict:
+    """Status counts of 8 connections' load over three whole windows of a `per_second` rule.
+    Windows are fixed and epoch-aligned (polaris-go `bucket_qps.go`), so load that touched a
+    fourth window would rightly get its amount too."""
+    served(polaris, service, upstreams, limit_rule(service, name, [(per_second, "1s")]))
+    e = envoy(polaris.grpc_port, **LIMITED)
+    assert e.client().request(service)[0] == 200
+    next_window()
+    counts = load(e.listen_port, service, 2.85)
+    assert counts.get(429, 0) > 100, counts
+    assert set(counts) <= {200, 429}, counts
+    return counts
+
+
 def test_ten_per_second_admits_about_thirty_in_three_seconds_across_both_workers(
     polaris, envoy, upstreams, service
 ):
-    served(polaris, service, upstreams, limit_rule(service, "ten-per-second", [(10, "1s")]))
-    e = envoy(polaris.grpc_port, **LIMITED)
-    assert e.client().request(service)[0] == 200
-    # Three whole windows: windows are fixed and epoch-aligned (polaris-go `bucket_qps.go`), so
-    # load that touched a fourth window would rightly get its 10 too.
-    next_window()
-    counts = load(e.listen_port, service, 2.85)
+    counts = three_windows_of_load(polaris, envoy, upstreams, service, "ten-per-second", 10)
     assert 27 <= counts.get(200, 0) <= 33, counts
-    assert counts.get(429, 0) > 100, counts
-    assert set(counts) <= {200, 429}, counts
 
 
 def test_three_hundred_per_second_is_counted_for_the_whole_envoy_while_workers_spend_held_tokens(
@@ -100,16 +106,10 @@ def test_three_hundred_per_second_is_counted_for_the_whole_envoy_while_workers_s
 ):
     # From 200 a second up, a worker takes several tokens at a time (3 here); the wasm build
     # spends them without reading the clock until its timer marks the window's end.
-    served(polaris, service, upstreams, limit_rule(service, "three-hundred", [(300, "1s")]))
-    e = envoy(polaris.grpc_port, **LIMITED)
-    assert e.client().request(service)[0] == 200
-    next_window()
-    counts = load(e.listen_port, service, 2.85)
-    # Three whole windows. At a window's end a worker loses the tokens it still holds, or spends
-    # them on requests in its timer's lateness: at most 2 workers x 2 either way per window.
+    counts = three_windows_of_load(polaris, envoy, upstreams, service, "three-hundred", 300)
+    # At a window's end a worker loses the tokens it still holds, or spends them on requests in
+    # its timer's lateness: at most 2 workers x 2 either way per window.
     assert 3 * (300 - 4) <= counts.get(200, 0) <= 3 * (300 + 4), counts
-    assert counts.get(429, 0) > 100, counts
-    assert set(counts) <= {200, 429}, counts
 
 
 def test_a_limited_request_gets_429_with_retry_after_and_the_rule_name(
