@@ -3,10 +3,10 @@
 //! ([`grant_size`]: one token for amounts under 200, so small limits are exact) and spends it
 //! locally, so a busy worker touches shared data once per grant, not per request. With
 //! [`Limiter::clockless`] (hosts whose clock reads are costly: wasm) a token the worker holds
-//! is spent without reading the clock: the
-//! worker's timer is kept to fire by the window's end ([`Limiter::next_end`]), where
-//! [`Limiter::expire`] drops the grant, so only a request in the timer's lateness counts in the
-//! window that just ended (at most the grant's tokens per worker).
+//! is spent without reading the clock: the worker's timer is kept to fire by the window's end
+//! ([`Limiter::next_end`]), where [`Limiter::expire`] drops the grant, so only a request in the
+//! timer's lateness counts in the window that just ended (at most the grant's tokens per
+//! worker).
 //!
 //! Unirate rules take turns from one shared schedule per (rule, window key)
 //! ([`crate::limit::unirate`]); CONCURRENCY rules count in-flight requests in one shared record
